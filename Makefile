@@ -1,0 +1,69 @@
+# llm_tiny — the user's entry point. Every target that needs Python packages depends on the
+# environment, so `make test` or `make train` works as the first command on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Use the active virtualenv if there is one, else a local .venv.
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.llm_tiny-installed
+CONFIG ?= configs/tiny.yaml
+ARGS ?=
+RUN ?= out/tiny
+# torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: help install format lint test test-all train sample sweep bench clean
+
+help:
+	@echo "make train    train the default model on data/tiny.txt (CONFIG=..., ARGS=...)"
+	@echo "make sample   sample from the default run (RUN=out/tiny, ARGS=...)"
+	@echo "make test     lint, then the test suite with coverage"
+	@echo "make install | format | lint | sweep | bench | clean"
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest -m "not slow" --cov --cov-report=term -q
+
+test-all: lint
+	$(PY) -m pytest --cov --cov-report=term -q
+
+train: $(STAMP)
+	$(PY) -m llm_tiny train $(CONFIG) $(ARGS)
+
+sample: $(STAMP)
+	$(PY) -m llm_tiny sample --ckpt $(RUN) $(ARGS)
+
+sweep: $(STAMP)
+	$(PY) -m llm_tiny sweep configs/sweep_tiny.yaml $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_tokenizer.py $(ARGS)
+	$(PY) benchmarks/bench_sample.py $(ARGS)
+	$(PY) benchmarks/bench_train.py $(ARGS)
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache .coverage .coverage.* htmlcov build *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

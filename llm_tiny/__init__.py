@@ -1,0 +1,1 @@
+"""llm_tiny: train GPT-style language models end to end."""

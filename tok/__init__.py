@@ -1,0 +1,1 @@
+"""tok: a byte-level BPE tokenizer."""
