@@ -1,0 +1,144 @@
+"""Evaluation: loss, perplexity and bits per byte over a whole split.
+
+The loss is the mean cross-entropy (nats) over every scored target token; perplexity is its
+exponential. Both depend on the tokenizer: a bigger vocabulary has fewer, harder tokens. Bits
+per byte does not, so runs with different tokenizers compare on it:
+
+    bpb = (sum of the token losses in nats) / (ln 2 x bytes of the text those tokens encode)
+
+For a token stream the split is cut into windows of `block_size` (`data.eval_windows`):
+without a stride they do not overlap and every token but the first of the split is scored
+exactly once (the first has no context; the bytes count leaves it out too). With a stride
+each window advances by `stride` tokens and scores only those, so every scored token sees at
+least `block_size - stride` tokens of context: a lower, fairer loss for a fixed context, at
+`block_size / stride` times the cost.
+
+Evaluating only the first `eval_iters` batches (a cheaper estimate during training) scales the
+byte count by the fraction of targets scored; on the full split bits per byte are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from llm_tiny.data import count_window_targets, iter_window_batches
+
+LN2 = math.log(2.0)
+
+
+def bits_per_byte(loss_sum: float, n_bytes: int) -> float:
+    """Total loss in nats over the bytes it covers, in bits: `loss_sum / (n_bytes ln 2)`.
+
+    >>> round(bits_per_byte(math.log(2) * 3.0, 3), 12)  # 1 bit per byte
+    1.0
+    """
+    if n_bytes <= 0:
+        return math.nan
+    return loss_sum / (n_bytes * LN2)
+
+
+def summarize(loss_sum: float, n_targets: int, n_bytes: float) -> dict[str, float]:
+    """`{loss, ppl, bpb, tokens}` from a loss sum over `n_targets` tokens covering `n_bytes`."""
+    if n_targets == 0:
+        return {"loss": math.nan, "ppl": math.nan, "bpb": math.nan, "tokens": 0}
+    loss = loss_sum / n_targets
+    ppl = math.exp(loss) if loss < 700 else math.inf
+    return {"loss": loss, "ppl": ppl, "bpb": bits_per_byte(loss_sum, n_bytes), "tokens": n_targets}
+
+
+@torch.no_grad()
+def loss_sum_over(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[float, int]:
+    """(sum of the per-token losses in nats, number of scored targets) over `batches`.
+
+    The model returns the mean over the batch's scored targets (target -1 is ignored);
+    mean x count gives the sum, accumulated in float64 on the device, read once at the end.
+    """
+    total: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    for x, y in batches:
+        with autocast():
+            _, loss = model(x, y)
+        n = (y != -1).sum()
+        # A batch with nothing to score has a NaN mean; `where` drops it without a device sync.
+        part = torch.where(n > 0, loss.double() * n, loss.new_zeros((), dtype=torch.float64))
+        total = part if total is None else total + part
+        count = n if count is None else count + n
+    if total is None:
+        return 0.0, 0
+    return float(total), int(count)
+
+
+def evaluate_tokens(
+    model: nn.Module,
+    tokens: np.ndarray,
+    n_bytes: int,
+    block_size: int,
+    batch_size: int,
+    device: torch.device | str,
+    stride: int | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, float]:
+    """Loss, perplexity and bits per byte of `model` on a token stream.
+
+    `n_bytes` is the number of bytes the scored tokens encode: the text's bytes minus those of
+    its first token (`meta.json` stores this as `splits.val.scored_bytes`). Every token but the
+    first is scored once; see the module docstring for `stride`.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        batches = iter_window_batches(tokens, block_size, batch_size, device, stride)
+        loss_sum, n = loss_sum_over(model, batches, autocast)
+    finally:
+        model.train(was_training)
+    expected = count_window_targets(len(tokens), block_size, batch_size, stride, None)
+    assert n == expected, f"scored {n} targets, expected {expected}"
+    return summarize(loss_sum, n, n_bytes)
+
+
+def evaluate_split(
+    model: nn.Module,
+    source,
+    scored_bytes: int,
+    *,
+    batch_size: int,
+    max_batches: int | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, float]:
+    """Evaluate a batch source (`data.TokenWindows` / `data.ExampleBatches`) over its split.
+
+    With several processes each rank scores its share of the batches and the sums are added
+    with `all_reduce`, so every rank returns the same numbers.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        batches = source.iter_eval_batches(
+            batch_size, max_batches=max_batches, rank=rank, world_size=world_size
+        )
+        loss_sum, n = loss_sum_over(model, batches, autocast)
+    finally:
+        model.train(was_training)
+    if world_size > 1:
+        device = source.device
+        both = torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device)
+        dist.all_reduce(both)
+        loss_sum, n = float(both[0]), int(both[1])
+    total = source.eval_targets(batch_size)
+    # Exact on the full split; with max_batches, the bytes of the scored part are estimated.
+    n_bytes = scored_bytes if n == total else scored_bytes * n / max(total, 1)
+    return summarize(loss_sum, n, n_bytes)

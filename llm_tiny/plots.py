@@ -1,0 +1,118 @@
+"""Loss curves from `metrics.csv`: `python -m llm_tiny plot RUN [RUN ...]`.
+
+One figure, four panels: training and validation loss against optimizer step and against
+tokens seen, the learning rate, and validation bits per byte. Several runs share the figure
+(one colour per run) so they compare at a glance. The CSV written by training is the source of
+truth; this module only reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
+
+COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr")
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
+    """Read `run_dir/metrics.csv` into columns of floats (`nan` where a cell is empty).
+
+    >>> # step,tokens,train_loss,val_loss,...  ->  {"step": [0.0, 10.0], "val_loss": [nan, 2.1], ...}
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "metrics.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: no metrics.csv here; is this a training run directory?")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("step", "train_loss") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path}: not a metrics file (missing column {missing[0]})")
+        rows = list(reader)
+    if not rows:
+        raise UserError(f"{path}: no rows yet; train for a few steps first")
+    return {
+        name: [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
+        for name in COLUMNS
+        if name in rows[0]
+    }
+
+
+def _points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """Keep the (x, y) pairs where both are measured."""
+    pairs = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def plot_runs(run_dirs: list[str | Path], out_path: str | Path) -> Path:
+    """Plot the runs' loss curves into one PNG at `out_path`; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed, and never an interactive window
+    import matplotlib.pyplot as plt
+
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (ax_step, ax_tok), (ax_lr, ax_bpb) = axes
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (run_dir, m) in enumerate(runs):
+        colour = colours[i % len(colours)]
+        name = run_dir.name if len(runs) > 1 else ""
+        prefix = f"{name} " if name else ""
+        for ax, x in ((ax_step, "step"), (ax_tok, "tokens")):
+            if x not in m:
+                continue
+            xs, ys = _points(m[x], m["train_loss"])
+            ax.plot(xs, ys, color=colour, alpha=0.6, lw=1, label=f"{prefix}train")
+            if "val_loss" in m:
+                xs, ys = _points(m[x], m["val_loss"])
+                ax.plot(xs, ys, color=colour, marker="o", ms=4, lw=2, ls="--", label=f"{prefix}val")
+        if "lr" in m:
+            xs, ys = _points(m["step"], m["lr"])
+            ax_lr.plot(xs, ys, color=colour, label=name or "lr")
+        if "val_bpb" in m:
+            xs, ys = _points(m["step"], m["val_bpb"])
+            ax_bpb.plot(xs, ys, color=colour, marker="o", ms=4, label=name or "val")
+
+    ax_step.set(xlabel="optimizer step", ylabel="loss (nats / token)", title="Loss vs step")
+    ax_tok.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="Loss vs tokens")
+    ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
+    ax_bpb.set(xlabel="optimizer step", ylabel="bits per byte", title="Validation bits per byte")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    title = ", ".join(str(d) for d, _ in runs)
+    fig.suptitle(f"llm_tiny: {title}", fontsize=11)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(
+        prog="llm_tiny plot",
+        description="Plot training/validation loss, learning rate and bits per byte of runs.",
+    )
+    parser.add_argument("runs", nargs="+", help="run directories (each holds metrics.csv)")
+    parser.add_argument(
+        "--out",
+        help="output PNG (default: RUN/loss.png for one run, loss_compare.png for several)",
+    )
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        default = Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "loss_compare.png"
+        path = plot_runs(args.runs, args.out or default)
+        print(f"wrote {path}")
+        return 0
+
+    return run_cli(run, "llm_tiny plot")

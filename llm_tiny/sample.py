@@ -1,0 +1,134 @@
+"""The sampler CLI: `python -m llm_tiny sample --ckpt RUN_OR_FILE [options]`.
+
+Loads a checkpoint (a run directory means its `best.pt`), encodes the prompt with the
+checkpoint's own tokenizer, and generates with temperature, top-k and nucleus sampling through
+the KV cache (`llm_tiny.sampling`), or deterministically with beam search. Defaults for every
+option come from the run's `sample` config section. Same seed, same text; `--stream` prints
+tokens as they are produced and never half a UTF-8 character.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
+
+
+def check_sampling_values(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    max_new_tokens: int,
+    num_samples: int,
+) -> None:
+    """Reject impossible sampling values with the allowed range, as a UserError."""
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    if max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> str:
+    if prompt_file is not None:
+        try:
+            return Path(prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"{prompt_file}: prompt file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{prompt_file}: cannot read prompt file ({e})") from None
+    return default if prompt is None else prompt
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="llm_tiny sample", description="Generate text from a checkpoint.")
+    p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
+    group.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
+    p.add_argument("--temperature", type=float, help="0 = greedy; higher = more random")
+    p.add_argument("--top-k", type=int, help="keep only the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="nucleus: smallest set with probability >= p")
+    p.add_argument("--num-samples", type=int, help="how many independent samples")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same text)")
+    p.add_argument("--beam-width", type=int, default=0, help="beam search with this width")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _sample(args), "llm_tiny sample")
+
+
+def _sample(args) -> int:
+    from llm_tiny.checkpoint import load_model
+    from llm_tiny.runtime import resolve_device
+    from llm_tiny.sampling import beam_search, generate, generate_stream
+    from tok.bpe import StreamDecoder
+
+    ckpt_path = Path(args.ckpt)
+    if not ckpt_path.exists():
+        raise UserError(f"{ckpt_path}: no checkpoint here; train a model first (make train)")
+    device = resolve_device(args.device)
+    model, tokenizer, cfg, _ = load_model(ckpt_path, device)
+    s = cfg.sample
+    temperature = s.temperature if args.temperature is None else args.temperature
+    top_k = s.top_k if args.top_k is None else args.top_k
+    top_p = s.top_p if args.top_p is None else args.top_p
+    max_new = s.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    num_samples = s.num_samples if args.num_samples is None else args.num_samples
+    seed = s.seed if args.seed is None else args.seed
+    check_sampling_values(temperature, top_k, top_p, max_new, num_samples)
+    if args.beam_width < 0:
+        raise UserError(
+            f"--beam-width must be >= 1 (0 disables beam search), got {args.beam_width}"
+        )
+
+    prompt = read_prompt(args.prompt, args.prompt_file, s.prompt)
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty; give --prompt with at least one character")
+    block = cfg.model.block_size
+    if len(ids) > block:
+        print(
+            f"note: prompt is {len(ids)} tokens, longer than the context ({block}); "
+            f"keeping its last {block} tokens",
+            file=sys.stderr,
+        )
+        ids = ids[-block:]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
+
+    out = sys.stdout
+    for i in range(num_samples):
+        if num_samples > 1:
+            print(f"---------- sample {i + 1} ----------", file=out)
+        if args.beam_width:
+            tokens = beam_search(model, idx, max_new, beam_width=args.beam_width)
+            out.write(tokenizer.decode(tokens[0].tolist()))
+        elif args.stream:
+            decoder = StreamDecoder(tokenizer)
+            out.write(tokenizer.decode(ids))
+            out.flush()
+            for token in generate_stream(model, idx, max_new, **options):
+                out.write(decoder.push(token))
+                out.flush()
+            out.write(decoder.flush())
+        else:
+            tokens = generate(model, idx, max_new, **options)
+            out.write(tokenizer.decode(tokens[0].tolist()))
+        out.write("\n")
+        out.flush()
+    return 0

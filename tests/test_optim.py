@@ -1,0 +1,103 @@
+"""The optimizer against a hand-written AdamW, gradient clipping and accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llm_tiny.config import ModelConfig, OptimConfig
+from llm_tiny.model import TinyGPT
+from llm_tiny.optim import build_optimizer, clip_grad_norm, set_lr
+
+
+def tiny_model(seed: int = 0) -> TinyGPT:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    return TinyGPT(cfg).double()
+
+
+def reference_adamw(p, g, m, v, t, *, lr, beta1, beta2, eps, wd):
+    """Decoupled weight decay (Loshchilov & Hutter 2019, algorithm 2), written out."""
+    p = p * (1 - lr * wd)
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    return p - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+def test_groups_cover_every_parameter_once_with_the_configured_values():
+    model = tiny_model()
+    cfg = OptimConfig(weight_decay=0.25, beta1=0.8, beta2=0.9, eps=1e-6)
+    opt = build_optimizer(model, cfg)
+    seen = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    assert len(seen) == len(set(seen))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.25 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert all(p.dim() < 2 for p in no_decay["params"])
+    for g in opt.param_groups:
+        assert g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6
+
+
+def test_two_steps_match_the_reference_update():
+    model = tiny_model()
+    cfg = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    opt = build_optimizer(model, cfg)
+    wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    gen = torch.Generator().manual_seed(1)
+    params = list(model.parameters())
+    expected = {
+        id(p): (p.detach().clone(), torch.zeros_like(p), torch.zeros_like(p)) for p in params
+    }
+    for t, lr in ((1, 1e-2), (2, 5e-3)):
+        set_lr(opt, lr)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        for p in params:
+            ref, m, v = expected[id(p)]
+            expected[id(p)] = reference_adamw(
+                ref, p.grad, m, v, t, lr=lr, beta1=0.9, beta2=0.95, eps=1e-8, wd=wd[id(p)]
+            )
+        opt.step()
+    for p in params:
+        torch.testing.assert_close(p.detach(), expected[id(p)][0], rtol=1e-12, atol=1e-12)
+
+
+def test_clip_grad_norm_returns_the_norm_before_clipping():
+    a = torch.zeros(3, requires_grad=True)
+    b = torch.zeros(2, requires_grad=True)
+    a.grad = torch.tensor([3.0, 0.0, 0.0])
+    b.grad = torch.tensor([0.0, 4.0])
+    norm = clip_grad_norm([a, b], 1.0)
+    assert float(norm) == pytest.approx(5.0)
+    after = math.sqrt(float(a.grad.square().sum() + b.grad.square().sum()))
+    assert after == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(a.grad, torch.tensor([0.6, 0.0, 0.0]), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_zero_disables_clipping_but_still_measures():
+    a = torch.zeros(2, requires_grad=True)
+    a.grad = torch.tensor([30.0, 40.0])
+    assert float(clip_grad_norm([a], 0.0)) == pytest.approx(50.0)
+    torch.testing.assert_close(a.grad, torch.tensor([30.0, 40.0]))
+
+
+def test_accumulated_scaled_gradients_equal_the_full_batch_gradient():
+    # accum 4 x batch 2 with the loss scaled by 1/4 == one batch of 8 (what train.py does).
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 64, (8, 16), generator=gen)
+    y = torch.randint(0, 64, (8, 16), generator=gen)
+    _, loss = model(x, y)
+    loss.backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    for i in range(4):
+        _, loss = model(x[2 * i : 2 * i + 2], y[2 * i : 2 * i + 2])
+        (loss / 4).backward()
+    for g, p in zip(full, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
