@@ -287,6 +287,25 @@ def _files_match(data_dir: Path, meta: dict[str, Any]) -> bool:
     return bool(meta.get("splits"))
 
 
+def load_prepared(data_dir: str | Path, tokenizer: Any) -> PreparedData:
+    """Open a data directory prepared earlier, without its input text (for evaluation).
+
+    The directory must hold a complete preparation made with this very tokenizer.
+    """
+    data_dir = Path(data_dir)
+    meta = _read_meta(data_dir / "meta.json")
+    if meta is None or meta.get("format") != META_FORMAT:
+        raise UserError(f"{data_dir}: no prepared data here (meta.json missing or unreadable)")
+    if meta.get("tokenizer_fingerprint") != tokenizer.fingerprint:
+        raise UserError(
+            f"{data_dir}: prepared with a different tokenizer than the checkpoint's; "
+            "re-run training to prepare it again, or pass --input FILE"
+        )
+    if not _files_match(data_dir, meta):
+        raise UserError(f"{data_dir}: the .bin files do not match meta.json; prepare again")
+    return PreparedData(data_dir, meta, tokenizer)
+
+
 def prepare_data(
     cfg: DataConfig,
     *,

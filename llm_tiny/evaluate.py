@@ -20,8 +20,10 @@ byte count by the fraction of targets scored; on the full split bits per byte ar
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llm_tiny.data import count_window_targets, iter_window_batches
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 LN2 = math.log(2.0)
 
@@ -142,3 +145,95 @@ def evaluate_split(
     # Exact on the full split; with max_batches, the bytes of the scored part are estimated.
     n_bytes = scored_bytes if n == total else scored_bytes * n / max(total, 1)
     return summarize(loss_sum, n, n_bytes)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    input_path: str | Path | None = None,
+    *,
+    stride: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> dict:
+    """Loss, perplexity and bits per byte of a checkpoint on its run's validation split, or
+    on any text file tokenized with the checkpoint's own tokenizer."""
+    from llm_tiny.checkpoint import load_model
+    from llm_tiny.data import load_prepared, open_split
+    from llm_tiny.runtime import resolve_device
+
+    dev = resolve_device(device)
+    model, tokenizer, cfg, _ = load_model(ckpt, dev)
+    block = cfg.model.block_size
+    batch_size = batch_size or cfg.train.eval_batch_size
+    if stride is not None and not 1 <= stride <= block:
+        raise UserError(f"--stride must be in [1, block_size = {block}], got {stride}")
+    if input_path is not None:
+        path = Path(input_path)
+        try:
+            n_bytes = path.stat().st_size
+        except FileNotFoundError:
+            raise UserError(f"{path}: input file not found") from None
+        tokens = tokenizer.encode_file(path)
+        if len(tokens) < 2:
+            raise UserError(f"{path}: needs at least 2 tokens to score, has {len(tokens)}")
+        # The first token has no context and is not scored; neither are its bytes.
+        scored_bytes = n_bytes - len(tokenizer.decode_bytes([int(tokens[0])]))
+        result = evaluate_tokens(model, tokens, scored_bytes, block, batch_size, dev, stride)
+        source = str(path)
+    else:
+        data = load_prepared(cfg.data.data_dir, tokenizer)
+        scored_bytes = data.split("val")["scored_bytes"]
+        if data.meta["kind"] == "text":
+            tokens = np.memmap(data.data_dir / "val.bin", dtype=data.dtype, mode="r")
+            result = evaluate_tokens(model, tokens, scored_bytes, block, batch_size, dev, stride)
+        else:
+            if stride is not None:
+                raise UserError("--stride applies to text runs; this run's data are examples")
+            src = open_split(data, "val", block, batch_size, cfg.train.seed, dev)
+            result = evaluate_split(model, src, scored_bytes, batch_size=batch_size)
+        source = f"{data.data_dir / 'val.bin'} (validation split)"
+    return {"ckpt": str(ckpt), "data": source, "stride": stride or block, **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(
+        prog="llm_tiny eval",
+        description="Cross-entropy per token, perplexity and bits per byte of a checkpoint.",
+    )
+    parser.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or .pt file")
+    parser.add_argument("--input", help="text file to score (default: the run's validation split)")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        help="advance windows by this many tokens, scoring only those (default: block_size, "
+        "i.e. non-overlapping windows)",
+    )
+    parser.add_argument("--batch-size", type=int, help="windows per batch")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+        r = evaluate_checkpoint(
+            args.ckpt,
+            args.input,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        if args.json:
+            print(json.dumps(r))
+        else:
+            print(f"{r['data']}: {r['tokens']:,} tokens scored, stride {r['stride']}")
+            print(
+                f"loss {r['loss']:.4f} nats/token | perplexity {r['ppl']:.2f} | "
+                f"bits per byte {r['bpb']:.4f}"
+            )
+        return 0
+
+    return run_cli(run, "llm_tiny eval")

@@ -68,14 +68,13 @@ def _truncate_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def check_tensorboard() -> None:
-    """Raise a UserError now (before a run starts) if TensorBoard logging cannot work."""
+def tensorboard_available() -> bool:
+    """Whether TensorBoard scalars can be written (the `tensorboard` package is installed)."""
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
-        raise UserError(
-            "train.tensorboard needs the tensorboard package: pip install tensorboard"
-        ) from None
+        return False
+    return True
 
 
 class MetricsLog:
@@ -98,12 +97,7 @@ class MetricsLog:
             self._writer.writerow(COLUMNS)
             self._file.flush()
         self._tb = None
-        if tensorboard:
-            try:
-                check_tensorboard()
-            except UserError:
-                self._file.close()
-                raise
+        if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(Path(out_dir) / "tb"))

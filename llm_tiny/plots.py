@@ -8,38 +8,32 @@ truth; this module only reads it.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
+from llm_tiny import metrics
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr")
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """Read `run_dir/metrics.csv` into columns of floats (`nan` where a cell is empty).
-
-    >>> # step,tokens,train_loss,val_loss,...  ->  {"step": [0.0, 10.0], "val_loss": [nan, 2.1], ...}
-    """
+    """Columns of `run_dir/metrics.csv` as lists of floats, `nan` where a cell is empty."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / "metrics.csv"
     if not path.is_file():
         raise UserError(f"{path}: no metrics.csv here; is this a training run directory?")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("step", "train_loss") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path}: not a metrics file (missing column {missing[0]})")
-        rows = list(reader)
+    try:
+        rows = metrics.read_metrics(path)
+    except ValueError as e:
+        raise UserError(f"{path}: not a metrics file ({e})") from None
     if not rows:
         raise UserError(f"{path}: no rows yet; train for a few steps first")
-    return {
-        name: [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
-        for name in COLUMNS
-        if name in rows[0]
-    }
+    if not {"step", "train_loss"} <= set(rows[0]):
+        raise UserError(f"{path}: not a metrics file (needs step and train_loss columns)")
+    nan = math.nan
+    return {c: [nan if r.get(c) is None else r[c] for r in rows] for c in COLUMNS if c in rows[0]}
 
 
 def _points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:

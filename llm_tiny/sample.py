@@ -94,6 +94,8 @@ def _sample(args) -> int:
         raise UserError(
             f"--beam-width must be >= 1 (0 disables beam search), got {args.beam_width}"
         )
+    if args.beam_width and num_samples != 1:
+        raise UserError("beam search is deterministic: use --num-samples 1 with --beam-width")
 
     prompt = read_prompt(args.prompt, args.prompt_file, s.prompt)
     ids = tokenizer.encode(prompt)

@@ -56,7 +56,7 @@ from llm_tiny.config import RunConfig, config_to_dict, load_config, override, sa
 from llm_tiny.data import PreparedData, open_split, prepare_data
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 from llm_tiny.evaluate import evaluate_split
-from llm_tiny.metrics import MetricsLog, check_tensorboard
+from llm_tiny.metrics import MetricsLog, tensorboard_available
 from llm_tiny.optim import build_optimizer, clip_grad_norm, set_lr
 from llm_tiny.runtime import (
     Runtime,
@@ -220,8 +220,12 @@ class Trainer:
         self.out_dir = Path(cfg.train.out_dir)
         if rt.is_main:
             check_out_dir(self.out_dir)
-            if cfg.train.tensorboard:
-                check_tensorboard()
+            if cfg.train.tensorboard and not tensorboard_available():
+                # The CSV is the source of truth; TensorBoard is a convenience.
+                self.log(
+                    "note: train.tensorboard is on but tensorboard is not installed "
+                    "(pip install tensorboard); writing metrics.csv only"
+                )
 
         # Everything that can fail on bad input happens before any file of the run is written.
         self.resume_from = resume_path(cfg, self.out_dir)
@@ -520,8 +524,6 @@ class Trainer:
             signum=stopper.signum,
         )
         self._summary(result)
-        if stopped != "signal":
-            _after_training(self.cfg, self.model, self.data.tokenizer, rt, self.log)
         return result
 
     def _skip(self, loss: float, norm: float, lr: float) -> None:
@@ -611,16 +613,18 @@ class Trainer:
 
     def _summary(self, r: TrainResult) -> None:
         why = {"max_iters": "done", "max_seconds": "time budget reached", "signal": "interrupted"}
-        files = ", ".join(
-            str(self.out_dir / n)
-            for n in ("last.pt", "best.pt", "metrics.csv", "config.yaml")
-            if (self.out_dir / n).exists()
-        )
         self.log(
             f"{why[r.stopped]}: step {r.step} in {r.elapsed_s:.1f}s | val loss {_fmt(r.val_loss)} | "
             f"ppl {_fmt(r.val_ppl, '.2f')} | bpb {_fmt(r.val_bpb)} | best val loss "
             f"{_fmt(r.best_val_loss if math.isfinite(r.best_val_loss) else None)}"
             + (f" | {r.skipped_steps} steps skipped" if r.skipped_steps else "")
+        )
+        if r.stopped != "signal":
+            _after_training(self.cfg, self.model, self.data.tokenizer, self.rt, self.log)
+        files = ", ".join(
+            str(self.out_dir / n)
+            for n in ("best.pt", "last.pt", "metrics.csv", "loss.png", "config.yaml")
+            if (self.out_dir / n).exists()
         )
         self.log(f"files: {files}")
 
@@ -628,8 +632,14 @@ class Trainer:
 def _after_training(
     cfg: RunConfig, model: nn.Module, tokenizer: Any, rt: Runtime, log: Callable[[str], None]
 ) -> None:
-    """Hooks run on rank 0 when training ends normally: a short sample if `sample_at_end`."""
-    if not rt.is_main or not cfg.train.sample_at_end or cfg.sample.max_new_tokens == 0:
+    """Hooks run on rank 0 when training ends normally: `loss.png` from the metrics, then a
+    short sample if `train.sample_at_end`."""
+    if not rt.is_main:
+        return
+    from llm_tiny.plots import plot_runs
+
+    plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
+    if not cfg.train.sample_at_end or cfg.sample.max_new_tokens == 0:
         return
     from llm_tiny.sampling import generate
 
