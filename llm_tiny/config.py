@@ -119,6 +119,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     tensorboard: bool = False
     sample_at_end: bool = True  # print a short sample when training ends
+    peak_flops: float | None = None  # accelerator peak FLOP/s for MFU; None: look up by name
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(t.log_interval >= 1, f"train.log_interval must be >= 1, got {t.log_interval}")
     check(t.ckpt_interval >= 1, f"train.ckpt_interval must be >= 1, got {t.ckpt_interval}")
     check(t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}")
+    check(t.peak_flops is None or t.peak_flops > 0, "train.peak_flops must be > 0 or null")
     check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
 
     check(s.max_new_tokens >= 0, f"sample.max_new_tokens must be >= 0, got {s.max_new_tokens}")

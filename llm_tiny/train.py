@@ -595,7 +595,9 @@ class Trainer:
         if self.rt.device_type != "cuda":
             return ""
         mfu = self.model.estimate_mfu(
-            tokens_per_s / self.rt.world_size, torch.cuda.get_device_name(self.rt.device)
+            tokens_per_s / self.rt.world_size,
+            torch.cuda.get_device_name(self.rt.device),
+            peak_flops=self.cfg.train.peak_flops,
         )
         return "" if mfu is None else f" | mfu {100 * mfu:.1f}%"
 

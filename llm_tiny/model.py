@@ -1,0 +1,606 @@
+"""TinyGPT: a decoder-only transformer language model, readable top to bottom.
+
+Token ids go in, next-token logits come out. The defaults build a GPT-2-style model. Each
+flag of `ModelConfig` swaps one small module, looked up in a dict below:
+
+- `pos_emb`: `learned` adds a trained vector per position to the input (GPT-2, Radford et al.
+  2019); `rope` instead rotates queries and keys by position-dependent angles (RoFormer, Su et
+  al. 2021), with base wavelength `rope_theta`.
+- `norm`: `layernorm` (Ba et al. 2016), or `rmsnorm`, which rescales without centring (Zhang &
+  Sennrich 2019).
+- `mlp`: `gelu`, 4x wide (GPT-2), or `swiglu`, a gated unit about 8/3x wide (Shazeer 2020, "GLU
+  Variants Improve Transformer").
+- `n_kv_head`: fewer key/value heads than query heads, each shared by a group of query heads:
+  grouped-query attention (Ainslie et al. 2023). `None` gives every query head its own.
+- `attn_impl`: `sdpa` calls `F.scaled_dot_product_attention`, which runs FlashAttention or the
+  memory-efficient kernel on CUDA; `manual` writes softmax(QK^T / sqrt(hs)) V out.
+- `tie_weights`: the LM head reuses the token embedding matrix (Press & Wolf 2017).
+- `bias`: biases in the linear layers and LayerNorms. `grad_checkpointing`: keep only each
+  block's input and recompute its activations during the backward pass (Chen et al. 2016).
+
+Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)), as in GPT-2. Weights are
+initialised as in GPT-2 (normal, std 0.02; residual projections scaled by 1/sqrt(2 n_layer)).
+
+Shapes: B batch, T time (tokens), C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size,
+V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.sampling`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from llm_tiny.config import ModelConfig
+
+# A position module's `rotate(t, start)`: applies positions to queries/keys (B, h, T, hs).
+Rotate = Callable[[Tensor, int], Tensor]
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g: LayerNorm without the mean and the bias.
+
+    Written out because `torch.nn.RMSNorm` only exists from torch 2.4.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def layer_norm(cfg: ModelConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def rms_norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg.n_embd)
+
+
+NORMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "layernorm": layer_norm,
+    "rmsnorm": rms_norm,
+}
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def rope_tables(block_size: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of the RoPE angles, each (block_size, head_dim / 2).
+
+    Pair i of a head is rotated at position m by the angle m * theta^(-2i / head_dim): the first
+    pairs turn fast and see nearby tokens, the last turn slowly and see far ones.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float64), inv_freq)  # (T, hs/2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair (x[i], x[i + hs/2]) of x (..., T, hs) by the angles in cos/sin (T, hs/2).
+
+    NOTE: this pairs dimension i with i + hs/2 (the "rotate half" layout of GPT-NeoX and Llama)
+    rather than neighbours 2i, 2i+1 as in the RoFormer paper; both are the same rotation of a
+    permuted head, and halves need no interleaving.
+    """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)  # (..., T, hs/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class LearnedPositions(nn.Module):
+    """GPT-2: a trained vector per position, added to the token embedding."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+
+    def embed(self, x: Tensor, start: int) -> Tensor:
+        return x + self.wpe.weight[start : start + x.size(1)]  # (B, T, C) + (T, C)
+
+    def rotate(self, t: Tensor, start: int) -> Tensor:
+        return t  # positions already travel in the residual stream
+
+
+class RotaryPositions(nn.Module):
+    """RoPE: nothing is added to the input; queries and keys are rotated inside attention.
+
+    The dot product of a query rotated to position m and a key rotated to position n depends
+    only on m - n, so attention sees relative positions. `start` offsets the tables for tokens
+    that arrive after a KV cache already holds `start` positions.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cos, sin = rope_tables(cfg.block_size, cfg.head_dim, cfg.rope_theta)
+        # Not persistent: derived from the config, so checkpoints do not carry them.
+        self.register_buffer("cos", cos, persistent=False)  # (block_size, hs/2)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def embed(self, x: Tensor, start: int) -> Tensor:
+        return x
+
+    def rotate(self, t: Tensor, start: int) -> Tensor:
+        end = start + t.size(-2)
+        return apply_rope(t, self.cos[start:end], self.sin[start:end])
+
+
+POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions}
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(hs)) with False entries of `mask` (T, S) excluded: (B, nh, T, S)."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
+    """Attention written out: weights, dropout on the weights, weighted sum of values."""
+    att = F.dropout(attention_weights(q, k, mask), p=dropout_p)  # (B, nh, T, S)
+    return att @ v  # (B, nh, T, hs)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
+    """The same computation by PyTorch's fused kernel."""
+    T, S = q.size(-2), k.size(-2)
+    if T == S:  # no cached prefix: `is_causal` lets PyTorch pick FlashAttention on CUDA
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    if T == 1:  # one new token after a cache: it may see every key, no mask needed
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    # NOTE: with fewer queries than keys `is_causal` would align the mask to the top left
+    # (query 0 sees key 0 only), which is wrong after a cache; pass the offset mask instead.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+ATTENTION: dict[str, Callable[..., Tensor]] = {"sdpa": sdpa_attention, "manual": manual_attention}
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """(B, nkv, S, hs) -> (B, nkv * n_rep, S, hs): each key/value head serves n_rep query heads."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+class LayerCache:
+    """Keys and values of one layer for the positions seen so far, preallocated to block_size."""
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (B, nkv, block_size, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def store(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, nkv, T, hs) at positions start.. and return all keys/values so far."""
+        end = start + k.size(2)
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nkv, start + T, hs)
+
+
+class KVCache:
+    """Per-layer key/value caches plus how many positions they hold (`length`)."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, cfg.kv_heads, cfg.block_size, cfg.head_dim)
+        self.layers = [LayerCache(shape, device, dtype) for _ in range(cfg.n_layer)]
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused)."""
+        self.length = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (B',): beam search follows the beams it keeps."""
+        for layer in self.layers:
+            layer.k = layer.k.index_select(0, index)
+            layer.v = layer.v.index_select(0, index)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with one fused QKV projection."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.attend = ATTENTION[cfg.attn_impl]
+        # mask[i, j]: may position i look at position j? Row `start + t` of this table is the
+        # right mask for query t after `start` cached positions, so one table serves both.
+        # (block_size^2 bytes per layer: 1 MB at 1024.)
+        mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool).tril()
+        self.register_buffer("mask", mask, persistent=False)
+
+    def heads(self, x: Tensor, rotate: Rotate, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), positions applied."""
+        B, T, _ = x.shape
+        kv_width = self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, kv_width, kv_width], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        return rotate(q, start), rotate(k, start), v
+
+    def forward(
+        self, x: Tensor, rotate: Rotate, start: int = 0, cache: LayerCache | None = None
+    ) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.heads(x, rotate, start)
+        if cache is not None:
+            k, v = cache.store(k, v, start)  # (B, nkv, S, hs) with S = start + T
+        n_rep = self.n_head // self.n_kv_head
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, S, hs)
+        mask = self.mask[start : start + T, : start + T]  # (T, S)
+        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+    def weights(self, x: Tensor, rotate: Rotate) -> Tensor:
+        """Attention weights (B, nh, T, T) for x (B, T, C), whatever `attend` is: for pictures."""
+        T = x.size(1)
+        q, k, _ = self.heads(x, rotate, 0)
+        return attention_weights(q, repeat_kv(k, self.n_head // self.n_kv_head), self.mask[:T, :T])
+
+
+# ----------------------------------------------------------------------------- feed-forward
+
+
+class GeluMLP(nn.Module):
+    """GPT-2's feed-forward layer: C -> 4C -> GELU -> C."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.act = nn.GELU(approximate="tanh")  # the approximation GPT-2 was trained with
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(self.act(self.fc(x))))  # (B, T, C)
+
+
+def swiglu_hidden(n_embd: int) -> int:
+    """8/3 * n_embd rounded up to a multiple of 64: as many weights as a 4x GELU MLP
+    (three matrices instead of two), in a size that GPU matmuls like. 384 -> 1024, 128 -> 384."""
+    return 64 * math.ceil(8 * n_embd / 3 / 64)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward layer: proj(silu(x W_gate) * (x W_up)), with W_gate, W_up fused."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(cfg.n_embd)
+        self.fc = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)  # gate and up, side by side
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.drop(self.proj(F.silu(gate) * up))  # (B, T, C)
+
+
+MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU}
+
+
+# ----------------------------------------------------------------------------- block
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = NORMS[cfg.norm](cfg)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = NORMS[cfg.norm](cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
+
+    def forward(
+        self, x: Tensor, rotate: Rotate, start: int = 0, cache: LayerCache | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.norm1(x), rotate, start, cache)  # (B, T, C)
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class TinyGPT(nn.Module):
+    """Embeddings, `n_layer` blocks, a final norm and the LM head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size is None; set it (e.g. from the tokenizer)")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos = POSITIONS[cfg.pos_emb](cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = NORMS[cfg.norm](cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            # One Parameter in two places: it is trained once, saved under both names and
+            # stays shared after `load_state_dict`, which copies into it in place.
+            self.lm_head.weight = self.wte.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation: every weight matrix and embedding ~ N(0, 0.02), biases 0, norm
+        gains 1; residual projections get std 0.02 / sqrt(2 n_layer) because each block adds two
+        of them to the residual stream, whose variance would otherwise grow with depth."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+            if isinstance(module, nn.LayerNorm) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy against
+        `targets` (B, T) when given (positions with target -1 are ignored).
+
+        With a `cache`, idx continues the `cache.length` positions already stored there.
+        """
+        start = 0 if cache is None else cache.length
+        self._check_inputs(idx, targets, start)
+        x = self.drop(self.pos.embed(self.wte(idx), start))  # (B, T, C)
+        caches = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, layer_cache in zip(self.blocks, caches):
+            if self.config.grad_checkpointing and torch.is_grad_enabled():
+                # Keep only the block's input; recompute its activations in backward.
+                x = checkpoint(block, x, self.pos.rotate, start, layer_cache, use_reentrant=False)
+            else:
+                x = block(x, self.pos.rotate, start, layer_cache)
+        if cache is not None:
+            cache.length += idx.size(1)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def _check_inputs(self, idx: Tensor, targets: Tensor | None, start: int) -> None:
+        """Turn the usual input mistakes into one clear ValueError instead of an index error
+        deep inside the embedding (or a device-side assert on CUDA)."""
+        cfg = self.config
+        if not isinstance(idx, Tensor) or idx.dim() != 2:
+            shape = tuple(idx.shape) if isinstance(idx, Tensor) else type(idx).__name__
+            raise ValueError(f"idx must be a (batch, time) tensor of token ids, got {shape}")
+        if idx.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}")
+        T = idx.size(1)
+        if T == 0:
+            raise ValueError("idx is empty: give at least one token per row")
+        if start + T > cfg.block_size:
+            where = f" after {start} cached positions" if start else ""
+            raise ValueError(
+                f"sequence of {T} tokens{where} exceeds block_size {cfg.block_size}; "
+                f"crop it to the last {cfg.block_size - start} tokens"
+            )
+        if targets is not None:
+            if not isinstance(targets, Tensor) or targets.shape != idx.shape:
+                got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets)
+                raise ValueError(
+                    f"targets must have the shape of idx {tuple(idx.shape)}, got {got}"
+                )
+            if targets.dtype not in (torch.long, torch.int32):
+                raise ValueError(f"targets must hold integer token ids, got {targets.dtype}")
+        # NOTE: reading min/max synchronises with the device and would break a compiled graph,
+        # so compiled models (which train on data checked when it was prepared) skip it.
+        if _compiling():
+            return
+        lo, hi = (int(v) for v in torch.aminmax(idx))
+        if lo < 0 or hi >= cfg.vocab_size:
+            raise ValueError(
+                f"token ids must be in [0, {cfg.vocab_size}) for this model, got ids from {lo} "
+                f"to {hi}; was the data made with a different tokenizer?"
+            )
+        if targets is not None:
+            lo, hi = (int(v) for v in torch.aminmax(targets))
+            if lo < -1 or hi >= cfg.vocab_size:
+                raise ValueError(
+                    f"targets must be in [0, {cfg.vocab_size}) or -1 (ignored), "
+                    f"got values from {lo} to {hi}"
+                )
+
+    # ------------------------------------------------------------------------- generation
+
+    def new_cache(
+        self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty KV cache for `batch_size` sequences (on the model's device and dtype)."""
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, device or p.device, dtype or p.dtype)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: Tensor) -> list[Tensor]:
+        """Softmax attention weights of every layer, each (B, nh, T, T), for visualisation.
+
+        Computed the manual way whatever `attn_impl` is (the fused kernels never form them).
+        """
+        self._check_inputs(idx, None, 0)
+        x = self.drop(self.pos.embed(self.wte(idx), 0))  # (B, T, C)
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.norm1(x), self.pos.rotate))
+            x = block(x, self.pos.rotate)
+        return maps
+
+    # ------------------------------------------------------------------------- accounting
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (a tied matrix counts once).
+
+        `non_embedding=True` leaves out lookup tables, which cost no FLOPs: the position
+        embedding, and the token embedding unless it is tied to the LM head (then the shared
+        matrix counts once, as the head's matmul).
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if isinstance(self.pos, LearnedPositions):
+                n -= self.pos.wpe.weight.numel()
+            if self.lm_head.weight is not self.wte.weight:
+                n -= self.wte.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward) at full context:
+        6 N + 12 n_layer n_embd block_size.
+
+        6 N: each of the N non-embedding weights does a multiply-add (2 FLOPs) forward and twice
+        that backward. 12 L C T: the attention scores QK^T and the weighted sum AV take T C
+        multiply-adds each per token and layer (4 T C FLOPs), times 3 with the backward. Counted
+        over the full T x T square as in the PaLM paper (Chowdhery et al. 2022, appendix B),
+        though the causal mask makes half of it unnecessary. Grouped-query attention does not
+        change this term.
+        """
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def estimate_mfu(
+        self,
+        tokens_per_second: float,
+        device_name: str | None = None,
+        peak_flops: float | None = None,
+    ) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak.
+
+        The peak is `peak_flops` if given, else looked up from `device_name` (e.g.
+        `torch.cuda.get_device_name()`) in `PEAK_FLOPS`; None when neither is known.
+        """
+        peak = peak_flops if peak_flops is not None else peak_flops_for(device_name)
+        if peak is None:
+            return None
+        return self.flops_per_token() * tokens_per_second / peak
+
+    # ------------------------------------------------------------------------- optimizer
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay every parameter with >= 2 dimensions (weight matrices and
+        embeddings), not biases or norm gains.
+
+        Decay pulls weights toward 0. For a matrix that only limits its scale; a gain or a bias
+        is a single per-channel value whose 0 is not a neutral choice (a gain of 0 silences the
+        channel), so they are left alone, as in GPT-2 and nanoGPT.
+        """
+        params = dict(self.named_parameters())  # a tied matrix appears once
+        decay = [p for p in params.values() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.requires_grad and p.dim() < 2]
+        grouped = {id(p) for p in decay} | {id(p) for p in no_decay}
+        trainable = {id(p) for p in params.values() if p.requires_grad}
+        assert grouped == trainable and len(decay) + len(no_decay) == len(trainable), (
+            "optimizer groups must cover every trainable parameter exactly once"
+        )
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+
+# ----------------------------------------------------------------------------- hardware peaks
+
+# Dense bf16 tensor-core peaks in FLOP/s (no sparsity), from the vendors' data sheets. Matched
+# in order against the device name as a whole word, so "H100 PCIe" comes before "H100".
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("H20", 148e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX A6000", 155e12),
+    ("4090", 165e12),
+    ("3090", 71e12),
+    ("V100", 125e12),  # no bf16 on Volta: its fp16 tensor-core peak
+    ("T4", 65e12),  # likewise fp16
+)
+
+
+def peak_flops_for(device_name: str | None) -> float | None:
+    """Peak FLOP/s of a device by name, e.g. "NVIDIA H100 80GB HBM3" -> 989e12; None if unknown."""
+    if not device_name:
+        return None
+    for pattern, flops in PEAK_FLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(pattern)}(?![A-Za-z0-9])", device_name, re.I):
+            return flops
+    return None
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def unwrap_model(model: nn.Module) -> TinyGPT:
+    """The TinyGPT inside `torch.compile` (`_orig_mod`) and DDP / DataParallel (`module`)."""
+    while not isinstance(model, TinyGPT):
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, FSDP
+            model = model.module
+        else:
+            raise TypeError(f"expected a TinyGPT (possibly wrapped), got {type(model).__name__}")
+    return model
+
+
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def clean_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict of the unwrapped model, with no `_orig_mod.` / `module.` prefixes.
+
+    Also accepts a state dict already saved with those prefixes and strips them, so old
+    checkpoints of wrapped models load into a bare TinyGPT.
+    """
+    if isinstance(model, nn.Module):
+        return dict(unwrap_model(model).state_dict())
+    clean = {}
+    for key, value in model.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces (torch >= 2.3 has the public name)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    if is_compiling is None:  # torch 2.2
+        from torch import _dynamo
+
+        is_compiling = _dynamo.is_compiling
+    return bool(is_compiling())

@@ -1,0 +1,483 @@
+"""TinyGPT against references: causality, sdpa vs manual, the KV cache vs a full forward, RoPE
+vs complex rotation, GQA vs repeated heads, parameter counts vs the GPT-2 formula, gradients vs
+finite differences, and the wrappers that torch.compile and DDP put around it."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm_tiny.config import ModelConfig
+from llm_tiny.model import (
+    RMSNorm,
+    RotaryPositions,
+    TinyGPT,
+    apply_rope,
+    clean_state_dict,
+    peak_flops_for,
+    rope_tables,
+    swiglu_hidden,
+    unwrap_model,
+)
+
+V = 32  # vocabulary of the test models
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy 2-core machine every parallel
+    region can wait milliseconds for the second core (10x slower tests)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = {"vocab_size": V, "block_size": 8, "n_layer": 2, "n_head": 4, "n_embd": 16}
+    return ModelConfig(**{**base, **overrides})
+
+
+def build(seed: int = 0, **overrides) -> TinyGPT:
+    """A tiny model in eval mode with every parameter ~ N(0, 0.3), biases and gains included:
+    GPT-2's initialisation gives near-uniform outputs and zero biases, which hide mistakes."""
+    torch.manual_seed(seed)
+    model = TinyGPT(tiny(**overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def tokens(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+FLAG_GRID = [
+    {
+        "pos_emb": pos,
+        "norm": norm,
+        "mlp": mlp,
+        "attn_impl": impl,
+        "n_kv_head": kv,
+        # these three do not interact with the rest or each other: vary them together
+        "tie_weights": tied,
+        "bias": tied,
+        "grad_checkpointing": tied,
+    }
+    for pos, norm, mlp, impl, kv, tied in itertools.product(
+        ["learned", "rope"],
+        ["layernorm", "rmsnorm"],
+        ["gelu", "swiglu"],
+        ["sdpa", "manual"],
+        [None, 2, 1],
+        [True, False],
+    )
+]
+
+
+def flag_id(flags: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in flags.items())
+
+
+# ----------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("flags", FLAG_GRID, ids=flag_id)
+def test_future_tokens_never_change_earlier_logits(flags):
+    model = build(**flags)
+    idx = tokens(2, 8)
+    changed = idx.clone()
+    changed[:, 5:] = (idx[:, 5:] + 1 + tokens(2, 3, seed=1) % (V - 1)) % V  # every one differs
+    a, _ = model(idx)
+    b, _ = model(changed)
+    torch.testing.assert_close(a[:, :5], b[:, :5], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])  # the change is visible where it may be
+
+
+# ----------------------------------------------------------------------------- sdpa vs manual
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
+def test_sdpa_equals_manual_attention(pos_emb, n_kv_head):
+    manual = build(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_impl="manual")
+    sdpa = build(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_impl="sdpa")
+    sdpa.load_state_dict(manual.state_dict())
+    idx, targets = tokens(3, 8), tokens(3, 8, seed=1)
+    lm, loss_m = manual(idx, targets)
+    ls, loss_s = sdpa(idx, targets)
+    torch.testing.assert_close(ls, lm, atol=1e-5, rtol=0)
+    loss_m.backward()
+    loss_s.backward()
+    for (name, pm), ps in zip(manual.named_parameters(), sdpa.parameters()):
+        torch.testing.assert_close(ps.grad, pm.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_cache_in_chunks_equals_one_full_forward(attn_impl, pos_emb, n_kv_head):
+    model = build(attn_impl=attn_impl, pos_emb=pos_emb, n_kv_head=n_kv_head)
+    idx = tokens(2, 8)
+    full, _ = model(idx)
+    cache = model.new_cache(batch_size=2)
+    parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 3), (3, 4), (4, 8)]]
+    assert cache.length == 8
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_reset_and_overflow():
+    model = build()
+    cache = model.new_cache(batch_size=1)
+    model(tokens(1, 6), cache=cache)
+    with pytest.raises(ValueError, match=r"after 6 cached positions exceeds block_size 8"):
+        model(tokens(1, 3), cache=cache)
+    cache.reset()
+    logits, _ = model(tokens(1, 8), cache=cache)
+    torch.testing.assert_close(logits, model(tokens(1, 8))[0], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def test_apply_rope_is_a_complex_rotation():
+    """Reference: pair (x_i, x_{i+hs/2}) as the complex number x_i + j x_{i+hs/2}, times e^{j m w_i}."""
+    hs, T, theta = 8, 5, 10000.0
+    x = torch.randn(2, 3, T, hs, dtype=torch.float64)
+    cos, sin = rope_tables(T, hs, theta)
+    got = apply_rope(x, cos.double(), sin.double())
+    w = torch.tensor([theta ** (-2 * i / hs) for i in range(hs // 2)], dtype=torch.float64)
+    m = torch.arange(T, dtype=torch.float64)[:, None]
+    z = torch.complex(x[..., : hs // 2], x[..., hs // 2 :]) * torch.exp(1j * m * w)
+    torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=-1), atol=1e-6, rtol=0)
+
+
+def test_rope_tables_worked_example():
+    cos, sin = rope_tables(block_size=4, head_dim=4, theta=100.0)
+    # pair 0 turns 1 radian per position, pair 1 turns 100^(-1/2) = 0.1 radian
+    assert cos.shape == sin.shape == (4, 2)
+    assert cos[2, 0].item() == pytest.approx(math.cos(2.0), abs=1e-6)
+    assert sin[3, 1].item() == pytest.approx(math.sin(0.3), abs=1e-6)
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rotary = RotaryPositions(tiny(pos_emb="rope", block_size=32))
+    q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)  # hs = 16 / 4 heads = 4
+    scores = [rotary.rotate(q, s) @ rotary.rotate(k, s).transpose(-2, -1) for s in (0, 7, 26)]
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores[2], scores[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(scores[0], q @ k.transpose(-2, -1), atol=1e-3)  # it does rotate
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def test_gqa_equals_multi_head_attention_with_repeated_kv_heads():
+    gqa = build(n_kv_head=2)
+    mha = build(seed=1)
+    state = gqa.state_dict()
+    hs, C, rep = 4, 16, 2
+    for i in range(2):
+        weight, bias = f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias"
+        rows = torch.cat([state[weight], state[bias][:, None]], dim=1)  # bias as a last column
+        q, k, v = rows.split([4 * hs, 2 * hs, 2 * hs])  # rows: 4 q heads, 2 k heads, 2 v heads
+
+        def spread(t: torch.Tensor) -> torch.Tensor:  # each kv head twice, for 2 query heads
+            return t.reshape(2, hs, C + 1).repeat_interleave(rep, dim=0).reshape(4 * hs, C + 1)
+
+        rows = torch.cat([q, spread(k), spread(v)])
+        state[weight], state[bias] = rows[:, :C], rows[:, C]
+    mha.load_state_dict(state)
+    idx = tokens(2, 8)
+    torch.testing.assert_close(gqa(idx)[0], mha(idx)[0], atol=1e-5, rtol=0)
+
+
+def test_rmsnorm_matches_formula_and_torch():
+    x = torch.randn(3, 5, 16)
+    norm = RMSNorm(16)
+    nn.init.normal_(norm.weight)
+    expected = x / torch.sqrt((x**2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(norm(x), expected)
+    if hasattr(nn, "RMSNorm"):  # torch >= 2.4
+        ref = nn.RMSNorm(16, eps=1e-5)
+        ref.weight.data.copy_(norm.weight.data)
+        torch.testing.assert_close(norm(x), ref(x))
+
+
+def test_swiglu_width_is_eight_thirds_rounded_to_64():
+    assert [swiglu_hidden(c) for c in (384, 128, 16, 768)] == [1024, 384, 64, 2048]
+    model = build(mlp="swiglu", n_embd=384, n_head=6, n_layer=1)
+    assert model.blocks[0].mlp.fc.weight.shape == (2 * 1024, 384)
+
+
+def test_attention_maps_match_a_hand_computed_reference():
+    model = build(attn_impl="sdpa")
+    idx = tokens(2, 6)
+    maps = model.attention_maps(idx)
+    assert len(maps) == 2 and all(m.shape == (2, 4, 6, 6) for m in maps)
+    for m in maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 6))
+        assert torch.all(m.triu(diagonal=1) == 0)
+    # layer 0 by hand: LayerNorm of token + position embeddings, then softmax(q k^T / sqrt(hs))
+    block = model.blocks[0]
+    x = model.wte.weight[idx] + model.pos.wpe.weight[:6]
+    h = F.layer_norm(x, (16,), block.norm1.weight, block.norm1.bias)
+    q, k, _ = (h @ block.attn.qkv.weight.T + block.attn.qkv.bias).split(16, dim=-1)
+    q, k = (t.reshape(2, 6, 4, 4).transpose(1, 2) for t in (q, k))
+    scores = (q @ k.transpose(-2, -1)) / 2.0
+    scores = scores.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(maps[0], scores.softmax(-1), atol=1e-6, rtol=0)
+
+
+def test_dropout_only_in_training():
+    model = build(dropout=0.5, attn_impl="manual").train()
+    idx = tokens(2, 8)
+    assert not torch.allclose(model(idx)[0], model(idx)[0])
+    model.eval()
+    torch.testing.assert_close(model(idx)[0], model(idx)[0], atol=0, rtol=0)
+
+
+def test_init_matches_gpt2():
+    torch.manual_seed(0)
+    model = TinyGPT(tiny(n_embd=128, n_head=4, n_layer=8, block_size=64, vocab_size=256))
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    residual = 0.02 / math.sqrt(2 * 8)
+    assert model.blocks[3].mlp.proj.weight.std().item() == pytest.approx(residual, rel=0.03)
+    assert model.blocks[3].attn.proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert torch.all(model.blocks[0].attn.qkv.bias == 0)
+    assert torch.all(model.norm_f.weight == 1)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+@pytest.mark.parametrize(
+    ("idx", "message"),
+    [
+        (torch.zeros(1, 9, dtype=torch.long), r"9 tokens exceeds block_size 8"),
+        (torch.full((1, 4), V), rf"token ids must be in \[0, {V}\).*from {V} to {V}"),
+        (torch.tensor([[0, -1, 2]]), r"token ids must be in \[0, 32\).*from -1 to 2"),
+        (torch.zeros(1, 4), r"integer token ids.*float32"),
+        (torch.zeros(4, dtype=torch.long), r"\(batch, time\) tensor.*\(4,\)"),
+        (torch.zeros(1, 0, dtype=torch.long), r"idx is empty"),
+    ],
+)
+def test_bad_inputs_raise_clear_value_errors(idx, message):
+    with pytest.raises(ValueError, match=message):
+        build()(idx)
+
+
+def test_bad_targets_raise_value_errors():
+    model, idx = build(), tokens(2, 4)
+    with pytest.raises(ValueError, match=r"shape of idx \(2, 4\), got \(2, 3\)"):
+        model(idx, idx[:, :3])
+    with pytest.raises(ValueError, match=r"or -1 \(ignored\), got values from -2"):
+        model(idx, torch.full((2, 4), -2))
+
+
+def test_vocab_size_is_required():
+    with pytest.raises(ValueError, match="vocab_size is None"):
+        TinyGPT(ModelConfig())
+
+
+def test_int32_ids_and_ignored_targets():
+    model, idx = build(), tokens(2, 4)
+    targets = tokens(2, 4, seed=1)
+    logits, _ = model(idx.int(), targets)
+    masked = targets.clone()
+    masked[:, :2] = -1
+    _, partial = model(idx, masked)
+    expected = F.cross_entropy(logits[:, 2:].flatten(0, 1), targets[:, 2:].flatten())
+    torch.testing.assert_close(partial, expected)
+    assert model(idx)[1] is None
+
+
+# ----------------------------------------------------------------------------- tied weights, wrappers
+
+
+def test_tied_weights_share_one_parameter_through_save_and_load(tmp_path):
+    model = build(tie_weights=True)
+    assert model.lm_head.weight is model.wte.weight
+    path = tmp_path / "model.pt"
+    torch.save(clean_state_dict(model), path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["lm_head.weight"].data_ptr() == loaded["wte.weight"].data_ptr()
+    fresh = build(seed=5, tie_weights=True)
+    fresh.load_state_dict(loaded)
+    assert fresh.lm_head.weight is fresh.wte.weight
+    torch.testing.assert_close(fresh.wte.weight, model.wte.weight)
+    # one optimizer step moves the shared matrix once, for both uses
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    fresh(tokens(2, 8), tokens(2, 8, seed=1))[1].backward()
+    opt.step()
+    assert fresh.lm_head.weight is fresh.wte.weight
+    assert not torch.equal(fresh.wte.weight, model.wte.weight)
+
+
+def test_untied_weights_are_separate():
+    model = build(tie_weights=False)
+    assert model.lm_head.weight is not model.wte.weight
+    assert model.lm_head.weight.data_ptr() != model.wte.weight.data_ptr()
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method:DeprecationWarning")  # torch's own
+def test_compiled_and_wrapped_models_save_clean_state_dicts(tmp_path):
+    model = build()
+    compiled = torch.compile(model)  # only wraps; nothing compiles until it is called
+    assert unwrap_model(compiled) is model
+    state = clean_state_dict(compiled)
+    assert list(state) == list(model.state_dict())
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state)
+    wrapped = nn.DataParallel(compiled)  # the `.module` wrapper, as DDP adds
+    assert unwrap_model(wrapped) is model
+    torch.save(clean_state_dict(wrapped), tmp_path / "ckpt.pt")
+    fresh = build(seed=3)
+    fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    torch.testing.assert_close(fresh(tokens(1, 8))[0], model(tokens(1, 8))[0])
+    # a state dict saved from a wrapper by someone else loses its prefixes too
+    prefixed = {"module._orig_mod." + k: v for k, v in model.state_dict().items()}
+    assert list(clean_state_dict(prefixed)) == list(model.state_dict())
+    with pytest.raises(TypeError, match="expected a TinyGPT"):
+        unwrap_model(nn.Linear(2, 2))
+
+
+# ----------------------------------------------------------------------------- accounting
+
+
+def test_num_params_matches_the_gpt2_formula():
+    C, L, T = 16, 2, 8
+    blocks = L * (12 * C * C + 13 * C)  # qkv, proj, fc, proj weights + biases, two LayerNorms
+    tied = build(tie_weights=True)
+    assert tied.num_params(non_embedding=False) == V * C + T * C + blocks + 2 * C
+    assert tied.num_params() == V * C + blocks + 2 * C  # the shared matrix counts as the head
+    untied = build(tie_weights=False)
+    assert untied.num_params(non_embedding=False) == 2 * V * C + T * C + blocks + 2 * C
+    assert untied.num_params() == tied.num_params()  # same compute either way
+    gqa = build(n_kv_head=1, pos_emb="rope", bias=False, norm="rmsnorm")
+    per_block = C * (4 + 2) * 4 + C * C + 8 * C * C + 2 * C  # qkv (4 q + 2x1 kv heads of 4)
+    assert gqa.num_params() == V * C + L * per_block + C
+
+
+def test_flops_per_token_worked_example():
+    model = build()
+    n = model.num_params()
+    assert model.flops_per_token() == 6 * n + 12 * 2 * 16 * 8
+
+
+def test_mfu_uses_the_device_table_or_the_given_peak():
+    assert peak_flops_for("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_for("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_for("NVIDIA A100-SXM4-40GB") == 312e12
+    assert peak_flops_for("NVIDIA A10") == 125e12  # not mistaken for an A100
+    assert peak_flops_for("NVIDIA GeForce RTX 4090") == 165e12
+    assert peak_flops_for("NVIDIA L4") == 121e12
+    assert peak_flops_for("NVIDIA H200") == 989e12
+    assert peak_flops_for("Some CPU") is None and peak_flops_for(None) is None
+    model = build()
+    f = model.flops_per_token()
+    assert model.estimate_mfu(1000.0, device_name="NVIDIA A100-SXM4-80GB") == pytest.approx(
+        f * 1000 / 312e12
+    )
+    assert model.estimate_mfu(1000.0, "NVIDIA A100", peak_flops=1e12) == pytest.approx(f * 1e-9)
+    assert model.estimate_mfu(1000.0, "cpu") is None
+
+
+def test_param_groups_cover_every_parameter_once():
+    model = build(tie_weights=True)
+    decay, no_decay = model.param_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "wte.weight" in decayed and "pos.wpe.weight" in decayed
+    assert "blocks.0.attn.qkv.weight" in decayed and "blocks.1.mlp.proj.weight" in decayed
+    assert all(names[id(p)].endswith(("bias", "norm1.weight", "norm2.weight", "norm_f.weight"))
+               for p in no_decay["params"])  # fmt: skip
+    all_ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert sorted(all_ids) == sorted(names)  # every parameter once; the tied matrix once
+    torch.optim.AdamW([decay, no_decay], lr=1e-3)  # AdamW accepts them as they are
+
+
+# ----------------------------------------------------------------------------- gradients and training
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1}],
+    ids=["gpt2", "rope-rms-swiglu-gqa"],
+)
+def test_gradcheck_tiny_float64_model(flags):
+    cfg = tiny(n_embd=4, n_head=2, n_layer=1, block_size=4, vocab_size=5, **flags)
+    torch.manual_seed(0)
+    model = TinyGPT(cfg).double()
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    idx = torch.tensor([[0, 3, 1, 4]])
+    targets = torch.tensor([[3, 1, 4, 2]])
+
+    def loss(*ps: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, ps))
+        return torch.func.functional_call(model, state, (idx, targets))[1]
+
+    assert torch.autograd.gradcheck(loss, params, eps=1e-6, atol=1e-5)
+
+
+def test_grad_checkpointing_gives_the_same_gradients_and_recomputes():
+    plain = build(dropout=0.0).train()
+    ckpt = build(dropout=0.0, grad_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    calls = []
+    ckpt.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    idx, targets = tokens(2, 8), tokens(2, 8, seed=1)
+    plain(idx, targets)[1].backward()
+    ckpt(idx, targets)[1].backward()
+    assert len(calls) == 2  # forward, then the recomputation in backward
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = TinyGPT(tiny(n_embd=32, block_size=16, pos_emb="rope")).train()
+    idx, targets = tokens(4, 16), tokens(4, 16, seed=1)
+    opt = torch.optim.AdamW(model.param_groups(0.0), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad(set_to_none=True)
+        _, loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_config_is_kept():
+    cfg = tiny(pos_emb="rope")
+    model = TinyGPT(cfg)
+    assert model.config is cfg
+    assert dataclasses.asdict(model.config)["pos_emb"] == "rope"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method:DeprecationWarning")  # torch's own
+def test_compiled_model_matches_eager():
+    model = build(pos_emb="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2).train()
+    compiled = torch.compile(model)
+    idx, targets = tokens(2, 8), tokens(2, 8, seed=1)
+    logits, loss = compiled(idx, targets)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    eager_logits, eager_loss = model(idx, targets)
+    eager_loss.backward()
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
