@@ -1,0 +1,235 @@
+"""The tokenizer's command line, run as ``python -m tok.bpe``.
+
+    python -m tok.bpe train --input data/tiny.txt --vocab-size 512 [--pattern gpt4]
+                            [--special '<|endoftext|>'] [--out tok/bpe.json]
+    python -m tok.bpe encode --tokenizer tok/bpe.json --text "Hello" [--json]
+    python -m tok.bpe decode --tokenizer tok/bpe.json --ids "72 101 108"
+    python -m tok.bpe info --tokenizer tok/bpe.json
+
+`encode` and `decode` read ``--input FILE`` or standard input when neither ``--text`` nor
+``--ids`` is given. A mistake (missing file, bad vocab size, bad ids, bad pattern) prints one
+line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tok.bpe import DEFAULT_PATH, Tokenizer
+from tok.errors import TokenizerError
+from tok.serialize import render_token
+
+PROG = "python -m tok.bpe"
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except TokenizerError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Byte-level BPE tokenizer: train, encode, decode.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a tokenizer on text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
+    t.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    t.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 (default) or a regex")
+    t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens")
+    t.add_argument("--min-frequency", type=int, default=1, metavar="K")
+    t.add_argument("--out", default=DEFAULT_PATH, help=f"tokenizer file (default {DEFAULT_PATH})")
+    t.add_argument("--progress", action="store_true", help="show a progress bar")
+    t.set_defaults(run=_train)
+
+    e = sub.add_parser("encode", help="print the token ids of a text")
+    _tokenizer_arg(e)
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--text", help="the text to encode")
+    src.add_argument("--input", metavar="FILE", help="a UTF-8 file to encode")
+    e.add_argument("--json", action="store_true", help="print a JSON list")
+    e.add_argument(
+        "--allowed-special",
+        default="none",
+        choices=["none", "all", "none_raise"],
+        help="what special tokens' text becomes (default: ordinary text)",
+    )
+    e.set_defaults(run=_encode)
+
+    d = sub.add_parser("decode", help="print the text of token ids")
+    _tokenizer_arg(d)
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--ids", help='ids separated by spaces or commas, or a JSON list: "1 2 3"')
+    src.add_argument("--input", metavar="FILE", help="a file holding ids")
+    d.set_defaults(run=_decode)
+
+    i = sub.add_parser("info", help="describe a tokenizer file")
+    _tokenizer_arg(i)
+    i.add_argument("--merges", type=int, default=5, metavar="K", help="first/last K merges")
+    i.set_defaults(run=_info)
+    return p
+
+
+def _tokenizer_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=DEFAULT_PATH, metavar="PATH", help="tokenizer file")
+    p.add_argument("--no-fast", action="store_true", help="do not use tiktoken")
+
+
+def _load(args) -> Tokenizer:
+    return Tokenizer.load(args.tokenizer, fast=False if args.no_fast else None)
+
+
+def _train(args) -> int:
+    files = [Path(f) for f in args.input]
+    for f in files:
+        if not f.is_file():
+            raise TokenizerError(f"{f}: no such file" if not f.exists() else f"{f}: not a file")
+    start = time.perf_counter()
+    tok = Tokenizer.train(
+        None,
+        args.vocab_size,
+        files=files,
+        pattern=args.pattern,
+        special_tokens=args.special,
+        min_frequency=args.min_frequency,
+        progress=args.progress,
+    )
+    seconds = time.perf_counter() - start
+    out = tok.save(args.out)
+    n_bytes = sum(f.stat().st_size for f in files)
+    n_tokens = sum(len(tok.encode_file(f)) for f in files)
+    merges = len(tok.merges)
+    print(
+        f"vocab size {tok.vocab_size} (256 bytes + {merges} merges + "
+        f"{len(tok.special_tokens)} special tokens), trained in {seconds:.2f} s"
+    )
+    if tok.vocab_size < args.vocab_size:
+        print(
+            f"note: stopped below the requested {args.vocab_size}: no pair occurs "
+            f"{args.min_frequency} times or more"
+        )
+    ratio = n_bytes / n_tokens if n_tokens else float("nan")
+    print(f"compression {ratio:.3f} bytes per token on the training text ({n_bytes} bytes)")
+    print(f"saved {out} and {out.with_suffix('.vocab')}")
+    return 0
+
+
+def _read_input(path: str | None) -> str:
+    if path is None:
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise TokenizerError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise TokenizerError(f"{path}: is a directory") from None
+        except OSError as e:
+            raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
+        where = path
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(
+            f"{where}: not UTF-8 text (invalid byte at offset {e.start})"
+        ) from None
+
+
+def _encode(args) -> int:
+    tok = _load(args)
+    text = args.text if args.text is not None else _read_input(args.input)
+    ids = tok.encode(text, allowed_special=args.allowed_special)
+    print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
+    return 0
+
+
+def parse_ids(text: str) -> list[int]:
+    """Token ids from text: a JSON list, or integers separated by spaces and/or commas.
+
+    >>> parse_ids("1 2,3")
+    [1, 2, 3]
+    >>> parse_ids("[4, 5]")
+    [4, 5]
+    """
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            values = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"ids: not a valid JSON list ({e.msg})") from None
+        if not isinstance(values, list):
+            raise TokenizerError("ids: expected a JSON list of integers")
+        bad = next((v for v in values if not isinstance(v, int) or isinstance(v, bool)), None)
+        if bad is not None:
+            raise TokenizerError(f"ids: not an integer: {bad!r}")
+        return values
+    ids = []
+    for word in stripped.replace(",", " ").split():
+        try:
+            ids.append(int(word))
+        except ValueError:
+            raise TokenizerError(f"ids: not an integer: {word!r}") from None
+    return ids
+
+
+def _decode(args) -> int:
+    tok = _load(args)
+    text = args.ids if args.ids is not None else _read_input(args.input)
+    out = tok.decode(parse_ids(text))
+    sys.stdout.buffer.write(out.encode("utf-8"))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _info(args) -> int:
+    tok = _load(args)
+    merges = tok.merges
+    print(f"file          {args.tokenizer}")
+    print(
+        f"vocab size    {tok.vocab_size} (256 bytes + {len(merges)} merges + "
+        f"{len(tok.special_tokens)} special tokens)"
+    )
+    print(f"pattern       {tok.pattern_name or 'custom'}: {tok.pattern}")
+    specials = ", ".join(
+        f"{json.dumps(k, ensure_ascii=False)}={v}" for k, v in tok.special_tokens.items()
+    )
+    print(f"specials      {specials or '(none)'}")
+    print(f"fingerprint   {tok.fingerprint}")
+    print(f"fast path     {'tiktoken' if tok.fast_path else 'off: ' + tok.fast_path_note}")
+    k = max(args.merges, 0)
+    shown = (
+        list(range(len(merges)))
+        if len(merges) <= 2 * k
+        else [*range(k), -1, *range(len(merges) - k, len(merges))]
+    )
+    if merges:
+        print("merges")
+    for r in shown:
+        if r < 0:
+            print("  ...")
+            continue
+        a, b = merges[r]
+        print(
+            f"  {256 + r:>6} {render_token(tok.token_bytes(256 + r))} = "
+            f"{render_token(tok.token_bytes(a))} + {render_token(tok.token_bytes(b))}"
+        )
+    return 0
