@@ -17,13 +17,15 @@ RUN ?= out/tiny
 # torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install format lint test test-all train sample sweep bench clean
+.PHONY: help install format lint test test-all train sample sweep bench speedrun digits clean
 
 help:
 	@echo "make train    train the default model on data/tiny.txt (CONFIG=..., ARGS=...)"
 	@echo "make sample   sample from the default run (RUN=out/tiny, ARGS=...)"
 	@echo "make test     lint, then the test suite with coverage"
-	@echo "make install | format | lint | sweep | bench | clean"
+	@echo "make sweep    hyperparameter sweep (configs/sweep_tiny.yaml)"
+	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
+	@echo "make install | format | lint | speedrun | digits | clean"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -59,10 +61,21 @@ sample: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m llm_tiny sweep configs/sweep_tiny.yaml $(ARGS)
 
+# The reference corpus when it is beside the checkout, else the embedded one.
+BENCH_INPUT ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tiny.txt)
+DEVICE ?= auto
+
 bench: $(STAMP)
-	$(PY) benchmarks/bench_tokenizer.py $(ARGS)
-	$(PY) benchmarks/bench_sample.py $(ARGS)
-	$(PY) benchmarks/bench_train.py $(ARGS)
+	$(PY) benchmarks/bench_tokenizer.py --input $(BENCH_INPUT)
+	$(PY) benchmarks/bench_sample.py --device $(DEVICE)
+	$(PY) benchmarks/bench_train.py --input $(BENCH_INPUT) --device $(DEVICE)
+
+speedrun: $(STAMP)
+	$(PY) benchmarks/speedrun.py --input $(BENCH_INPUT) $(ARGS)
+
+digits: $(STAMP)
+	$(PY) -m llm_tiny tasks digits --out data/digits --range 9
+	$(PY) -m llm_tiny tasks digits --out data/digits99 --range 99
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache .coverage .coverage.* htmlcov build *.egg-info
