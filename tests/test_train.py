@@ -342,7 +342,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed"
 )
 def test_tensorboard_missing_is_a_notice_not_an_error(tmp_path, capsys):
-    argv = [str(write_config(tmp_path)), "--train.max_iters=3", "--train.tensorboard=true"]
+    argv = [str(write_config(tmp_path)), "--train.max_iters=6", "--train.tensorboard=true"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tensorboard is not installed" in out
