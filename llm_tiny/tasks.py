@@ -107,18 +107,47 @@ def write_dataset(out_dir: str | Path, n: int, max_value: int, seed: int) -> dic
 # ----------------------------------------------------------------------------- evaluation
 
 
+def ordinal(k: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 3 -> '3rd', 4 -> '4th', 11 -> '11th'."""
+    if 10 <= k % 100 <= 20:
+        return f"{k}th"
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+def confusion(op: str, args: list[int], pred: str) -> str:
+    """What a wrong answer was, in the operation's own terms.
+
+    >>> confusion("Max", [3, 7, 5], "5"), confusion("Min", [3, 7, 5], "7")
+    ('2nd largest', '3rd smallest')
+    >>> confusion("First", [8, 2, 4], "4"), confusion("Last", [8, 2], "9"), confusion("Max", [1, 2], "x")
+    ('argument 3', 'not an argument', 'malformed')
+    """
+    if not pred.isdigit():
+        return "malformed"
+    value = int(pred)
+    if value not in args:
+        return "not an argument"
+    if op in ("Max", "Min"):
+        distinct = sorted(set(args), reverse=op == "Max")
+        return f"{ordinal(distinct.index(value) + 1)} {'largest' if op == 'Max' else 'smallest'}"
+    return f"argument {args.index(value) + 1}"
+
+
 def score(examples: list[str], predictions: list[str]) -> dict:
     """Exact-match accuracy overall and per operation, and a summary of the errors.
 
     Errors are classified as `other_argument` (the model picked an argument, just not the
-    right one — e.g. Max answered with the second largest), `not_an_argument` (a number that is
-    not in the list) and `malformed` (not a number at all).
+    right one), `not_an_argument` (a number that is not in the list) and `malformed` (not a
+    number at all). `errors.confusion` says per operation what the wrong answers were, in
+    the operation's terms (see `confusion`): for Max, say, 3 times the 2nd largest argument.
     """
     per_op: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     kinds: Counter = Counter()
     by_op_kind: dict[str, Counter] = defaultdict(Counter)
+    confusions: dict[str, Counter] = defaultdict(Counter)
     examples_wrong = []
-    for line, pred in zip(examples, predictions):
+    for line, pred in zip(examples, predictions, strict=True):
         op, args, answer = parse_example(line)
         ok = pred == answer
         per_op[op][0] += ok
@@ -133,18 +162,23 @@ def score(examples: list[str], predictions: list[str]) -> dict:
             kind = "not_an_argument"
         kinds[kind] += 1
         by_op_kind[op][kind] += 1
+        confusions[op][confusion(op, args, pred)] += 1
         if len(examples_wrong) < 10:
             examples_wrong.append({"example": line, "predicted": pred})
     correct = sum(c for c, _ in per_op.values())
     total = sum(t for _, t in per_op.values())
     return {
         "n": total,
+        "correct": correct,
         "accuracy": correct / total if total else 0.0,
-        "per_operation": {op: {"n": t, "accuracy": c / t} for op, (c, t) in sorted(per_op.items())},
+        "per_operation": {
+            op: {"n": t, "correct": c, "accuracy": c / t} for op, (c, t) in sorted(per_op.items())
+        },
         "errors": {
             "total": total - correct,
             "by_kind": dict(kinds),
             "by_operation": {op: dict(k) for op, k in sorted(by_op_kind.items())},
+            "confusion": {op: dict(c.most_common()) for op, c in sorted(confusions.items())},
             "examples": examples_wrong,
         },
     }
@@ -187,6 +221,9 @@ def format_report(result: dict) -> str:
     if errors["total"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(errors["by_kind"].items()))
         lines.append(f"errors: {errors['total']} ({kinds})")
+        for op, counts in errors["confusion"].items():
+            what = ", ".join(f"{label} {n}" for label, n in counts.items())
+            lines.append(f"  {op:<8} answered: {what}")
         for e in errors["examples"][:5]:
             lines.append(f"  {e['example']:<28} predicted {e['predicted']!r}")
     return "\n".join(lines)

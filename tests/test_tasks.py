@@ -12,9 +12,12 @@ import pytest
 from llm_tiny.errors import UserError
 from llm_tiny.tasks import (
     OPERATIONS,
+    confusion,
     generate_examples,
     make_example,
+    ordinal,
     parse_example,
+    predict,
     read_examples,
     score,
     split_examples,
@@ -75,6 +78,26 @@ def test_score_counts_and_classifies_errors():
     }
 
 
+def test_confusion_names_what_was_answered_instead():
+    assert [ordinal(k) for k in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st",
+    ]  # fmt: skip
+    assert confusion("Max", [3, 7, 5], "5") == "2nd largest"
+    assert confusion("Max", [7, 7, 5], "5") == "2nd largest"  # ranks count distinct values
+    assert confusion("Min", [3, 7, 5], "7") == "3rd smallest"
+    assert confusion("Second", [4, 9, 1], "1") == "argument 3"
+    assert confusion("First", [4, 9, 4], "9") == "argument 2"
+    assert confusion("Last", [2, 6], "3") == "not an argument"
+    assert confusion("Last", [2, 6], "") == "malformed"
+    examples = ["Max(3,7,5)=7", "Max(1,8,2)=8", "Max(9,4)=9", "First(8,2)=8"]
+    result = score(examples, ["5", "1", "9", "2"])
+    assert result["correct"] == 1 and result["per_operation"]["Max"]["correct"] == 1
+    assert result["errors"]["confusion"] == {
+        "First": {"argument 2": 1},
+        "Max": {"2nd largest": 1, "3rd largest": 1},
+    }
+
+
 def test_read_examples_rejects_other_text(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("Max(1,2)=2\nhello\n")
@@ -124,3 +147,91 @@ def test_cli_errors_are_one_line(args, tmp_path):
 def test_json_report_is_valid():
     result = score(["Max(1,2)=2"], ["2"])
     assert json.loads(json.dumps(result))["accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def tiny_digits_run(tmp_path: Path) -> tuple[Path, Path]:
+    """Generate a small digits dataset with the CLI and train a tiny model on it in-process,
+    the way configs/digits.yaml does (val.txt is exactly the validation split)."""
+    from llm_tiny.config import config_from_dict
+    from llm_tiny.train import train
+
+    data = tmp_path / "digits"
+    result = cli("digits", "--out", str(data), "--n", "450", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    cfg = config_from_dict(
+        {
+            "model": {"block_size": 20, "n_layer": 1, "n_head": 2, "n_embd": 32, "pos_emb": "rope"},
+            "data": {
+                "kind": "examples",
+                "input": [str(data / "train.txt"), str(data / "val.txt")],
+                "val_fraction": 1 / 9,
+                "vocab_size": 256,
+                "tokenizer": str(tmp_path / "tok.json"),
+                "data_dir": str(tmp_path / "prepared"),
+            },
+            "optim": {"lr": 3e-3, "warmup_iters": 2},
+            "train": {
+                "out_dir": str(tmp_path / "run"),
+                "max_iters": 20,
+                "batch_size": 32,
+                "eval_interval": 10,
+                "threads": 1,
+                "device": "cpu",
+                "sample_at_end": False,
+            },
+        }
+    )
+    train(cfg, progress=False, log=lambda _: None)
+    return tmp_path / "run", data
+
+
+def test_generate_train_and_evaluate_end_to_end(tmp_path):
+    run, data = tiny_digits_run(tmp_path)
+    meta = json.loads((tmp_path / "prepared" / "meta.json").read_text())
+    # val_fraction 1/9 of train.txt + val.txt makes val.txt exactly the validation split.
+    assert meta["splits"]["val"]["examples"] == len((data / "val.txt").read_text().splitlines())
+
+    result = cli("eval", "--ckpt", str(run), "--data", str(data / "test.txt"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    lines = (data / "test.txt").read_text().splitlines()
+    assert report["n"] == len(lines) == 45
+    per_op = report["per_operation"]
+    assert sum(r["n"] for r in per_op.values()) == report["n"]
+    assert sum(r["correct"] for r in per_op.values()) == report["correct"]
+    assert report["errors"]["total"] == report["n"] - report["correct"]
+    assert (
+        sum(sum(c.values()) for c in report["errors"]["confusion"].values())
+        == (report["errors"]["total"])
+    )
+
+    text = cli("eval", "--ckpt", str(run), "--data", str(data / "test.txt"))
+    assert text.returncode == 0 and text.stdout.splitlines()[0].split() == [
+        "operation", "n", "exact", "match",
+    ]  # fmt: skip
+
+
+def test_batched_prediction_equals_one_by_one_greedy_decoding(tmp_path):
+    """`predict` batches prompts of equal length through the KV cache; the reference decodes
+    each example alone by full recomputation, one argmax at a time."""
+    import torch
+
+    from llm_tiny.checkpoint import load_model
+
+    run, data = tiny_digits_run(tmp_path)
+    model, tokenizer, _, _ = load_model(run)
+    examples = (data / "test.txt").read_text().splitlines()
+    ours = predict(model, tokenizer, examples, torch.device("cpu"), batch_size=7)
+    reference = []
+    for line in examples:
+        ids = tokenizer.encode(line.split("=", 1)[0] + "=")
+        new: list[int] = []
+        with torch.no_grad():
+            for _ in range(3):
+                logits, _ = model(torch.tensor([ids + new]))
+                new.append(int(logits[0, -1].argmax()))
+        reference.append(tokenizer.decode(new).split("\n", 1)[0].strip())
+    assert ours == reference
