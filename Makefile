@@ -17,7 +17,7 @@ RUN ?= out/tiny
 # torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install format lint test test-all train sample sweep bench speedrun digits clean
+.PHONY: help install format lint test test-all train sample sweep bench digits clean
 
 help:
 	@echo "make train    train the default model on data/tiny.txt (CONFIG=..., ARGS=...)"
@@ -25,7 +25,7 @@ help:
 	@echo "make test     lint, then the test suite with coverage"
 	@echo "make sweep    hyperparameter sweep (configs/sweep_tiny.yaml)"
 	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
-	@echo "make install | format | lint | speedrun | digits | clean"
+	@echo "make install | format | lint | digits | clean"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -69,9 +69,6 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tokenizer.py --input $(BENCH_INPUT)
 	$(PY) benchmarks/bench_sample.py --device $(DEVICE)
 	$(PY) benchmarks/bench_train.py --input $(BENCH_INPUT) --device $(DEVICE)
-
-speedrun: $(STAMP)
-	$(PY) benchmarks/speedrun.py --input $(BENCH_INPUT) $(ARGS)
 
 digits: $(STAMP)
 	$(PY) -m llm_tiny tasks digits --out data/digits --range 9
