@@ -120,7 +120,8 @@ def plot_attention(
     fig, axes = plt.subplots(
         rows, cols, figsize=attention_figsize(rows, cols, T), squeeze=False, layout="constrained"
     )
-    # About 60 % of the space one token gets along an axis (72 points to the inch).
+    # Font: ~60% of the room one token gets along an axis, which fills ~80% of its cell
+    # (72 points to the inch).
     spacing = 72 * 0.8 * attention_cell_inches(T, single) / max(T, 1)
     fontsize = max(4.0, min(10.0, 0.6 * spacing))
     image = None

@@ -91,20 +91,34 @@ def test_every_theory_section_says_where_it_is_implemented():
 
 
 def relative_links(doc: Path) -> list[str]:
+    """Links to files of the repository (not http:, mailto:, ...), anchors included."""
     text = doc.read_text(encoding="utf-8")
     text = re.sub(r"```.*?```", "", text, flags=re.S)  # links inside code blocks are examples
-    links = []
-    for target in LINK.findall(text):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
-            continue  # http:, mailto:, ... and anchors in the same page
-        links.append(target.split("#", 1)[0])
-    return links
+    return [t for t in LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:", t, re.I)]
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens
+    (`## 3. Scaled dot-product attention` -> `3-scaled-dot-product-attention`)."""
+    text = re.sub(r"```.*?```", "", doc.read_text(encoding="utf-8"), flags=re.S)
+    headings = re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_anchors_follow_github(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n## 3. Scaled dot-product attention\n```\n# not a heading\n```\n")
+    assert anchors(doc) == {"title", "3-scaled-dot-product-attention"}
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_relative_links_and_images_exist(doc):
     for target in relative_links(doc):
-        assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which is missing"
+        path, _, anchor = target.partition("#")
+        file = doc.parent / path if path else doc
+        assert file.exists(), f"{doc.name} links to {target}, which is missing"
+        if anchor and file.suffix == ".md":
+            assert anchor in anchors(file), f"{doc.name} links to {target}: no such heading"
 
 
 def test_doc_images_are_real_pngs_under_300_kb():
