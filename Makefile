@@ -17,7 +17,7 @@ RUN ?= out/tiny
 # torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help install format lint test test-all train sample sweep bench digits clean
+.PHONY: help install format lint test test-all train sample sweep bench speedrun digits clean
 
 help:
 	@echo "make train    train the default model on data/tiny.txt (CONFIG=..., ARGS=...)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test     lint, then the test suite with coverage"
 	@echo "make sweep    hyperparameter sweep (configs/sweep_tiny.yaml)"
 	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
+	@echo "make speedrun nanoGPT's CPU recipe vs configs/speedrun_cpu.yaml (SPEEDRUN_INPUT=...)"
 	@echo "make install | format | lint | digits | clean"
 
 $(PY):
@@ -69,6 +70,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tokenizer.py --input $(BENCH_INPUT)
 	$(PY) benchmarks/bench_sample.py --device $(DEVICE)
 	$(PY) benchmarks/bench_train.py --input $(BENCH_INPUT) --device $(DEVICE)
+
+# The CPU speedrun needs Tiny Shakespeare: data/tinyshakespeare.txt (docs/speedrun.md says where
+# to get it), else the reference copy beside the checkout.
+SPEEDRUN_INPUT ?= $(firstword $(wildcard data/tinyshakespeare.txt ../shared/data/tinyshakespeare.txt))
+
+speedrun: $(STAMP)
+	@test -n "$(SPEEDRUN_INPUT)" || { echo "make speedrun: data/tinyshakespeare.txt not found; download it as docs/speedrun.md says, or set SPEEDRUN_INPUT=path" >&2; exit 2; }
+	$(PY) benchmarks/speedrun.py --input $(SPEEDRUN_INPUT) --json-out out/speedrun/result.json $(ARGS)
 
 digits: $(STAMP)
 	$(PY) -m llm_tiny tasks digits --out data/digits --range 9

@@ -106,6 +106,7 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch (per process)
     grad_accum_steps: int = 1
     eval_interval: int = 250
+    eval_at_start: bool = True  # also evaluate before the first step (the untrained baseline)
     eval_iters: int | None = None  # None: the full validation split
     eval_batch_size: int = 32
     log_interval: int = 10

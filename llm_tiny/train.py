@@ -471,7 +471,7 @@ class Trainer:
         stopper = _StopSignal(self.log)
         try:
             with stopper:
-                if self.resume_from is None and self.step == 0:
+                if self.resume_from is None and self.step == 0 and t.eval_at_start:
                     last_val = self._eval_and_log(0, row={"tokens": 0})
                 batch = self.train_src.get_batch(self.step, rt.rank * self.accum)
                 while self.step < t.max_iters:

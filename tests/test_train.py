@@ -224,6 +224,17 @@ def test_max_seconds_stops_with_a_final_eval_and_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == result.step
 
 
+def test_eval_at_start_false_skips_only_the_step_0_evaluation(tmp_path):
+    on = load_config(write_config(tmp_path / "a", train={"max_iters": 20}))
+    off = load_config(write_config(tmp_path / "b", train={"max_iters": 20, "eval_at_start": False}))
+    r_on, r_off = train(on, progress=False, log=quiet), train(off, progress=False, log=quiet)
+    evals_on = [int(r["step"]) for r in rows(tmp_path / "a" / "run") if r["val_loss"]]
+    evals_off = [int(r["step"]) for r in rows(tmp_path / "b" / "run") if r["val_loss"]]
+    assert evals_on == [0, 10, 20] and evals_off == [10, 20]
+    # Evaluating does not touch the training state: the same weights at the end.
+    assert r_off.val_loss == r_on.val_loss
+
+
 def test_accumulation_4_by_2_equals_batch_8(tmp_path):
     one = load_config(write_config(tmp_path / "a", train={"max_iters": 8, "batch_size": 8}))
     four = load_config(

@@ -1,0 +1,213 @@
+"""benchmarks/speedrun.py: the time-to-target arithmetic, the recipes, and a smoke run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_tiny.config import config_from_dict, load_config, read_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "speedrun.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("speedrun", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speedrun = _load_script()
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_below_it():
+    evals = [(0, 1.5, 5.5), (200, 10.0, 2.0), (400, 19.0, 1.874), (600, 28.0, 1.85)]
+    assert speedrun.time_to_target(evals, 1.874, setup_s=2.5) == 21.5  # equal counts
+    assert speedrun.time_to_target(evals, 1.9, setup_s=0.0) == 19.0
+    assert speedrun.time_to_target(evals, 1.8) is None
+
+
+def test_read_evals_keeps_only_the_evaluation_rows(tmp_path):
+    # The layout llm_tiny.metrics writes (docs/training.md): empty cells where not measured.
+    csv = tmp_path / "metrics.csv"
+    csv.write_text(
+        "step,tokens,train_loss,val_loss,val_ppl,val_bpb,lr,grad_norm,tokens_per_s,elapsed_s\n"
+        "0,0,,5.5,244.7,7.9,,,,0.75\n"
+        "10,7680,3.1,,,,0.001,1.2,9000.0,1.5\n"
+        "20,15360,2.9,2.8,16.4,4.0,0.001,1.1,9100.0,3.25\n"
+    )
+    assert speedrun.read_evals(csv) == [(0, 0.75, 5.5), (20, 3.25, 2.8)]
+
+
+def test_scale_iters_shrinks_every_step_count_and_keeps_the_schedule_valid():
+    raw = {
+        "train": {"max_iters": 2000, "eval_interval": 2000, "ckpt_interval": 500},
+        "optim": {"warmup_iters": 100, "lr_decay_iters": 2000},
+    }
+    small = speedrun.scale_iters(raw, 0.002)
+    assert small["train"] == {"max_iters": 4, "eval_interval": 4, "ckpt_interval": 1}
+    assert small["optim"] == {"warmup_iters": 1, "lr_decay_iters": 4}
+    assert raw["train"]["max_iters"] == 2000  # the input is not modified
+    config_from_dict(small)  # still a valid config
+
+
+def test_table_keeps_its_columns_when_a_run_misses_the_target():
+    hit = {
+        "time_to_target_s": 90.0,
+        "final_val_loss": 1.87,
+        "wall_s": 90.0,
+        "steps": 2000,
+        "tokens": 1_536_000,
+    }
+    miss = {**hit, "time_to_target_s": None, "final_val_loss": 1.88, "wall_s": 40.0}
+    lines = speedrun.table([("base", hit), ("miss", miss)], base_time=90.0).splitlines()
+    assert len({len(line) for line in lines}) == 1  # every line as wide as the header
+    assert lines[2].split()[1:] == ["90.0", "1.8700", "90.0", "2000", "1,536,000", "1.00x"]
+    assert lines[3].split()[1:] == ["-", "1.8800", "40.0", "2000", "1,536,000", "-"]
+
+
+# ----------------------------------------------------------------------------- the recipes
+
+
+def test_nanogpt_cpu_is_nanogpts_documented_cpu_recipe():
+    # nanoGPT README's CPU command for config/train_shakespeare_char.py, and that file's and
+    # train.py's values for everything the command leaves alone.
+    cfg = load_config(ROOT / "configs" / "nanogpt_cpu.yaml")
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert (m.pos_emb, m.norm, m.mlp, m.tie_weights, m.bias) == (
+        "learned",
+        "layernorm",
+        "gelu",
+        True,
+        False,
+    )
+    assert (t.batch_size, t.grad_accum_steps, t.max_iters) == (12, 1, 2000)
+    assert (o.lr, o.min_lr, o.warmup_iters, cfg.lr_decay_iters, o.schedule) == (
+        1e-3,
+        1e-4,
+        100,
+        2000,
+        "cosine",
+    )
+    assert (o.weight_decay, o.beta1, o.beta2, o.grad_clip) == (0.1, 0.9, 0.99, 1.0)
+    assert (t.dtype, t.compile, t.device) == ("float32", False, "cpu")
+    assert (cfg.data.vocab_size, cfg.data.val_fraction) == (256, 0.1)
+    assert t.eval_iters is None  # the final loss is over the full validation split
+
+
+def test_the_ablation_ladder_climbs_from_the_baseline_to_the_speedrun_recipe():
+    base = read_yaml(ROOT / "configs" / "nanogpt_cpu.yaml")
+    top = speedrun.apply_dotted(base, speedrun.ladder_overrides(len(speedrun.LADDER) - 1))
+    recipe = load_config(ROOT / "configs" / "speedrun_cpu.yaml")
+    climbed = config_from_dict(top)
+    # Paths differ (each recipe has its own out/ folder); everything that is trained does not.
+    for section in ("model", "optim", "train"):
+        a, b = getattr(climbed, section), getattr(recipe, section)
+        if section == "train":
+            a, b = (
+                a.__class__(**{**vars(a), "out_dir": ""}),
+                b.__class__(**{**vars(b), "out_dir": ""}),
+            )
+        assert a == b, section
+    assert climbed.data.vocab_size == recipe.data.vocab_size
+    assert climbed.data.val_fraction == recipe.data.val_fraction
+    assert speedrun.LADDER[0][1] == {}  # the first rung is the baseline itself
+    for _, changes in speedrun.LADDER[1:]:
+        assert changes, "every rung adds a lever"
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_missing_or_unreadable_input_is_one_line_and_exit_2(tmp_path):
+    no_flag = run_script()
+    assert no_flag.returncode == 2
+    assert len(no_flag.stderr.strip().splitlines()) == 1
+    assert "--input" in no_flag.stderr
+
+    missing = run_script("--input", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"speedrun.py: error: --input {tmp_path / 'nope.txt'}: not found "
+        "(get tinyshakespeare.txt as docs/speedrun.md explains)"
+    ]
+
+    folder = run_script("--input", str(tmp_path))
+    assert folder.returncode == 2 and "not a file" in folder.stderr
+
+    text = tmp_path / "t.txt"
+    text.write_text("hello\n" * 100)
+    zero = run_script("--input", str(text), "--repeats", "0")
+    assert zero.returncode == 2
+    assert zero.stderr.strip() == "speedrun.py: error: --repeats must be >= 1, got 0"
+
+    no_target = run_script("--input", str(text), "--only", "speedrun")
+    assert no_target.returncode == 2 and "--target" in no_target.stderr
+    assert "Traceback" not in no_target.stderr
+
+
+def test_smoke_run_of_both_recipes_prints_a_table_and_the_json(tmp_path):
+    """Both recipes with their step counts scaled down to a few steps on 30 KB of text."""
+    text = tmp_path / "shakespeare.txt"
+    text.write_text((ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000])
+    out_json = tmp_path / "result.json"
+    proc = run_script(
+        "--input",
+        str(text),
+        "--iters-scale",
+        "0.004",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--json-out",
+        str(out_json),
+        "--repeats",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert json.loads(out_json.read_text()) == result
+    assert any(line.startswith("nanogpt_cpu") for line in lines)
+    assert any(line.startswith("speedrun_cpu") for line in lines)
+
+    base, fast = result["nanogpt_cpu"], result["speedrun_cpu"]
+    # The target is the baseline's own final loss, so the baseline reaches it at its last
+    # evaluation; only writing the final checkpoint comes after that.
+    assert result["target_loss"] == base["final_val_loss"]
+    assert 0 < base["time_to_target_s"] <= base["wall_s"]
+    assert base["steps"] == 8  # 2000 x 0.004
+    assert base["tokens"] == 8 * 12 * 64
+    assert base["threads"] == 1
+    assert base["evals"] == 2  # step 0 and the end
+    assert fast["evals"] == 1  # the speedrun skips the step-0 evaluation
+    for run in (base, fast):
+        assert 0 < run["setup_s"] < run["wall_s"]
+    if fast["time_to_target_s"] is None:
+        assert result["ratio"] is None
+    else:
+        assert result["ratio"] == pytest.approx(fast["time_to_target_s"] / base["time_to_target_s"])
+    for k in (0, 1):
+        assert (tmp_path / "out" / "nanogpt_cpu" / f"run{k}" / "metrics.csv").is_file()
+    # Two repeats, round-robin: the same losses (deterministic), a time for each, the median.
+    assert result["repeats"] == 2
+    assert base["final_val_loss_all"] == [base["final_val_loss"]] * 2
+    assert fast["final_val_loss_all"] == [fast["final_val_loss"]] * 2
+    assert base["time_to_target_s"] == pytest.approx(sum(base["time_to_target_all_s"]) / 2)
