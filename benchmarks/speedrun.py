@@ -95,23 +95,22 @@ LADDER: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
-        "+ 3 layers x 96, lr 1.5e-3",
-        {
-            "model.n_layer": 3,
-            "model.n_embd": 96,
-            "optim.lr": 1.5e-3,
-            "optim.min_lr": 1.5e-4,
-            "optim.warmup_iters": 50,
-            **steps(900),
-        },
-    ),
-    (
         "+ WSD schedule down to 0",
         {
             "optim.schedule": "wsd",
             "optim.decay_fraction": 0.3,
             "optim.min_lr": 0.0,
-            **steps(800),
+            **steps(650),
+        },
+    ),
+    (
+        "+ 2 layers x 96, lr 2e-3",
+        {
+            "model.n_layer": 2,
+            "model.n_embd": 96,
+            "optim.lr": 2e-3,
+            "optim.warmup_iters": 50,
+            **steps(900),
         },
     ),
     ("+ no evaluation at step 0", {"train.eval_at_start": False}),
