@@ -282,8 +282,9 @@ def run_child(job: dict[str, Any]) -> dict[str, Any]:
     """Run one recipe in a fresh Python process; its log lines pass through to stderr."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        # The child has already printed its one-line error (or traceback) on stderr.
+    if proc.returncode == 2:  # a user error: the child has printed its one line on stderr
+        raise SystemExit(2)
+    if proc.returncode != 0:  # a crash: its traceback is on stderr above
         raise UserError(f"the {job['name']} run failed (exit status {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

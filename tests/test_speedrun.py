@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm_tiny.config import config_from_dict, load_config, read_yaml
 
@@ -156,6 +157,14 @@ def test_missing_or_unreadable_input_is_one_line_and_exit_2(tmp_path):
     zero = run_script("--input", str(text), "--repeats", "0")
     assert zero.returncode == 2
     assert zero.stderr.strip() == "speedrun.py: error: --repeats must be >= 1, got 0"
+
+    if not torch.cuda.is_available():  # an error inside a run: the run's one line, exit 2
+        cuda = run_script("--input", str(text), "--device", "cuda", "--out-dir", str(tmp_path))
+        assert cuda.returncode == 2
+        errors = [line for line in cuda.stderr.splitlines() if not line.startswith("[")]
+        assert errors == [
+            "speedrun.py: error: device 'cuda' asked for, but CUDA is not available here"
+        ]
 
     no_target = run_script("--input", str(text), "--only", "speedrun")
     assert no_target.returncode == 2 and "--target" in no_target.stderr
