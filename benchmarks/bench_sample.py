@@ -1,10 +1,12 @@
 """Generation speed with and without the KV cache, and training throughput of sdpa vs manual.
 
     .venv/bin/python benchmarks/bench_sample.py               # the 6L/6H/384, block 256 model
-    .venv/bin/python benchmarks/bench_sample.py --new-tokens 100 --json out/bench_sample.json
+    .venv/bin/python benchmarks/bench_sample.py --new-tokens 100 --json-out out/bench_sample.json
 
-Both generation paths decode greedily from the same one-token prompt with the same untrained
-(randomly initialised) model, so they must produce the same tokens; the script checks that.
+Both generation paths decode greedily from the same one-token prompt (the first byte of
+`--input`, default `data/tiny.txt`) with the same untrained (randomly initialised) model, so they
+must produce the same tokens; the script checks that and exits 1 if they differ. The training
+steps read windows of the same text's bytes.
 Speed does not depend on the weights. Variants are timed in the same run and compared as
 ratios, because a shared machine makes absolute numbers noisy. Prints a table, then one JSON
 line (also written to --json if given).
@@ -12,7 +14,6 @@ line (also written to --json if given).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -22,13 +23,20 @@ from pathlib import Path
 
 import torch
 
-from llm_tiny.config import ModelConfig
-from llm_tiny.model import TinyGPT
-from llm_tiny.sampling import generate
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a fresh clone without installing
+    sys.path.insert(0, str(ROOT))
+
+from llm_tiny.config import ModelConfig  # noqa: E402
+from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+from llm_tiny.model import TinyGPT  # noqa: E402
+from llm_tiny.sampling import generate  # noqa: E402
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="bench_sample.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", type=Path, default=ROOT / "data" / "tiny.txt",
+                   help="text whose bytes give the prompt and the training batches")  # fmt: skip
     p.add_argument("--n-layer", type=int, default=6)
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--n-embd", type=int, default=384)
@@ -38,10 +46,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=4, help="sequences per fwd+bwd step")
     p.add_argument("--train-iters", type=int, default=3, help="timed fwd+bwd steps per variant")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--json", type=Path, default=None, help="also write the JSON result here")
-    return p.parse_args(argv)
+    p.add_argument("--json-out", "--json", dest="json", type=Path, default=None,
+                   help="also write the JSON result here")  # fmt: skip
+    return p
+
+
+def read_bytes(path: Path, need: int) -> torch.Tensor:
+    """The bytes of `path` as token ids (long), at least `need` of them, or a UserError."""
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file")
+    data = path.read_bytes()
+    if len(data) < need:
+        raise UserError(f"--input {path}: {len(data)} bytes; the benchmark needs {need}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+def check_args(args) -> None:
+    """One line for each impossible flag, before any work."""
+    for flag in ("n_layer", "n_head", "n_embd", "block_size", "new_tokens", "train_batch",
+                 "train_iters"):  # fmt: skip
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.vocab_size < 256:
+        raise UserError(f"--vocab-size must be >= 256 (the prompt is bytes), got {args.vocab_size}")
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
 
 
 def sync(device: torch.device) -> None:
@@ -58,14 +91,14 @@ def time_generation(model: TinyGPT, prompt: torch.Tensor, n: int, use_cache: boo
     return out, time.perf_counter() - t0
 
 
-def time_train_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.device) -> float:
+def time_train_step(cfg: ModelConfig, args, device: torch.device, text: torch.Tensor) -> float:
     """Forward + backward tokens per second of one attention implementation."""
     torch.manual_seed(args.seed)
     model = TinyGPT(cfg).to(device).train()
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    shape = (args.train_batch, cfg.block_size)
-    x = torch.randint(cfg.vocab_size, shape, generator=gen).to(device)
-    y = torch.randint(cfg.vocab_size, shape, generator=gen).to(device)
+    starts = torch.randint(len(text) - cfg.block_size, (args.train_batch,), generator=gen)
+    x = torch.stack([text[s : s + cfg.block_size] for s in starts.tolist()]).to(device)
+    y = torch.stack([text[s + 1 : s + 1 + cfg.block_size] for s in starts.tolist()]).to(device)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -82,10 +115,19 @@ def time_train_step(cfg: ModelConfig, args: argparse.Namespace, device: torch.de
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: bench(args), "bench_sample.py")
+
+
+def bench(args) -> int:
+    """Time both generation paths and both attention implementations; print and return."""
+    from llm_tiny.runtime import resolve_device
+
+    check_args(args)
+    device = resolve_device(args.device)
+    text = read_bytes(args.input, args.block_size + 1)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     cfg = ModelConfig(
         vocab_size=args.vocab_size,
         block_size=args.block_size,
@@ -95,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     torch.manual_seed(args.seed)
     model = TinyGPT(cfg).to(device).eval()
-    prompt = torch.zeros((1, 1), dtype=torch.long, device=device)
+    prompt = text[:1].view(1, 1).to(device)
 
     # The cached run goes before and after the long full one, so that a change in the load of
     # a shared machine during the run affects both sides of the ratio alike.
@@ -109,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     tps_cached, tps_full = n_new / t_cached, n_new / t_full
 
     train_tps = {
-        impl: time_train_step(ModelConfig(**{**cfg.__dict__, "attn_impl": impl}), args, device)
+        impl: time_train_step(
+            ModelConfig(**{**cfg.__dict__, "attn_impl": impl}), args, device, text
+        )
         for impl in ("sdpa", "manual")
     }
 
@@ -118,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{cfg.n_layer}L/{cfg.n_head}H/{cfg.n_embd}, block {cfg.block_size}, "
         f"vocab {cfg.vocab_size}",
         "params": model.num_params(),
-        "device": args.device,
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),

@@ -1,7 +1,7 @@
 """Benchmark the tokenizer: training time and memory, encode throughput on both paths.
 
     python benchmarks/bench_tokenizer.py [--input ../shared/data/tinyshakespeare.txt]
-                                         [--vocab-size 4096] [--repeats 5]
+                                         [--vocab-size 4096] [--repeats 5] [--json-out F]
 
 Measures, on one text file:
 
@@ -16,14 +16,15 @@ Measures, on one text file:
 Every figure is the best of `--repeats` runs by wall clock; the "cpu" column gives the same
 figure from process CPU time, which other jobs on a shared machine disturb less.
 
-Prints a table, then one JSON line per result. Timings on a shared machine are noisy (the load
+`--input` defaults to the reference corpus `../shared/data/tinyshakespeare.txt` when it is
+beside the repository, else to the embedded `data/tiny.txt`. Prints a table, then one JSON
+line per result (also written to `--json-out`). Timings on a shared machine are noisy (the load
 average at the start is recorded): the best of several repeats is the figure to quote, with the
 command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -36,27 +37,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from tok.bpe import Tokenizer  # noqa: E402
 from tok.patterns import resolve_pattern  # noqa: E402
 
-DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+REFERENCE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_INPUT = REFERENCE if REFERENCE.is_file() else REPO / "data" / "tiny.txt"
+
+
+def read_input(path: Path) -> str:
+    """The UTF-8 text of `--input`, or a UserError that says what is wrong with it."""
+    if not path.is_file():
+        raise UserError(f"--input {path}: no such file (pass --input PATH to a UTF-8 text)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--input {path}: not UTF-8 text (byte {e.start})") from None
+    if not text:
+        raise UserError(f"--input {path}: is empty")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="bench_tokenizer.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="UTF-8 text file")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--pattern", default="gpt4")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement (best is kept)")
+    p.add_argument("--json-out", type=Path, help="also write the JSON lines here")
     args = p.parse_args(argv)
-    if not args.input.is_file():
-        print(
-            f"bench_tokenizer: error: {args.input}: no such file (pass --input PATH; the "
-            "reference corpus is ../shared/data/tinyshakespeare.txt beside the repository)",
-            file=sys.stderr,
-        )
-        return 2
-    text = args.input.read_text(encoding="utf-8")
+    return run_cli(lambda: bench(args), "bench_tokenizer.py")
+
+
+def bench(args) -> int:
+    """Run every measurement of the module docstring; print the table and the JSON lines."""
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.vocab_size < 256:
+        raise UserError(f"--vocab-size must be >= 256 (the bytes), got {args.vocab_size}")
+    resolve_pattern(args.pattern)  # an unknown pattern: one line before any work
+    text = read_input(args.input)
     n_bytes = len(text.encode("utf-8"))
     results: list[dict] = []
 
@@ -112,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                cpu=n_bytes / min(t[1] for t in fast) / 1e6)  # fmt: skip
 
     _print_table(results, args)
-    for r in results:
-        print(json.dumps(r))
+    lines = [json.dumps(r) for r in results]
+    print("\n".join(lines))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

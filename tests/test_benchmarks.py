@@ -1,0 +1,141 @@
+"""benchmarks/*.py as a user runs them: tiny sizes through a subprocess, the JSON they print
+and write, and one line with exit status 2 for bad input. (Speeds are not asserted here; they
+are what the scripts measure. benchmarks/speedrun.py has its own tests/test_speedrun.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TEXT = ROOT / "data" / "tiny.txt"
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_train_runs_variants_side_by_side_and_writes_json(tmp_path):
+    out = tmp_path / "train.jsonl"
+    proc = bench(
+        "bench_train.py",
+        "--input", str(TINY_TEXT),
+        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+        "--batch-size", "2", "--iters", "2", "--warmup", "1", "--repeats", "2",
+        "--variants", "sdpa,manual,bf16", "--device", "cpu", "--threads", "1",
+        "--json-out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json_lines(proc.stdout)
+    assert [r["variant"] for r in results] == ["sdpa", "manual", "bf16"]
+    assert json_lines(out.read_text()) == results
+    for r in results:
+        assert r["status"] == "ok" and r["device"] == "cpu" and r["threads"] == 1
+        assert r["tokens_per_s"] > 0 and r["ms_per_iter"] > 0 and r["peak_mem_mib"] > 0
+        assert len(r["tokens_per_s_all"]) == 2  # both repeats kept; the best is reported
+        assert r["tokens_per_s"] == max(r["tokens_per_s_all"])
+        assert r["mfu"] is None  # MFU needs a known accelerator peak
+    # Same seed and batches: sdpa and the written-out attention train the same model.
+    assert results[0]["final_loss"] == pytest.approx(results[1]["final_loss"], rel=1e-4)
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("size "))
+    assert header < next(i for i, line in enumerate(lines) if line.startswith("{"))
+
+
+def test_bench_sample_checks_cache_and_recompute_agree(tmp_path):
+    out = tmp_path / "sample.json"
+    proc = bench(
+        "bench_sample.py",
+        "--input", str(TINY_TEXT),
+        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+        "--new-tokens", "40", "--train-iters", "1", "--threads", "1",
+        "--json-out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json_lines(proc.stdout)
+    assert json.loads(out.read_text()) == result
+    # 40 tokens past a 16-token context: the cache slides, and both paths still agree.
+    assert result["same_tokens"] is True and result["new_tokens"] == 40
+    assert result["kv_cache_speedup"] == pytest.approx(
+        result["kv_cache_tokens_per_s"] / result["full_recompute_tokens_per_s"], rel=0.02
+    )
+    assert result["threads"] == 1 and result["device"] == "cpu"
+
+
+def test_bench_tokenizer_reports_every_measurement(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(TINY_TEXT.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    out = tmp_path / "tok.jsonl"
+    proc = bench(
+        "bench_tokenizer.py", "--input", str(text), "--vocab-size", "300", "--repeats", "1",
+        "--json-out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = json_lines(proc.stdout)
+    assert json_lines(out.read_text()) == results
+    metrics = {r["metric"]: r for r in results}
+    assert {"train_seconds", "train_peak_memory", "encode_pure_cold", "encode_pure_warm"} <= set(
+        metrics
+    )
+    assert metrics["train_seconds"]["merges"] == 300 - 256
+    assert metrics["compression"]["value"] > 1.0  # merges make tokens longer than a byte
+    assert all(r["bytes"] == 20_000 for r in results)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("bench_train.py", ["--input", "nope.txt"], "nope.txt: input text file not found"),
+        ("bench_train.py", ["--variants", "fast"], "unknown variant 'fast'"),
+        ("bench_train.py", ["--iters", "0"], "--iters and --repeats must be >= 1"),
+        ("bench_sample.py", ["--input", "nope.txt"], "--input nope.txt: no such file"),
+        ("bench_sample.py", ["--n-head", "5"], "--n-embd 384 is not divisible by --n-head 5"),
+        ("bench_sample.py", ["--threads", "0"], "--threads must be >= 1, got 0"),
+        ("bench_sample.py", ["--vocab-size", "100"], "--vocab-size must be >= 256"),
+        ("bench_tokenizer.py", ["--input", "nope.txt"], "--input nope.txt: no such file"),
+        ("bench_tokenizer.py", ["--vocab-size", "10"], "--vocab-size must be >= 256"),
+        ("bench_tokenizer.py", ["--pattern", "("], "bad split pattern '('"),
+        ("bench_tokenizer.py", ["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(script, args, message):
+    proc = bench(script, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith(f"{script}: error: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_sample.py"])
+def test_a_missing_cuda_device_is_one_line(script):
+    proc = bench(script, "--device", "cuda", "--input", str(TINY_TEXT))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"{script}: error: device 'cuda' asked for, but CUDA is not available here"
+    ]
+
+
+def test_non_utf8_input_to_the_tokenizer_benchmark(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café\n".encode("latin-1") * 10)
+    proc = bench("bench_tokenizer.py", "--input", str(bad))
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip() == f"bench_tokenizer.py: error: --input {bad}: not UTF-8 text (byte 3)"
+    )
