@@ -27,9 +27,10 @@ V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,48 @@ from llm_tiny.config import ModelConfig
 
 # A position module's `rotate(t, start)`: applies positions to queries/keys (B, h, T, hs).
 Rotate = Callable[[Tensor, int], Tensor]
+
+
+# ----------------------------------------------------------------------------- linear layers
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that can multiply by a transposed copy of its weight (`decode_layout`).
+
+    The parameters, the initialisation and the checkpoint keys are `nn.Linear`'s own.
+    """
+
+    weight_t: Tensor | None = None  # (in, out), contiguous; set only inside `decode_layout`
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight_t is None:
+            return F.linear(x, self.weight, self.bias)
+        y = x @ self.weight_t  # (..., in) @ (in, out)
+        return y if self.bias is None else y + self.bias
+
+
+@contextlib.contextmanager
+def decode_layout(model: nn.Module) -> Iterator[None]:
+    """While generating on CPU, let every `Linear` multiply by an `(in, out)` copy of its weight.
+
+    With a KV cache each new token makes every layer a matrix-vector product. On CPU, MKL's
+    product with `nn.Linear`'s `(out, in)` weight reads it at about 10 GB/s, with the same
+    weight stored `(in, out)` at about 23 GB/s (docs/model.md), so decoding runs about twice as
+    fast. The price is a second copy of the weights while the context is open. Off the CPU this
+    does nothing. Only for inference: the copies do not follow later changes to the weights.
+    """
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    if not linears or linears[0].weight.device.type != "cpu":
+        yield
+        return
+    with torch.no_grad():
+        for m in linears:
+            m.weight_t = m.weight.detach().t().contiguous()
+    try:
+        yield
+    finally:
+        for m in linears:
+            m.weight_t = None
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -216,8 +259,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, cfg.bias)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, cfg.bias)
+        self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.attend = ATTENTION[cfg.attn_impl]
         # mask[i, j]: may position i look at position j? Row `start + t` of this table is the
@@ -265,9 +308,9 @@ class GeluMLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.act = nn.GELU(approximate="tanh")  # the approximation GPT-2 was trained with
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -286,8 +329,8 @@ class SwiGLU(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         hidden = swiglu_hidden(cfg.n_embd)
-        self.fc = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)  # gate and up, side by side
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.fc = Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)  # gate and up, side by side
+        self.proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -334,7 +377,7 @@ class TinyGPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = NORMS[cfg.norm](cfg)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             # One Parameter in two places: it is trained once, saved under both names and
             # stays shared after `load_state_dict`, which copies into it in place.

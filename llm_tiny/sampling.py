@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llm_tiny.model import KVCache, TinyGPT, unwrap_model
+from llm_tiny.model import KVCache, TinyGPT, decode_layout, unwrap_model
 
 # ----------------------------------------------------------------------------- logits processing
 
@@ -156,12 +156,14 @@ class _Window:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: TinyGPT) -> Iterator[None]:
-    """Switch dropout off for generation and restore the previous mode afterwards."""
+def _generating(model: TinyGPT) -> Iterator[None]:
+    """Generation mode: dropout off, inference mode, and on CPU the faster weight layout for
+    token-by-token products (`model.decode_layout`); the previous mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with torch.inference_mode(), decode_layout(model):
+            yield
     finally:
         model.train(was_training)
 
@@ -238,7 +240,7 @@ def generate(
     """
     check_sampling_args(temperature, top_k, top_p)
     model = _prepare(model, idx, max_new_tokens, single=False)
-    with _eval_mode(model), torch.inference_mode():
+    with _generating(model):
         loop = _sample_loop(
             model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, use_cache
         )
@@ -266,7 +268,7 @@ def generate_stream(
     model = _prepare(model, idx, max_new_tokens, single=True)
 
     def tokens() -> Iterator[int]:
-        with _eval_mode(model), torch.inference_mode():
+        with _generating(model):
             loop = _sample_loop(
                 model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator,
                 use_cache,
@@ -310,7 +312,7 @@ def beam_search(
         return logp / n**length_penalty
 
     finished: list[tuple[float, Tensor]] = []  # (rank, sequence (L,))
-    with _eval_mode(model), torch.inference_mode():
+    with _generating(model):
         seq = idx.repeat(W, 1)  # (W, L): W copies, of which only the first is alive at first
         scores = torch.full((W,), float("-inf"), device=idx.device)
         scores[0] = 0.0  # total log-probability of each beam's new tokens

@@ -20,6 +20,7 @@ from llm_tiny.model import (
     TinyGPT,
     apply_rope,
     clean_state_dict,
+    decode_layout,
     peak_flops_for,
     rope_tables,
     swiglu_hidden,
@@ -212,6 +213,30 @@ def test_rmsnorm_matches_formula_and_torch():
         ref = nn.RMSNorm(16, eps=1e-5)
         ref.weight.data.copy_(norm.weight.data)
         torch.testing.assert_close(norm(x), ref(x))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_layout_gives_the_same_logits_and_leaves_nothing_behind(bias):
+    model = build(bias=bias, tie_weights=True)
+    idx = tokens(3, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    reference, _ = model(idx)
+    with torch.inference_mode(), decode_layout(model):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(m.weight_t.shape == m.weight.shape[::-1] for m in linears)
+        assert all(m.weight_t.is_contiguous() for m in linears)
+        cache = model.new_cache(3)
+        prefix, _ = model(idx[:, :5], cache=cache)  # a prompt, then one token at a time
+        steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(5, 8)]
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), reference, rtol=1e-5, atol=1e-5)
+    # Nothing stays: no transposed copies, the same state dict, training works as before.
+    assert all(m.weight_t is None for m in model.modules() if isinstance(m, nn.Linear))
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    model.train()
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert model.lm_head.weight.grad is not None
 
 
 def test_swiglu_width_is_eight_thirds_rounded_to_64():
