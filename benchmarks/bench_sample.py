@@ -96,9 +96,10 @@ def time_train_step(cfg: ModelConfig, args, device: torch.device, text: torch.Te
     torch.manual_seed(args.seed)
     model = TinyGPT(cfg).to(device).train()
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    starts = torch.randint(len(text) - cfg.block_size, (args.train_batch,), generator=gen)
-    x = torch.stack([text[s : s + cfg.block_size] for s in starts.tolist()]).to(device)
-    y = torch.stack([text[s + 1 : s + 1 + cfg.block_size] for s in starts.tolist()]).to(device)
+    T = cfg.block_size
+    starts = torch.randint(len(text) - T, (args.train_batch,), generator=gen).tolist()
+    xy = torch.stack([text[s : s + T + 1] for s in starts]).to(device)  # (B, T + 1)
+    x, y = xy[:, :-1], xy[:, 1:]
 
     def step() -> None:
         model.zero_grad(set_to_none=True)

@@ -183,15 +183,6 @@ def ladder_overrides(upto: int) -> dict[str, Any]:
     return merged
 
 
-def apply_dotted(raw: dict[str, dict[str, Any]], dotted: dict[str, Any]) -> dict:
-    """A copy of a nested config dict with `{"section.key": value}` set."""
-    out = {k: dict(v or {}) for k, v in raw.items()}
-    for key, value in dotted.items():
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def _fmt(x: float | None, spec: str) -> str:
     """`x` formatted by `spec`, or a dash as wide as `spec` says when there is no value.
 
@@ -211,12 +202,12 @@ def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
     """Train one recipe as `job` says and return its figures (see the module docstring)."""
     import torch
 
-    from llm_tiny.config import config_from_dict, read_yaml
+    from llm_tiny.config import config_from_dict, read_yaml, with_dotted
     from llm_tiny.data import prepare_data
     from llm_tiny.train import train
 
     raw = read_yaml(job["config"]) or {}
-    raw = apply_dotted(raw, job.get("overrides", {}))
+    raw = with_dotted(raw, job.get("overrides", {}))
     if job.get("iters_scale", 1.0) != 1.0:
         raw = scale_iters(raw, job["iters_scale"])
     out = Path(job["out_dir"])
@@ -231,7 +222,7 @@ def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
     }
     if job.get("threads") is not None:
         io["train.threads"] = job["threads"]
-    cfg = config_from_dict(apply_dotted(raw, io), f"{job['config']} (speedrun)")
+    cfg = config_from_dict(with_dotted(raw, io), f"{job['config']} (speedrun)")
 
     def log(message: str) -> None:
         print(f"[{job['name']}] {message}", file=sys.stderr, flush=True)

@@ -458,13 +458,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(merged, source, sources)
 
 
-def override(cfg: RunConfig, **dotted: Any) -> RunConfig:
-    """A copy of `cfg` with values replaced and re-validated: `override(cfg, **{"train.max_iters": 5})`."""
-    raw = config_to_dict(cfg)
+def with_dotted(raw: dict[str, Any], dotted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of a nested config dict with `{"section.key": value}` set (sections are created
+    as needed; the input is not modified)."""
+    out = {section: dict(values or {}) for section, values in raw.items()}
     for key, value in dotted.items():
         section, name = key.split(".", 1)
-        raw.setdefault(section, {})[name] = value
-    return config_from_dict(raw, "override")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def override(cfg: RunConfig, **dotted: Any) -> RunConfig:
+    """A copy of `cfg` with values replaced and re-validated: `override(cfg, **{"train.max_iters": 5})`."""
+    return config_from_dict(with_dotted(config_to_dict(cfg), dotted), "override")
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_tiny.config import config_from_dict, load_config, read_yaml
+from llm_tiny.config import config_from_dict, load_config, read_yaml, with_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "speedrun.py"
@@ -114,7 +114,7 @@ def test_nanogpt_cpu_is_nanogpts_documented_cpu_recipe():
 
 def test_the_ablation_ladder_climbs_from_the_baseline_to_the_speedrun_recipe():
     base = read_yaml(ROOT / "configs" / "nanogpt_cpu.yaml")
-    top = speedrun.apply_dotted(base, speedrun.ladder_overrides(len(speedrun.LADDER) - 1))
+    top = with_dotted(base, speedrun.ladder_overrides(len(speedrun.LADDER) - 1))
     recipe = load_config(ROOT / "configs" / "speedrun_cpu.yaml")
     climbed = config_from_dict(top)
     # Paths differ (each recipe has its own out/ folder); everything that is trained does not.
