@@ -23,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a fresh clone without installing
-    sys.path.insert(0, str(ROOT))
+from llm_tiny.config import ModelConfig
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.model import TinyGPT
+from llm_tiny.sampling import generate
 
-from llm_tiny.config import ModelConfig  # noqa: E402
-from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
-from llm_tiny.model import TinyGPT  # noqa: E402
-from llm_tiny.sampling import generate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> ArgumentParser:

@@ -38,11 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a fresh clone without installing
-    sys.path.insert(0, str(ROOT))
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (n_layer, n_head, n_embd, block_size, batch_size). tiny is configs/tiny.yaml; small is
 # nanoGPT's Shakespeare-char model at a CPU-sized batch; medium is GPT-2 small (124M), a GPU size.
@@ -154,7 +152,11 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
         memory = "peak_rss"
         device_name = platform.processor() or platform.machine()
-    mfu = raw_model.estimate_mfu(tokens_per_s, device_name, job["peak_flops"])
+    from llm_tiny.runtime import mfu as model_flops_utilisation
+
+    mfu = model_flops_utilisation(
+        raw_model.flops_per_token(), tokens_per_s, device_name, job["peak_flops"]
+    )
     return {
         "status": "ok",
         "device": device.type,

@@ -49,11 +49,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from a fresh clone without installing
-    sys.path.insert(0, str(ROOT))
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPES: dict[str, Path] = {
     "nanogpt_cpu": ROOT / "configs" / "nanogpt_cpu.yaml",
@@ -218,6 +216,7 @@ def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
         "train.out_dir": str(out / job.get("run_dir", "run")),
         "train.device": job["device"],
         "train.resume": "never",
+        "train.overwrite": True,
         "train.sample_at_end": False,
     }
     if job.get("threads") is not None:

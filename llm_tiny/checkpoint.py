@@ -24,37 +24,64 @@ instant leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
-from llm_tiny.config import ConfigError, RunConfig, config_from_dict
-from llm_tiny.errors import UserError
+from llm_tiny.config import (
+    ConfigError,
+    RunConfig,
+    architecture_fields,
+    config_from_dict,
+    config_to_dict,
+)
+from llm_tiny.errors import UserError, first_line
+from llm_tiny.model import TinyGPT
+from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 
 FORMAT = "llm_tiny.checkpoint"
 VERSION = 1
 
 REQUIRED_KEYS = ("config", "model", "step", "tokenizer")
 
-# Model fields that change the parameters' shapes or meaning: resuming across a change is an
-# error. The others (dropout, attn_impl, grad_checkpointing) only change how the same weights
-# are used, so a resumed run may change them.
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "n_kv_head",
-    "n_embd",
-    "bias",
-    "pos_emb",
-    "rope_theta",
-    "tie_weights",
-    "norm",
-    "mlp",
-)
+# ----------------------------------------------------------------------------- wrapped models
+
+
+def unwrap_model(model: nn.Module) -> TinyGPT:
+    """The TinyGPT inside `torch.compile` (`_orig_mod`) and DDP / DataParallel (`module`)."""
+    while not isinstance(model, TinyGPT):
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, FSDP
+            model = model.module
+        else:
+            raise TypeError(f"expected a TinyGPT (possibly wrapped), got {type(model).__name__}")
+    return model
+
+
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def clean_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict of the unwrapped model, with no `_orig_mod.` / `module.` prefixes.
+
+    Also accepts a state dict already saved with those prefixes and strips them, so old
+    checkpoints of wrapped models load into a bare TinyGPT.
+    """
+    if isinstance(model, nn.Module):
+        return dict(unwrap_model(model).state_dict())
+    clean = {}
+    for key, value in model.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        clean[key] = value
+    return clean
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
@@ -76,12 +103,6 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint; every problem is a one-line `UserError`."""
     path = Path(path)
@@ -93,7 +114,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
         raise UserError(
-            f"{path}: not a readable checkpoint (corrupt or truncated?): {_first_line(e)}"
+            f"{path}: not a readable checkpoint (corrupt or truncated?): {first_line(e)}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path}: not an llm_tiny checkpoint (no format {FORMAT!r})")
@@ -125,7 +146,11 @@ def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = "best.pt") 
                 return candidate
         raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and last.pt)")
     if not p.exists():
-        raise UserError(f"{p}: checkpoint or run directory not found")
+        # A misspelt file name in a run directory: say what is there instead.
+        there = sorted(c.name for c in p.parent.glob("*.pt")) if p.suffix == ".pt" else []
+        if there:
+            raise UserError(f"{p}: not found; the checkpoints in {p.parent} are {', '.join(there)}")
+        raise UserError(f"{p}: not found (no checkpoint here; train a model first: make train)")
     return p
 
 
@@ -134,7 +159,7 @@ def check_resume_compatible(
 ) -> None:
     """Raise a one-line `UserError` naming the first difference that makes resuming unsound."""
     stored = checkpoint_config(ckpt, path)
-    for name in ARCHITECTURE_FIELDS:
+    for name in architecture_fields():
         old, new = getattr(stored.model, name), getattr(cfg.model, name)
         if old != new:
             raise UserError(
@@ -154,6 +179,87 @@ def check_resume_compatible(
         )
 
 
+# ----------------------------------------------------------------------------- training state
+
+
+@dataclass
+class TrainState:
+    """What a run counts besides its weights and optimizer, saved with them and restored."""
+
+    step: int = 0  # optimizer updates done
+    tokens_seen: int = 0  # tokens consumed by all ranks
+    best_val_loss: float = math.inf
+    elapsed_s: float = 0.0  # training wall time of the earlier runs of a resumed run
+
+
+def training_checkpoint(
+    cfg: RunConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: TrainState,
+    *,
+    rng: list[dict[str, Any]],
+    sampler: dict[str, Any],
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """The checkpoint dict of a training run (the format in the module docstring). `rng` holds
+    one `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": config_to_dict(cfg),
+        "model": clean_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "best_val_loss": state.best_val_loss,
+        "elapsed_s": state.elapsed_s,
+        "rng": rng,
+        "sampler": sampler,
+        "tokenizer": tokenizer.to_json(),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+    }
+
+
+def restore_training(
+    ckpt: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sampler: Any,
+    *,
+    rt: Runtime,
+    log: Callable[[str], None],
+) -> TrainState:
+    """Load a `training_checkpoint` into fresh training objects and this rank's RNG states;
+    returns its counters."""
+    model.load_state_dict(ckpt["model"])
+    sampler.load_state_dict(ckpt["sampler"])
+    states = ckpt.get("rng") or []
+    if rt.rank < len(states):
+        restore_rng(states[rt.rank], rt.device)
+    else:
+        log("note: the checkpoint has no RNG state for every rank; others reseeded")
+    # The config is authoritative for hyperparameters: keep the fresh groups' values.
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, values in zip(optimizer.param_groups, fresh):
+        group.update(values)
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    return TrainState(
+        step=int(ckpt["step"]),
+        tokens_seen=int(ckpt.get("tokens_seen", 0)),
+        best_val_loss=float(ckpt.get("best_val_loss", math.inf)),
+        elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
+    )
+
+
+# ----------------------------------------------------------------------------- inference
+
+
 def load_model(
     path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = "best.pt"
 ) -> tuple[Any, Any, RunConfig, dict[str, Any]]:
@@ -162,8 +268,6 @@ def load_model(
     `path_or_dir` is a `.pt` file or a run directory (then `name`, else `last.pt`). The model is
     in eval mode on `device` (`auto` allowed); the tokenizer comes from the checkpoint itself.
     """
-    from llm_tiny.model import TinyGPT
-    from llm_tiny.runtime import resolve_device
     from tok.bpe import Tokenizer
 
     path = resolve_checkpoint_path(path_or_dir, name)
@@ -177,7 +281,7 @@ def load_model(
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise UserError(
-            f"{path}: model weights do not match the stored config: {_first_line(e)}"
+            f"{path}: model weights do not match the stored config: {first_line(e)}"
         ) from None
     model.to(device)
     model.eval()

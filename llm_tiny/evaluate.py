@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llm_tiny.data import count_window_targets, iter_window_batches
+from llm_tiny.data import TokenArray, load_prepared, open_split
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 LN2 = math.log(2.0)
@@ -98,17 +98,10 @@ def evaluate_tokens(
     its first token (`meta.json` stores this as `splits.val.scored_bytes`). Every token but the
     first is scored once; see the module docstring for `stride`.
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        batches = iter_window_batches(tokens, block_size, batch_size, device, stride)
-        loss_sum, n = loss_sum_over(model, batches, autocast)
-    finally:
-        model.train(was_training)
-    expected = count_window_targets(len(tokens), block_size, batch_size, stride, None)
-    assert n == expected, f"scored {n} targets, expected {expected}"
-    return summarize(loss_sum, n, n_bytes)
+    source = TokenArray(tokens, block_size, device)
+    return evaluate_split(
+        model, source, n_bytes, batch_size=batch_size, stride=stride, autocast=autocast
+    )
 
 
 def evaluate_split(
@@ -118,11 +111,13 @@ def evaluate_split(
     *,
     batch_size: int,
     max_batches: int | None = None,
+    stride: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, float]:
-    """Evaluate a batch source (`data.TokenWindows` / `data.ExampleBatches`) over its split.
+    """Evaluate a batch source (`data.TokenWindows` / `data.ExampleBatches`) over its split
+    (`stride`: text only, see the module docstring).
 
     With several processes each rank scores its share of the batches and the sums are added
     with `all_reduce`, so every rank returns the same numbers.
@@ -130,18 +125,16 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     try:
-        batches = source.iter_eval_batches(
-            batch_size, max_batches=max_batches, rank=rank, world_size=world_size
-        )
+        batches = source.iter_eval_batches(batch_size, max_batches, stride, rank, world_size)
         loss_sum, n = loss_sum_over(model, batches, autocast)
     finally:
         model.train(was_training)
     if world_size > 1:
-        device = source.device
-        both = torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=device)
+        both = torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=source.device)
         dist.all_reduce(both)
         loss_sum, n = float(both[0]), int(both[1])
-    total = source.eval_targets(batch_size)
+    total = source.eval_targets(batch_size, stride=stride)
+    assert max_batches is not None or n == total, f"scored {n} targets, expected {total}"
     # Exact on the full split; with max_batches, the bytes of the scored part are estimated.
     n_bytes = scored_bytes if n == total else scored_bytes * n / max(total, 1)
     return summarize(loss_sum, n, n_bytes)
@@ -161,7 +154,6 @@ def evaluate_checkpoint(
     """Loss, perplexity and bits per byte of a checkpoint on its run's validation split, or
     on any text file tokenized with the checkpoint's own tokenizer."""
     from llm_tiny.checkpoint import load_model
-    from llm_tiny.data import load_prepared, open_split
     from llm_tiny.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -181,21 +173,17 @@ def evaluate_checkpoint(
             raise UserError(f"{path}: needs at least 2 tokens to score, has {len(tokens)}")
         # The first token has no context and is not scored; neither are its bytes.
         scored_bytes = n_bytes - len(tokenizer.decode_bytes([int(tokens[0])]))
-        result = evaluate_tokens(model, tokens, scored_bytes, block, batch_size, dev, stride)
-        source = str(path)
+        source = TokenArray(tokens, block, dev)
+        name = str(path)
     else:
         data = load_prepared(cfg.data.data_dir, tokenizer)
+        if stride is not None and data.meta["kind"] != "text":
+            raise UserError("--stride applies to text runs; this run's data are examples")
+        source = open_split(data, "val", cfg, dev, batch_size=batch_size)
         scored_bytes = data.split("val")["scored_bytes"]
-        if data.meta["kind"] == "text":
-            tokens = np.memmap(data.data_dir / "val.bin", dtype=data.dtype, mode="r")
-            result = evaluate_tokens(model, tokens, scored_bytes, block, batch_size, dev, stride)
-        else:
-            if stride is not None:
-                raise UserError("--stride applies to text runs; this run's data are examples")
-            src = open_split(data, "val", block, batch_size, cfg.train.seed, dev)
-            result = evaluate_split(model, src, scored_bytes, batch_size=batch_size)
-        source = f"{data.data_dir / 'val.bin'} (validation split)"
-    return {"ckpt": str(ckpt), "data": source, "stride": stride or block, **result}
+        name = f"{data.data_dir / 'val.bin'} (validation split)"
+    result = evaluate_split(model, source, scored_bytes, batch_size=batch_size, stride=stride)
+    return {"ckpt": str(ckpt), "data": name, "stride": stride or block, **result}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,11 @@ dropped first, so the file never holds two rows for one step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,29 @@ def _cell(value: Any) -> str:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
-    """The rows of a metrics.csv as dicts of floats (None for an empty cell)."""
+    """The rows of a metrics.csv as dicts of floats (None for an empty cell). The one reader of
+    the file: `plots` and `sweep` go through it. A cell that is not a number is a ValueError."""
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as f:
         return [
             {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
             for row in csv.DictReader(f)
         ]
+
+
+def final_metrics(rows: list[dict[str, float | None]]) -> dict[str, float]:
+    """What a run ended at: `val_loss` and `val_bpb` of the last evaluated row (training
+    evaluates at the end), the last step as `iters`, and the median `tokens_per_s`, which
+    ignores the slow first interval and the pauses for evaluation; `nan` for what is missing."""
+    last = next((r for r in reversed(rows) if r.get("val_loss") is not None), {})
+    steps = [r["step"] for r in rows if r.get("step") is not None]
+    speeds = sorted(r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None)
+    return {
+        "val_loss": last.get("val_loss", math.nan),
+        "val_bpb": math.nan if last.get("val_bpb") is None else last["val_bpb"],
+        "iters": max(steps, default=math.nan),
+        "tokens_per_s": speeds[len(speeds) // 2] if speeds else math.nan,
+    }
 
 
 def _truncate_after(path: Path, step: int) -> None:
@@ -121,3 +139,63 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class RunLog:
+    """Where a run reports: lines to the console (through the progress bar while there is one),
+    rows to `metrics.csv` (and TensorBoard). Built with `enabled=False` on every rank but 0,
+    where each method does nothing, so the training loop never asks which rank it is on.
+
+    `log(message)` prints a line; `log.row(step, **values)` writes a metrics row once
+    `open_metrics` has opened the file; `with log.running(total, initial):` shows a tqdm bar
+    when interactive and closes the bar and the metrics file at the end.
+    """
+
+    def __init__(self, *, enabled: bool = True, interactive: bool = False, print_fn=print) -> None:
+        self.enabled = enabled
+        self.interactive = enabled and interactive
+        self._print = print_fn
+        self._bar: Any = None
+        self._metrics: MetricsLog | None = None
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            self._print(message)
+
+    def unless_bar(self, message: str) -> None:
+        """A line that the progress bar already shows when there is one."""
+        if self._bar is None:
+            self(message)
+
+    def advance(self, postfix: str) -> None:
+        """One step done: move the progress bar on (when there is one)."""
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(postfix, refresh=False)
+
+    def open_metrics(self, out_dir: str | Path, resume_step: int | None, tensorboard: bool) -> None:
+        if self.enabled:
+            self._metrics = MetricsLog(out_dir, resume_step=resume_step, tensorboard=tensorboard)
+
+    def row(self, step: int, **values: Any) -> None:
+        if self._metrics is not None:
+            self._metrics.write(step, **values)
+
+    @contextlib.contextmanager
+    def running(self, total: int, initial: int = 0) -> Iterator[None]:
+        if self.interactive:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        try:
+            yield
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            if self._metrics is not None:
+                self._metrics.close()

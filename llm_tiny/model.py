@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -457,7 +456,7 @@ class TinyGPT(nn.Module):
         # NOTE: reading min/max synchronises with the device and would break a compiled graph,
         # so compiled models and training steps on an accelerator (whose batches come from data
         # checked when it was prepared) skip it; on CPU it costs next to nothing.
-        if _compiling() or (self.training and idx.device.type != "cpu"):
+        if torch.compiler.is_compiling() or (self.training and idx.device.type != "cpu"):
             return
         lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= cfg.vocab_size:
@@ -527,22 +526,6 @@ class TinyGPT(nn.Module):
         cfg = self.config
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
-    def estimate_mfu(
-        self,
-        tokens_per_second: float,
-        device_name: str | None = None,
-        peak_flops: float | None = None,
-    ) -> float | None:
-        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak.
-
-        The peak is `peak_flops` if given, else looked up from `device_name` (e.g.
-        `torch.cuda.get_device_name()`) in `PEAK_FLOPS`; None when neither is known.
-        """
-        peak = peak_flops if peak_flops is not None else peak_flops_for(device_name)
-        if peak is None:
-            return None
-        return self.flops_per_token() * tokens_per_second / peak
-
     # ------------------------------------------------------------------------- optimizer
 
     def param_groups(self, weight_decay: float) -> list[dict]:
@@ -565,86 +548,3 @@ class TinyGPT(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-
-
-# ----------------------------------------------------------------------------- hardware peaks
-
-# Dense bf16 tensor-core peaks in FLOP/s (no sparsity), from the vendors' data sheets. Matched
-# in order against the device name as a whole word, so "H100 PCIe" comes before "H100".
-PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("H200 NVL", 835e12),
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("H20", 148e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L40", 181e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX A6000", 155e12),
-    ("4090", 165e12),
-    ("3090", 71e12),
-    ("V100", 125e12),  # no bf16 on Volta: its fp16 tensor-core peak
-    ("T4", 65e12),  # likewise fp16
-)
-
-
-def peak_flops_for(device_name: str | None) -> float | None:
-    """Peak FLOP/s of a device by name, e.g. "NVIDIA H100 80GB HBM3" -> 989e12; None if unknown."""
-    if not device_name:
-        return None
-    for pattern, flops in PEAK_FLOPS:
-        if re.search(rf"(?<![A-Za-z0-9]){re.escape(pattern)}(?![A-Za-z0-9])", device_name, re.I):
-            return flops
-    return None
-
-
-# ----------------------------------------------------------------------------- wrappers
-
-
-def unwrap_model(model: nn.Module) -> TinyGPT:
-    """The TinyGPT inside `torch.compile` (`_orig_mod`) and DDP / DataParallel (`module`)."""
-    while not isinstance(model, TinyGPT):
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, FSDP
-            model = model.module
-        else:
-            raise TypeError(f"expected a TinyGPT (possibly wrapped), got {type(model).__name__}")
-    return model
-
-
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
-def clean_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The state dict of the unwrapped model, with no `_orig_mod.` / `module.` prefixes.
-
-    Also accepts a state dict already saved with those prefixes and strips them, so old
-    checkpoints of wrapped models load into a bare TinyGPT.
-    """
-    if isinstance(model, nn.Module):
-        return dict(unwrap_model(model).state_dict())
-    clean = {}
-    for key, value in model.items():
-        while key.startswith(_WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        clean[key] = value
-    return clean
-
-
-def _compiling() -> bool:
-    """True while torch.compile traces (torch >= 2.3 has the public name)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    if is_compiling is None:  # torch 2.2
-        from torch import _dynamo
-
-        is_compiling = _dynamo.is_compiling
-    return bool(is_compiling())

@@ -3,21 +3,55 @@
 One figure, four panels: training and validation loss against optimizer step and against
 tokens seen, the learning rate, and validation bits per byte. Several runs share the figure
 (one colour per run) so they compare at a glance. The CSV written by training is the source of
-truth; this module only reads it.
+truth; this module only reads it, through `metrics.read_metrics`.
+
+`pyplot()` and `save_figure()` are the project's one matplotlib setup; the sweep and viz draw
+through them too.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from llm_tiny import metrics
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
-COLUMNS = ("step", "tokens", "train_loss", "val_loss", "val_bpb", "lr")
+
+def pyplot() -> ModuleType:
+    """`matplotlib.pyplot` on the file-only Agg backend (no display, never a window): the one
+    matplotlib setup, for plots, sweep and viz. Imported on first call: importing plots is free."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
+DPI = 100
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write `fig` to `path` (folders created) at `DPI`, then close it. No tight cropping, so an
+    image is exactly figsize x DPI pixels; a temp file, then a rename, so no reader ever sees
+    half an image. A path that cannot be written is a UserError."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # same suffix: it picks the format
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=DPI)
+        tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the image ({e.strerror or e})") from None
+    finally:
+        pyplot().close(fig)
+    return path
+
+
+def run_columns(run_dir: str | Path) -> dict[str, list[float]]:
     """Columns of `run_dir/metrics.csv` as lists of floats, `nan` where a cell is empty."""
     path = Path(run_dir)
     if path.is_dir():
@@ -32,8 +66,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
         raise UserError(f"{path}: no rows yet; train for a few steps first")
     if not {"step", "train_loss"} <= set(rows[0]):
         raise UserError(f"{path}: not a metrics file (needs step and train_loss columns)")
-    nan = math.nan
-    return {c: [nan if r.get(c) is None else r[c] for r in rows] for c in COLUMNS if c in rows[0]}
+    return {c: [math.nan if r.get(c) is None else r[c] for r in rows] for c in rows[0]}
 
 
 def _points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
@@ -44,12 +77,8 @@ def _points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]
 
 def plot_runs(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     """Plot the runs' loss curves into one PNG at `out_path`; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed, and never an interactive window
-    import matplotlib.pyplot as plt
-
-    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
+    runs = [(Path(d), run_columns(d)) for d in run_dirs]
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     (ax_step, ax_tok), (ax_lr, ax_bpb) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -84,11 +113,7 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path) -> Path:
     title = ", ".join(str(d) for d, _ in runs)
     fig.suptitle(f"llm_tiny: {title}", fontsize=11)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def main(argv: list[str] | None = None) -> int:

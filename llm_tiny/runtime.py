@@ -17,17 +17,21 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
+import signal
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from llm_tiny.config import TrainConfig
-from llm_tiny.errors import UserError
+from llm_tiny.errors import UserError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,6 +77,21 @@ class Runtime:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def main_first(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on rank 0, then on the other ranks (which find what rank 0 made, e.g. the
+        prepared data, instead of making it at the same time)."""
+        result = fn() if self.is_main else None
+        self.barrier()
+        return result if self.is_main else fn()
+
+    def mfu_text(self, flops_per_token: float, tokens_per_s: float, peak: float | None) -> str:
+        """The text ' | mfu X%' for a log line on a CUDA device of known peak, else ''."""
+        if self.device_type != "cuda":
+            return ""
+        name = torch.cuda.get_device_name(self.device)
+        u = mfu(flops_per_token, tokens_per_s / self.world_size, name, peak)
+        return "" if u is None else f" | mfu {100 * u:.1f}%"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -207,6 +226,16 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
             warnings.warn("checkpoint holds no CUDA RNG state; CUDA RNG not restored", stacklevel=2)
 
 
+def gather_rng(rt: Runtime) -> list[dict[str, Any]]:
+    """Every rank's `capture_rng()`, in rank order (an all-gather: all ranks must call it)."""
+    rng = capture_rng(rt.device)
+    if not rt.distributed:
+        return [rng]
+    states: list[Any] = [None] * rt.world_size
+    dist.all_gather_object(states, rng)
+    return states
+
+
 @contextlib.contextmanager
 def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
     """Run a block (evaluation, sampling) without disturbing the training RNG streams."""
@@ -215,3 +244,105 @@ def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
         yield
     finally:
         restore_rng(state, device)
+
+
+# ----------------------------------------------------------------------------- compile, signals
+
+
+def try_compile(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], rt: Runtime, log):
+    """`torch.compile(model)`, checked with one forward and backward pass on `batch`; the plain
+    model (and a warning) if compilation fails. Gradients are cleared afterwards."""
+    try:
+        compiled = torch.compile(model)
+        with preserved_rng(rt.device):
+            with rt.autocast():
+                _, loss = compiled(*batch)
+            loss.backward()
+    except Exception as e:
+        log(f"warning: torch.compile failed, training without it: {first_line(e, 200)}")
+        compiled = model
+    model.zero_grad(set_to_none=True)
+    return compiled
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set a flag; the loop finishes the step, saves last.pt and returns.
+    A second Ctrl-C aborts at once."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.signum: int | None = None
+        self._log = log
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self._log(f"{signal.Signals(signum).name}: stopping after this step and saving last.pt")
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- hardware peaks and MFU
+
+# Dense bf16 tensor-core peaks in FLOP/s (no sparsity), from the vendors' data sheets. Matched
+# in order against the device name as a whole word, so "H100 PCIe" comes before "H100".
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("H20", 148e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX A6000", 155e12),
+    ("4090", 165e12),
+    ("3090", 71e12),
+    ("V100", 125e12),  # no bf16 on Volta: its fp16 tensor-core peak
+    ("T4", 65e12),  # likewise fp16
+)
+
+
+def peak_flops_for(device_name: str | None) -> float | None:
+    """Peak FLOP/s of a device by name, e.g. "NVIDIA H100 80GB HBM3" -> 989e12; None if unknown."""
+    if not device_name:
+        return None
+    for pattern, flops in PEAK_FLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(pattern)}(?![A-Za-z0-9])", device_name, re.I):
+            return flops
+    return None
+
+
+def mfu(
+    flops_per_token: float,
+    tokens_per_second: float,
+    device_name: str | None = None,
+    peak_flops: float | None = None,
+) -> float | None:
+    """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak.
+
+    `flops_per_token` is `TinyGPT.flops_per_token()`. The peak is `peak_flops` if given, else
+    looked up from `device_name` (e.g. `torch.cuda.get_device_name()`) in `PEAK_FLOPS`; None
+    when neither is known.
+    """
+    peak = peak_flops if peak_flops is not None else peak_flops_for(device_name)
+    if peak is None:
+        return None
+    return flops_per_token * tokens_per_second / peak

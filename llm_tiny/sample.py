@@ -10,31 +10,14 @@ tokens as they are produced and never half a UTF-8 character.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from llm_tiny.config import sampling_problem
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
-
-
-def check_sampling_values(
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    max_new_tokens: int,
-    num_samples: int,
-) -> None:
-    """Reject impossible sampling values with the allowed range, as a UserError."""
-    if temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 0:
-        raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if num_samples < 1:
-        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> str:
@@ -46,6 +29,40 @@ def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> st
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{prompt_file}: cannot read prompt file ({e})") from None
     return default if prompt is None else prompt
+
+
+def prompt_ids(
+    tokenizer: Any,
+    prompt: str,
+    block_size: int,
+    note: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> list[int]:
+    """The prompt's token ids; a prompt longer than the context keeps its last `block_size`
+    tokens (with a `note`), an empty one is a UserError."""
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise UserError("the prompt is empty; give --prompt with at least one character")
+    if len(ids) > block_size:
+        note(
+            f"note: prompt is {len(ids)} tokens, longer than the context ({block_size}); "
+            f"keeping its last {block_size} tokens"
+        )
+        ids = ids[-block_size:]
+    return ids
+
+
+def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note=print) -> str:
+    """One sample with the run config's `sample` settings (the end-of-training sample)."""
+    from llm_tiny.sampling import generate
+
+    s = cfg.sample
+    ids = prompt_ids(tokenizer, s.prompt, cfg.model.block_size, note)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(s.seed)
+    out = generate(
+        model, idx, s.max_new_tokens, s.temperature, s.top_k, s.top_p, generator=generator
+    )
+    return tokenizer.decode(out[0].tolist())
 
 
 def build_parser() -> ArgumentParser:
@@ -77,11 +94,8 @@ def _sample(args) -> int:
     from llm_tiny.sampling import beam_search, generate, generate_stream
     from tok.bpe import StreamDecoder
 
-    ckpt_path = Path(args.ckpt)
-    if not ckpt_path.exists():
-        raise UserError(f"{ckpt_path}: no checkpoint here; train a model first (make train)")
     device = resolve_device(args.device)
-    model, tokenizer, cfg, _ = load_model(ckpt_path, device)
+    model, tokenizer, cfg, _ = load_model(args.ckpt, device)
     s = cfg.sample
     temperature = s.temperature if args.temperature is None else args.temperature
     top_k = s.top_k if args.top_k is None else args.top_k
@@ -89,7 +103,16 @@ def _sample(args) -> int:
     max_new = s.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     num_samples = s.num_samples if args.num_samples is None else args.num_samples
     seed = s.seed if args.seed is None else args.seed
-    check_sampling_values(temperature, top_k, top_p, max_new, num_samples)
+    problem = sampling_problem(
+        lambda k: "--" + k.replace("_", "-"),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=max_new,
+        num_samples=num_samples,
+    )
+    if problem is not None:
+        raise UserError(problem)
     if args.beam_width < 0:
         raise UserError(
             f"--beam-width must be >= 1 (0 disables beam search), got {args.beam_width}"
@@ -98,17 +121,7 @@ def _sample(args) -> int:
         raise UserError("beam search is deterministic: use --num-samples 1 with --beam-width")
 
     prompt = read_prompt(args.prompt, args.prompt_file, s.prompt)
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UserError("the prompt is empty; give --prompt with at least one character")
-    block = cfg.model.block_size
-    if len(ids) > block:
-        print(
-            f"note: prompt is {len(ids)} tokens, longer than the context ({block}); "
-            f"keeping its last {block} tokens",
-            file=sys.stderr,
-        )
-        ids = ids[-block:]
+    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}

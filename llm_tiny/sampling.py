@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llm_tiny.model import KVCache, TinyGPT, decode_layout, unwrap_model
+from llm_tiny.checkpoint import unwrap_model
+from llm_tiny.config import sampling_problem
+from llm_tiny.model import KVCache, TinyGPT, decode_layout
 
 # ----------------------------------------------------------------------------- logits processing
 
@@ -40,13 +42,11 @@ from llm_tiny.model import KVCache, TinyGPT, decode_layout, unwrap_model
 def check_sampling_args(
     temperature: float, top_k: int | None = None, top_p: float | None = None
 ) -> None:
-    """Raise ValueError, naming the allowed range, for an impossible sampling setting."""
-    if not temperature >= 0:  # also catches NaN
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None to disable), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (or None to disable), got {top_p}")
+    """Raise ValueError, naming the allowed range, for an impossible sampling setting
+    (the rules: `config.SAMPLING_RULES`)."""
+    problem = sampling_problem(temperature=temperature, top_k=top_k, top_p=top_p)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:

@@ -12,15 +12,18 @@ starts at exactly 0 wastes the first update: AdamW multiplies it by zero.) After
   A stable phase lets a run be extended without restarting its schedule.
 
 Steps are 0-based optimizer updates: the loop calls `lr_at(it, ...)` for `it = 0 .. max_iters - 1`.
+A run with a time budget (`train.max_seconds`) decays by whichever of its steps and its time is
+further along (`schedule_step`), so that the decay completes within the budget even on a
+machine slower than the one the config was sized on; the warmup always counts steps.
 """
 
 from __future__ import annotations
 
 import math
 
-from llm_tiny.config import RunConfig
+from llm_tiny.config import OptimConfig, Schedule, choices
 
-SCHEDULES = ("cosine", "constant", "wsd")
+SCHEDULES = choices(Schedule)
 
 
 def lr_at(
@@ -59,15 +62,38 @@ def lr_at(
     return lr + progress * (min_lr - lr)
 
 
-def lr_for(cfg: RunConfig, step: int) -> float:
-    """`lr_at` with the values of a run config (`lr_decay_iters` defaults to `max_iters`)."""
-    o = cfg.optim
+def schedule_step(
+    step: int, max_iters: int, elapsed_s: float = 0.0, max_seconds: float | None = None
+) -> int:
+    """The step the schedule is at: `step`, or, with a time budget, the whole step that the
+    time spent corresponds to if that is further along (`max_iters * elapsed_s / max_seconds`).
+
+    Whole steps keep a budget that does not bind exact: the schedule then depends on the step
+    alone, so a resumed run still repeats an uninterrupted one bit for bit.
+
+    >>> schedule_step(10, 100), schedule_step(10, 100, elapsed_s=30.0, max_seconds=60.0)
+    (10, 50)
+    """
+    if max_seconds is None:
+        return step
+    return max(step, math.floor(max_iters * min(elapsed_s / max_seconds, 1.0)))
+
+
+def lr_for(optim: OptimConfig, max_iters: int, step: int, position: int | None = None) -> float:
+    """`lr_at` with the values of the optim section (`lr_decay_iters` defaults to `max_iters`).
+
+    `position` is where a time budget puts the schedule (`schedule_step`). The warmup counts
+    optimizer updates whatever the clock says (it is there for the optimizer's sake); the
+    decay after it follows the position.
+    """
+    if position is not None and step >= optim.warmup_iters:
+        step = position
     return lr_at(
         step,
-        lr=o.lr,
-        min_lr=o.min_lr,
-        warmup_iters=o.warmup_iters,
-        decay_iters=cfg.lr_decay_iters,
-        schedule=o.schedule,
-        decay_fraction=o.decay_fraction,
+        lr=optim.lr,
+        min_lr=optim.min_lr,
+        warmup_iters=optim.warmup_iters,
+        decay_iters=optim.decay_iters(max_iters),
+        schedule=optim.schedule,
+        decay_fraction=optim.decay_fraction,
     )

@@ -157,15 +157,12 @@ def score(examples: list[str], predictions: list[str]) -> dict:
         per_op[op][1] += 1
         if ok:
             continue
-        if not pred.isdigit():
-            kind = "malformed"
-        elif int(pred) in args:
-            kind = "other_argument"
-        else:
-            kind = "not_an_argument"
+        label = confusion(op, args, pred)
+        other = label not in ("malformed", "not an argument")  # the model picked an argument
+        kind = "other_argument" if other else label.replace(" ", "_")
         kinds[kind] += 1
         by_op_kind[op][kind] += 1
-        confusions[op][confusion(op, args, pred)] += 1
+        confusions[op][label] += 1
         if len(examples_wrong) < 10:
             examples_wrong.append({"example": line, "predicted": pred})
     correct = sum(c for c, _ in per_op.values())
@@ -187,16 +184,17 @@ def score(examples: list[str], predictions: list[str]) -> dict:
     }
 
 
-def predict(model, tokenizer, examples: list[str], device, batch_size: int = 256) -> list[str]:
+def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> list[str]:
     """Greedy answers for each example's prompt (the text up to and including `=`).
 
-    Prompts of equal token length are batched together, so one KV-cached `generate` call
-    answers a whole group.
+    Prompts of equal token length are batched together on the model's device, so one KV-cached
+    `generate` call answers a whole group.
     """
     import torch
 
     from llm_tiny.sampling import generate
 
+    device = next(model.parameters()).device
     newline = tokenizer.encode("\n")
     max_answer = len(tokenizer.encode("99")) + len(newline)
     groups: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
@@ -283,12 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {Path(args.out)}/{{train,val,test}}.txt ({counts})")
             return 0
         from llm_tiny.checkpoint import load_model
-        from llm_tiny.runtime import resolve_device
 
         examples = read_examples(args.data)
-        device = resolve_device(args.device)
-        model, tokenizer, _, _ = load_model(args.ckpt, device)
-        result = score(examples, predict(model, tokenizer, examples, device))
+        model, tokenizer, _, _ = load_model(args.ckpt, args.device)
+        result = score(examples, predict(model, tokenizer, examples))
         print(json.dumps(result) if args.json else format_report(result))
         return 0
 

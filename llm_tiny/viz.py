@@ -16,8 +16,7 @@ as a PNG, by default inside the run directory:
 
 The numbers behind each picture come from pure functions (`token_label`, `pca_2d`,
 `token_frequencies`, `gradient_stats`) that the tests check against references; the `plot_*`
-functions only draw. Figures are saved at `DPI` without tight cropping, so an image is exactly
-`figsize x DPI` pixels.
+functions only draw, and save through `plots.save_figure` (an image is exactly figsize x DPI).
 """
 
 from __future__ import annotations
@@ -33,31 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.plots import pyplot, save_figure
 
-DPI = 100
 MAX_ATTENTION_TOKENS = 64  # longer texts are cut: the tick labels would not be readable
-
-
-def _pyplot():
-    """matplotlib with the file-only backend (no display, never an interactive window)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, out: str | Path) -> Path:
-    out = Path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=DPI)  # no bbox_inches="tight": the size stays figsize x DPI
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the image ({e.strerror or e})") from None
-    finally:
-        _pyplot().close(fig)
-    return out
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -112,7 +89,7 @@ def plot_attention(
 ) -> Path:
     """Heatmaps of `maps[layer][head]` (T, T) for each layer in `layers` (a row each) and each
     head in `heads` (a column each; default all). Tokens label both axes."""
-    plt = _pyplot()
+    plt = pyplot()
     n_head = maps[0].size(0)
     heads = list(range(n_head)) if heads is None else heads
     rows, cols, T = len(layers), len(heads), len(labels)
@@ -143,7 +120,7 @@ def plot_attention(
         fig.colorbar(image, ax=axes, shrink=0.8 if single else 0.6, label="attention weight")
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _index(value: int | None, n: int, what: str) -> int | None:
@@ -157,11 +134,10 @@ def _index(value: int | None, n: int, what: str) -> int | None:
 
 def attention_command(args: Any) -> Path:
     from llm_tiny.checkpoint import load_model
-    from llm_tiny.runtime import resolve_device
 
     if not args.text:
         raise UserError("--text is empty; give the text whose attention to draw")
-    model, tokenizer, cfg, ckpt = load_model(args.ckpt, resolve_device(args.device))
+    model, tokenizer, cfg, ckpt = load_model(args.ckpt, args.device)
     m = cfg.model
     layer = _index(args.layer, m.n_layer, "layer")
     head = _index(args.head, m.n_head, "head")
@@ -180,9 +156,8 @@ def attention_command(args: Any) -> Path:
         layers, heads = [m.n_layer - 1 if layer is None else layer], [head]
     else:
         layers, heads = (list(range(m.n_layer)) if layer is None else [layer]), None
-    out = args.out or _run_dir(args.ckpt) / "attention.png"
     title = f"Attention weights, {_run_name(args.ckpt)} (step {ckpt['step']})"
-    return plot_attention(maps, labels, out, layers=layers, heads=heads, title=title)
+    return plot_attention(maps, labels, args.out, layers=layers, heads=heads, title=title)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -259,7 +234,7 @@ def plot_embeddings(
 ) -> Path:
     """Scatter `coords` (N, 2) of the tokens `ids`; label those in `labels` (id -> text).
     With `counts`, the point size grows with the log of each token's frequency."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=embeddings_figsize(), layout="constrained")
     xy = coords.numpy()
     sizes = 12.0 if counts is None else 6.0 + 10.0 * np.log1p(counts[ids].astype(float))
@@ -274,7 +249,7 @@ def plot_embeddings(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=11)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def embeddings_command(args: Any) -> Path:
@@ -305,9 +280,8 @@ def embeddings_command(args: Any) -> Path:
         how = "labelled by id (no training data to count)"
     coords, explained = pca_2d(weight[ids])
     labels = {i: token_label(token_bytes[i]) for i in order[: args.top] if i < len(token_bytes)}
-    out = args.out or _run_dir(args.ckpt) / "embeddings.png"
     title = f"Token embeddings, {_run_name(args.ckpt)} (step {ckpt['step']}): PCA of {len(ids)} tokens\n{how}"
-    return plot_embeddings(coords, explained, labels, out, ids=ids, counts=counts, title=title)
+    return plot_embeddings(coords, explained, labels, args.out, ids=ids, counts=counts, title=title)
 
 
 # ----------------------------------------------------------------------------- gradient flow
@@ -351,7 +325,7 @@ def grad_flow_figsize(n_params: int) -> tuple[float, float]:
 
 def plot_grad_flow(stats: list[GradStat], out: str | Path, title: str = "") -> Path:
     """Bars of max |g| (light) and mean |g| (dark) per parameter, log scale, input to output."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=grad_flow_figsize(len(stats)), layout="constrained")
     x = np.arange(len(stats))
     tiny = 1e-30  # log scale: a zero gradient is drawn as a bar to the bottom
@@ -369,7 +343,7 @@ def plot_grad_flow(stats: list[GradStat], out: str | Path, title: str = "") -> P
     ax.legend()
     if title:
         ax.set_title(title, fontsize=11)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def training_batch(cfg: Any, ckpt: dict[str, Any], data_dir: Path, device: torch.device):
@@ -384,16 +358,13 @@ def training_batch(cfg: Any, ckpt: dict[str, Any], data_dir: Path, device: torch
             "batch); run from the directory you trained in, or pass --data-dir"
         )
     data = load_prepared(data_dir, Tokenizer.from_json(ckpt["tokenizer"]))
-    t = cfg.train
-    source = open_split(data, "train", cfg.model.block_size, t.batch_size, t.seed, device)
-    return source.get_batch(0, 0)
+    return open_split(data, "train", cfg, device).get_batch(0, 0)
 
 
 def grad_flow_command(args: Any) -> Path:
     from llm_tiny.checkpoint import load_model
-    from llm_tiny.runtime import resolve_device
 
-    model, _, cfg, ckpt = load_model(args.ckpt, resolve_device(args.device))
+    model, _, cfg, ckpt = load_model(args.ckpt, args.device)
     device = next(model.parameters()).device
     x, y = training_batch(cfg, ckpt, Path(args.data_dir or cfg.data.data_dir), device)
     model.train()  # dropout as in training
@@ -412,12 +383,11 @@ def grad_flow_command(args: Any) -> Path:
         print(
             f"{_short_name(s.name):<{width}}  {s.mean_abs:10.3e}  {s.max_abs:10.3e}  {s.norm:10.3e}"
         )
-    out = args.out or _run_dir(args.ckpt) / "grad_flow.png"
     title = (
         f"Gradient flow, {_run_name(args.ckpt)} (step {ckpt['step']}): one training batch of "
         f"{x.size(0)}, loss {float(loss.detach()):.4f}"
     )
-    return plot_grad_flow(stats, out, title)
+    return plot_grad_flow(stats, args.out, title)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -444,6 +414,7 @@ def build_parser() -> ArgumentParser:
     def common(q: ArgumentParser, default_name: str) -> None:
         q.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
         q.add_argument("--out", help=f"output PNG (default: RUN/{default_name})")
+        q.set_defaults(default_name=default_name)
 
     a = sub.add_parser("attention", help="heatmaps of the attention weights for a text")
     common(a, "attention.png")
@@ -473,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
+        args.out = args.out or _run_dir(args.ckpt) / args.default_name
         path = args.command(args)
         print(f"wrote {path}")
         return 0

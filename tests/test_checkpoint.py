@@ -14,17 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from llm_tiny.checkpoint import (
     FORMAT,
     VERSION,
     check_resume_compatible,
+    clean_state_dict,
     load_checkpoint,
     resolve_checkpoint_path,
     save_checkpoint,
+    unwrap_model,
 )
-from llm_tiny.config import config_to_dict, load_config
+from llm_tiny.config import ModelConfig, config_to_dict, load_config
 from llm_tiny.errors import UserError
+from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import capture_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +108,11 @@ def test_resolve_checkpoint_path(tmp_path):
     assert resolve_checkpoint_path(tmp_path) == tmp_path / "last.pt"  # no best.pt yet
     save_checkpoint(minimal(2), tmp_path / "best.pt")
     assert resolve_checkpoint_path(tmp_path) == tmp_path / "best.pt"
+    # A misspelt file in a run directory names the checkpoints that are there.
+    with pytest.raises(
+        UserError, match=r"nope.pt: not found; the checkpoints in .* are best.pt, last.pt"
+    ):
+        resolve_checkpoint_path(tmp_path / "nope.pt")
     assert resolve_checkpoint_path(tmp_path, "last.pt") == tmp_path / "last.pt"
     assert resolve_checkpoint_path(tmp_path / "last.pt") == tmp_path / "last.pt"
 
@@ -169,3 +178,28 @@ def test_kill_9_while_writing_leaves_the_previous_checkpoint(tmp_path):
         if killed_mid_write:
             break
     assert killed_mid_write, "never managed to kill the writer in the middle of a write"
+
+
+CFG = ModelConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16)
+IDS = torch.arange(8).view(1, 8)
+
+
+def test_compiled_and_wrapped_models_save_clean_state_dicts(tmp_path):
+    model = TinyGPT(CFG)
+    compiled = torch.compile(model)  # only wraps; nothing compiles until it is called
+    assert unwrap_model(compiled) is model
+    state = clean_state_dict(compiled)
+    assert list(state) == list(model.state_dict())
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state)
+    wrapped = nn.DataParallel(compiled)  # the `.module` wrapper, as DDP adds
+    assert unwrap_model(wrapped) is model
+    torch.save(clean_state_dict(wrapped), tmp_path / "ckpt.pt")
+    torch.manual_seed(3)
+    fresh = TinyGPT(CFG)
+    fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    torch.testing.assert_close(fresh(IDS)[0], model(IDS)[0])
+    # a state dict saved from a wrapper by someone else loses its prefixes too
+    prefixed = {"module._orig_mod." + k: v for k, v in model.state_dict().items()}
+    assert list(clean_state_dict(prefixed)) == list(model.state_dict())
+    with pytest.raises(TypeError, match="expected a TinyGPT"):
+        unwrap_model(nn.Linear(2, 2))

@@ -188,3 +188,43 @@ def test_cli_errors_are_one_line_exit_2(args):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_each_choice_list_has_one_home_and_its_implementations_match_it():
+    from llm_tiny import model, runtime, schedule
+    from llm_tiny.config import (
+        AttnImpl,
+        Dtype,
+        Mlp,
+        Norm,
+        PosEmb,
+        Schedule,
+        architecture_fields,
+        choices,
+    )
+
+    assert set(model.NORMS) == set(choices(Norm))
+    assert set(model.POSITIONS) == set(choices(PosEmb))
+    assert set(model.ATTENTION) == set(choices(AttnImpl))
+    assert set(model.MLPS) == set(choices(Mlp))
+    for name in choices(Schedule):  # every schedule the config allows is implemented
+        assert schedule.lr_at(0, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=2, schedule=name)
+    assert set(runtime.DTYPES) == set(choices(Dtype)) - {"auto"}
+    # The fields that fix the parameters' shapes: resuming across a change of one is refused.
+    assert architecture_fields() == (
+        "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
+        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp",
+    )  # fmt: skip
+
+
+def test_sampling_rules_name_the_value_the_way_the_caller_does():
+    from llm_tiny.config import sampling_problem
+
+    assert sampling_problem(temperature=0.0, top_k=None, top_p=1.0) is None
+    assert (
+        sampling_problem(lambda k: f"sample.{k}", top_p=0)
+        == "sample.top_p must be in (0, 1], got 0"
+    )
+    cli = sampling_problem(lambda k: "--" + k.replace("_", "-"), num_samples=0)
+    assert cli == "--num-samples must be >= 1, got 0"
+    assert "temperature must be >= 0" in sampling_problem(temperature=float("nan"))

@@ -10,18 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_tiny.config import DataConfig
+from llm_tiny.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from llm_tiny.data import (
     ExampleBatches,
+    TokenArray,
     TokenWindows,
     eval_windows,
-    iter_window_batches,
     open_split,
     prepare_data,
-    token_dtype,
 )
 from llm_tiny.errors import UserError
 from tok.bpe import Tokenizer
+from tok.corpus import token_dtype
+from tok.errors import TokenizerError
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "tiny.txt"
 
@@ -155,7 +156,9 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path, tokenizer_file):
         prepare_data(data_cfg(tmp_path, tokenizer_file, [empty]), log=quiet)
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"hello\nworld\n" + b"\xff\xfe" + b"more\n" * 10)
-    with pytest.raises(UserError, match=r"bin.txt: not UTF-8 text \(invalid byte at offset 12\)"):
+    # The check is tok's (`tok.corpus`), so it raises TokenizerError: one line at the CLI too.
+    bad = r"bin.txt: not UTF-8 text \(invalid byte at offset 12\)"
+    with pytest.raises(TokenizerError, match=bad):
         prepare_data(data_cfg(tmp_path, tokenizer_file, [binary]), log=quiet)
     ok = tmp_path / "ok.txt"
     ok.write_text("some text\n" * 50)
@@ -257,12 +260,13 @@ def test_eval_windows_score_every_token_once(n, block, data):
 
 def test_window_batches_reproduce_the_stream(tmp_path):
     tokens = np.arange(100) * 3
-    ys = [
-        y[y != -1].numpy()
-        for _, y in iter_window_batches(tokens, block_size=16, batch_size=3, device="cpu", stride=5)
-    ]
-    assert (np.concatenate(ys) == tokens[1:]).all()
     src = windows_source(tmp_path, tokens, block_size=16)
+    ys = [y[y != -1].numpy() for _, y in src.iter_eval_batches(batch_size=3, stride=5)]
+    assert (np.concatenate(ys) == tokens[1:]).all()
+    # Ids in memory (`eval --input FILE`) give the same batches as the split's file.
+    in_memory = TokenArray(tokens, block_size=16, device="cpu").iter_eval_batches(3, stride=5)
+    for (x, y), (x_file, y_file) in zip(in_memory, src.iter_eval_batches(3, stride=5), strict=True):
+        assert (x == x_file).all() and (y == y_file).all()
     assert src.eval_targets(batch_size=3) == 99
     got = sum(int((y != -1).sum()) for _, y in src.iter_eval_batches(3, max_batches=2))
     assert got == src.eval_targets(batch_size=3, max_batches=2) == 16 * 6
@@ -290,7 +294,8 @@ def test_examples_mask_the_prompt_and_cover_the_answer(examples_data):
     data, lines = examples_data
     tok = data.tokenizer
     assert data.split("train")["examples"] == 30 and data.split("val")["examples"] == 10
-    val = open_split(data, "val", block_size=24, batch_size=4, seed=0)
+    cfg = RunConfig(model=ModelConfig(block_size=24), train=TrainConfig(batch_size=6, seed=0))
+    val = open_split(data, "val", cfg, batch_size=4)
     answers = []
     for x, y in val.iter_eval_batches(batch_size=4):
         for xr, yr in zip(x.numpy(), y.numpy()):
@@ -301,7 +306,7 @@ def test_examples_mask_the_prompt_and_cover_the_answer(examples_data):
             assert tok.decode(xr[: first + 1].tolist()).endswith("=")
     assert answers == [line.split("=", 1)[1] + "\n" for line in lines[30:]]
     assert val.eval_targets(4) == data.split("val")["scored_tokens"]
-    train = open_split(data, "train", block_size=24, batch_size=6, seed=0)
+    train = open_split(data, "train", cfg)
     x, y = train.get_batch(0)
     assert x.shape == (6, 24)
     for yr in y.numpy():

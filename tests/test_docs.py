@@ -140,7 +140,7 @@ TROUBLESHOOTING = ROOT / "docs" / "troubleshooting.md"
 def code_text() -> str:
     """The sources of llm_tiny and tok, with adjacent string literals joined, so that a message
     split over several lines of code reads as one string."""
-    files = sorted((ROOT / "llm_tiny").glob("*.py")) + sorted((ROOT / "tok").glob("*.py"))
+    files = sorted((ROOT / "llm_tiny").rglob("*.py")) + sorted((ROOT / "tok").rglob("*.py"))
     text = "\n".join(p.read_text(encoding="utf-8") for p in files)
     return re.sub(r"[\"']\s*\n\s*[rRfFbB]{0,2}[\"']", "", text)
 

@@ -84,8 +84,8 @@ def test_lr_for_reads_the_config_and_defaults_decay_to_max_iters(tmp_path):
         None,
         ["--optim.lr=1.0", "--optim.min_lr=0.0", "--optim.warmup_iters=0", "--train.max_iters=100"],
     )
-    assert lr_for(cfg, 50) == pytest.approx(0.5)
-    assert lr_for(cfg, 100) == 0.0
+    assert lr_for(cfg.optim, cfg.train.max_iters, 50) == pytest.approx(0.5)
+    assert lr_for(cfg.optim, cfg.train.max_iters, 100) == 0.0
     cfg = load_config(
         None,
         [
@@ -96,7 +96,7 @@ def test_lr_for_reads_the_config_and_defaults_decay_to_max_iters(tmp_path):
             "--optim.lr_decay_iters=200",
         ],
     )
-    assert lr_for(cfg, 100) == pytest.approx(0.5)
+    assert lr_for(cfg.optim, cfg.train.max_iters, 100) == pytest.approx(0.5)
 
 
 def test_bad_arguments_raise():
@@ -104,3 +104,20 @@ def test_bad_arguments_raise():
         lr_at(-1, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=1)
     with pytest.raises(ValueError, match="schedule"):
         lr_at(0, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=1, schedule="linear")
+
+
+def test_a_time_budget_moves_the_schedule_by_whichever_is_further_along():
+    from llm_tiny.schedule import schedule_step
+
+    assert schedule_step(10, 100) == 10  # no budget: steps only
+    assert schedule_step(10, 100, elapsed_s=1.0, max_seconds=60.0) == 10  # steps ahead
+    assert schedule_step(10, 100, elapsed_s=30.0, max_seconds=60.0) == 50  # time ahead
+    assert schedule_step(0, 100, elapsed_s=0.3, max_seconds=60.0) == 0  # not a whole step ahead
+    assert schedule_step(10, 100, elapsed_s=90.0, max_seconds=60.0) == 100  # capped at the end
+    flags = ["--optim.lr=1.0", "--optim.min_lr=0.1", "--optim.warmup_iters=10"]
+    cfg = load_config(None, [*flags, "--train.max_iters=100"])
+    # At the budget the schedule is at its end whatever the step: the decay is complete.
+    at_budget = schedule_step(40, 100, elapsed_s=60.0, max_seconds=60.0)
+    assert lr_for(cfg.optim, 100, 40, at_budget) == pytest.approx(0.1)
+    # The warmup counts optimizer updates, never time: it is there for the optimizer's sake.
+    assert lr_for(cfg.optim, 100, 4, 80) == pytest.approx(0.5)

@@ -16,21 +16,18 @@ import pytest
 import yaml
 
 from llm_tiny.config import config_to_dict, load_config
-from llm_tiny.sweep import (
-    Processes,
-    SpecError,
+from llm_tiny.metrics import final_metrics, read_metrics
+from llm_tiny.sweep.results import rank
+from llm_tiny.sweep.runner import Processes, threads_per_job
+from llm_tiny.sweep.space import (
     Trial,
     grid_points,
-    load_spec,
-    parse_spec,
     plan_trials,
-    rank,
-    read_final_metrics,
     sample_points,
-    threads_per_job,
     trial_id,
     trial_overrides,
 )
+from llm_tiny.sweep.spec import SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,6 +209,7 @@ def test_budget_and_threads():
     assert trial_overrides(by_iters, 2) == {
         "train.threads": 2,
         "train.resume": "never",
+        "train.overwrite": True,  # a trial run again (--retry-failed) starts from scratch
         "train.max_iters": 40,
     }
     by_time = trial_overrides(parse_spec({**raw, "budget": {"seconds": 30}}), 1)
@@ -230,7 +228,7 @@ def test_final_metrics_and_ranking(tmp_path):
         "6,192,2.5,2.4,11.0,2.1,0.001,1.0,200.0,1.4\n",
         encoding="utf-8",
     )
-    final = read_final_metrics(tmp_path)
+    final = final_metrics(read_metrics(tmp_path / "metrics.csv"))
     assert final == {"val_loss": 2.4, "val_bpb": 2.1, "iters": 6.0, "tokens_per_s": 200.0}
     trials = [
         Trial("a", {}, tmp_path, status="ok", metric=2.0),
@@ -358,7 +356,7 @@ def test_one_value_written_two_ways_is_one_trial(tmp_path):
     base = write_base(tmp_path)
     raw = yaml.safe_load("space: {optim.lr: [1e-3, 0.001, 3.0e-3]}")
     spec = parse_spec({**raw, "base": str(base), "budget": {"iters": 3}}, tmp_path / "s.yaml")
-    trials = plan_trials(spec, load_config(base), threads=1)
+    trials = plan_trials(spec, threads=1)
     assert [t.values for t in trials] == [{"optim.lr": 0.001}, {"optim.lr": 0.003}]
     assert all(t.config.train.out_dir == str(t.out_dir) for t in trials)
     assert trials[0].config.train.max_iters == 3 and trials[0].config.train.threads == 1
@@ -367,6 +365,6 @@ def test_one_value_written_two_ways_is_one_trial(tmp_path):
 def test_shipped_example_spec_plans_four_valid_trials(monkeypatch):
     monkeypatch.chdir(ROOT)  # `base: configs/tiny.yaml` is relative to the repository root
     spec = load_spec("configs/sweep_tiny.yaml")
-    trials = plan_trials(spec, load_config(spec.base), threads=1)
+    trials = plan_trials(spec, threads=1)
     assert len({t.id for t in trials}) == 4
     assert all(t.config is not None and t.config.train.max_iters == 150 for t in trials)

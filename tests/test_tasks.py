@@ -224,7 +224,7 @@ def test_batched_prediction_equals_one_by_one_greedy_decoding(tmp_path):
     run, data = tiny_digits_run(tmp_path)
     model, tokenizer, _, _ = load_model(run)
     examples = (data / "test.txt").read_text().splitlines()
-    ours = predict(model, tokenizer, examples, torch.device("cpu"), batch_size=7)
+    ours = predict(model, tokenizer, examples, batch_size=7)
     reference = []
     for line in examples:
         ids = tokenizer.encode(line.split("=", 1)[0] + "=")

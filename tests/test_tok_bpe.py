@@ -310,7 +310,7 @@ def test_encode_file_errors_name_the_file(tok, tmp_path):
 
 
 def test_long_texts_are_encoded_in_blocks_with_the_same_result(tok, monkeypatch):
-    import tok.bpe as bpe
+    import tok.bpe.encoder as bpe
 
     text = MIXED_CORPUS * 3
     expected = tok.encode(text)
@@ -321,11 +321,11 @@ def test_long_texts_are_encoded_in_blocks_with_the_same_result(tok, monkeypatch)
 
 def test_small_caches_give_the_same_result(tok):
     small = Tokenizer.from_json(tok.to_json(), fast=False)
-    small._cache_size = 8  # forces the caches to be cleared again and again
+    small._encoder.cache_size = 8  # forces the caches to be cleared again and again
     text = MIXED_CORPUS
     assert small.encode(text) == tok.encode(text)
     assert small.encode(text[::-1]) == tok.encode(text[::-1])
-    assert len(small._chunk_cache) <= 200
+    assert len(small._encoder.chunk_cache) <= 200
 
 
 def test_tok_package_exports_tokenizer():

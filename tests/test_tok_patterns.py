@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tok.corpus import iter_file_blocks, iter_text_blocks, plan_segments, read_segment
+from tok.corpus import (
+    char_boundary,
+    iter_file_blocks,
+    iter_split_blocks,
+    iter_text_blocks,
+    plan_segments,
+    read_utf8,
+)
 from tok.errors import TokenizerError
 from tok.patterns import (
     GPT2_PATTERN,
@@ -112,7 +121,53 @@ def test_text_and_file_blocks_rebuild_the_text(tmp_path_factory, lines, block_si
         assert block.endswith("\n") and not block[-2].isspace()
     size = len(text.encode("utf-8"))
     segments = plan_segments(path, size, 4)
-    assert "".join(read_segment(path, a, b) for a, b in segments) == text
+    assert "".join(read_utf8(path, a, b) for a, b in segments) == text
+    assert read_utf8(path) == "".join(iter_file_blocks(path, cut=False)) == text
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(TEXT, max_size=30), block_size=st.integers(1, 64), data=st.data())
+def test_split_blocks_of_several_files(tmp_path_factory, lines, block_size, data):
+    whole = "x\n".join(lines).encode("utf-8")
+    # Files cut anywhere, even inside a character: they are read as one text.
+    bounds = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=3)))
+    folder = tmp_path_factory.mktemp("split")
+    paths = []
+    for i, (a, b) in enumerate(pairwise([0, *bounds, len(whole)])):
+        paths.append(folder / f"{i}.txt")
+        paths[-1].write_bytes(whole[a:b])
+    split_at = data.draw(st.integers(0, len(whole)))
+    blocks = list(iter_split_blocks(paths, [split_at], block_size=block_size))
+    cut = safe_cut_in_bytes(whole, split_at)
+    cut = char_boundary(whole, split_at) if cut < 0 else cut
+    parts = [b"".join(t.encode() for k, t, _ in blocks if k == part) for part in (0, 1)]
+    assert parts == [whole[:cut], whole[cut:]]
+    assert all(t and n == len(t.encode()) for _, t, n in blocks)
+    for (k, t, _), (k_next, _, _) in pairwise(blocks):
+        assert k == k_next or k_next == k + 1
+        if k == k_next:  # inside a part, every block ends at a safe cut
+            assert t.endswith("\n") and not t[-2].isspace()
+
+
+def test_split_blocks_examples(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_bytes(b"ab\ncd\nef\ngh")
+    assert list(iter_split_blocks([a], [4], block_size=4)) == [
+        (0, "ab\ncd\n", 6),
+        (1, "ef\n", 3),
+        (1, "gh", 2),
+    ]
+    # Without a safe cut, `max_bytes` forces one at a character boundary (after "éé").
+    a.write_bytes("ééé ééé".encode())
+    blocks = list(iter_split_blocks([a], block_size=4, max_bytes=8))
+    assert [t for _, t, _ in blocks] == ["éé", "é é", "éé"]
+    # A character may straddle two files; a bad byte names its file and its offset there.
+    a.write_bytes(b"x\n\xc3")
+    b.write_bytes(b"\xa9\nok\n\xff")
+    with pytest.raises(TokenizerError, match=r"b.txt: not UTF-8 text \(invalid byte at offset 5\)"):
+        list(iter_split_blocks([a, b], [1]))
+    b.write_bytes(b"\xa9\nok\n")
+    assert [t for _, t, _ in iter_split_blocks([a, b], [1])] == ["x\n", "é\nok\n"]
 
 
 _ASCII_ATOMS = [

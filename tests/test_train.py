@@ -224,6 +224,63 @@ def test_max_seconds_stops_with_a_final_eval_and_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == result.step
 
 
+def test_a_binding_time_budget_still_completes_warmup_and_decay(tmp_path, capsys):
+    # 600 steps cannot fit in 1.5 s here: the schedule follows the time instead, so the
+    # run ends with the learning rate at its floor, and the summary says the budget ended it.
+    argv = [
+        str(
+            write_config(tmp_path, train={"max_iters": 600, "max_seconds": 1.5, "log_interval": 1})
+        ),
+        "--optim.warmup_iters=20",
+        "--optim.lr=1e-3",
+        "--optim.min_lr=1e-4",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    table = rows(tmp_path / "run")
+    lrs = [float(r["lr"]) for r in table if r["lr"]]
+    assert len(lrs) < 600, "the budget did not bind; nothing was tested"
+    assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # the warmup completed
+    assert lrs[-1] == pytest.approx(1e-4)  # and so did the decay
+    assert f"time budget reached (train.max_seconds=1.5; step {len(lrs)} of" in out
+
+
+def test_resume_with_a_budget_that_does_not_bind_is_still_exact(tmp_path, reference):
+    budget = {"max_seconds": 100_000}
+    config = write_config(
+        tmp_path, train={"max_iters": N, **budget}, optim={"lr_decay_iters": 2 * N}
+    )
+    assert train(load_config(config), progress=False, log=quiet).step == N
+    second = cli(str(config), "--resume", f"--train.max_iters={2 * N}")
+    assert second.returncode == 0, second.stderr
+    assert train_losses(tmp_path / "run") == reference
+
+
+def test_the_time_budget_counts_the_whole_run_across_resumes(tmp_path):
+    config = write_config(tmp_path, train={"max_iters": N})
+    assert train(load_config(config), progress=False, log=quiet).step == N
+    spent = load_checkpoint(tmp_path / "run" / "last.pt")["elapsed_s"]
+    # A budget the first part already used up: the resumed call trains one step, not another
+    # full budget.
+    more = cli(
+        str(config), "--resume", "--train.max_iters=1000", f"--train.max_seconds={spent / 2}"
+    )
+    assert more.returncode == 0, more.stderr
+    assert f"time budget reached (train.max_seconds={spent / 2:g}; step {N + 1} of" in more.stdout
+
+
+def test_a_new_run_never_silently_replaces_an_old_one(tmp_path):
+    config = str(write_config(tmp_path, train={"max_iters": 6}))
+    assert cli(config).returncode == 0
+    again = cli(config)
+    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
+    assert "already holds a run (best.pt, last.pt)" in again.stderr
+    assert "--resume" in again.stderr and "--overwrite" in again.stderr
+    replaced = cli(config, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "note: starting a new run" in replaced.stdout
+
+
 def test_eval_at_start_false_skips_only_the_step_0_evaluation(tmp_path):
     on = load_config(write_config(tmp_path / "a", train={"max_iters": 20}))
     off = load_config(write_config(tmp_path / "b", train={"max_iters": 20, "eval_at_start": False}))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from llm_tiny import viz
+from llm_tiny import plots, viz
 from llm_tiny.checkpoint import load_model
 from llm_tiny.config import config_from_dict
 from llm_tiny.train import train
@@ -64,7 +64,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def expected(figsize: tuple[float, float]) -> tuple[int, int]:
-    return round(figsize[0] * viz.DPI), round(figsize[1] * viz.DPI)
+    return round(figsize[0] * plots.DPI), round(figsize[1] * plots.DPI)
 
 
 def viz_cli(*args: str) -> subprocess.CompletedProcess:

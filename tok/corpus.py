@@ -4,72 +4,67 @@ Blocks are cut just after a newline between two non-whitespace characters (see
 `tok.patterns.next_safe_cut`), where the named split patterns always end a chunk, so that
 pre-tokenizing block by block gives exactly the chunks of the whole text while memory stays
 bounded by the block size. Files are read as bytes and decoded as strict UTF-8 block by block;
-an invalid byte is reported with its offset in the file.
+an invalid byte is reported with its file and its offset in that file. Several files can be read
+as one text, split into consecutive parts (say train and validation) at safe cuts
+(`iter_split_blocks`).
+
+Token ids are stored as `token_dtype(vocab_size)`: uint16 when every id fits, else uint32.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from itertools import pairwise
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from itertools import accumulate, pairwise
+from typing import TYPE_CHECKING
 
 from tok.errors import TokenizerError
 from tok.patterns import next_safe_cut, safe_cut_in_bytes
 
+if TYPE_CHECKING:
+    import numpy as np
+
 BLOCK_SIZE = 1 << 20  # bytes (files) or characters (strings) per block, before the cut
+
+Inputs = str | os.PathLike | Iterable[str | os.PathLike] | None  # texts and files: `iter_inputs`
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The dtype that stores the ids of a `vocab_size` vocabulary: uint16 when every id fits
+    (vocab_size <= 65536), else uint32."""
+    import numpy as np
+
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
 def iter_inputs(
-    inputs: str | os.PathLike | Iterable[str | os.PathLike] | None,
-    files: Iterable[str | os.PathLike] = (),
-    *,
-    cut: bool = True,
-    block_size: int = BLOCK_SIZE,
+    inputs: Inputs, files: Iterable[str | os.PathLike] = (), *, block_size: int = BLOCK_SIZE
 ) -> Iterator[str]:
     """Blocks of text from `inputs` and `files`, in order.
 
     The rule: a plain ``str`` is text; a ``pathlib.Path`` (any ``os.PathLike``) is a file to
     read; an iterable may mix both; every entry of `files` is a path, ``str`` or not.
-    With ``cut=False`` every text and file comes whole, as one block.
     """
-    for kind, item in _entries(inputs, files):
-        if kind == "text":
-            yield from iter_text_blocks(item, cut=cut, block_size=block_size)
-        else:
-            yield from iter_file_blocks(item, cut=cut, block_size=block_size)
-
-
-def _entries(inputs, files) -> Iterator[tuple[str, object]]:
-    if inputs is None:
-        pass
-    elif isinstance(inputs, str):
-        yield "text", inputs
-    elif isinstance(inputs, os.PathLike):
-        yield "file", inputs
-    elif isinstance(inputs, (bytes, bytearray)):
+    if isinstance(inputs, (bytes, bytearray)):
         raise TypeError("training input must be str text or a path, not bytes")
-    else:
-        for item in inputs:
-            if isinstance(item, str):
-                yield "text", item
-            elif isinstance(item, os.PathLike):
-                yield "file", item
-            else:
-                raise TypeError(
-                    f"training inputs must be str (text) or pathlib.Path (file), got {type(item)}"
-                )
-    if isinstance(files, (str, os.PathLike)):
-        files = [files]
-    for f in files:
-        yield "file", f
+    if inputs is None or isinstance(inputs, (str, os.PathLike)):
+        inputs = () if inputs is None else [inputs]
+    for item in inputs:
+        if isinstance(item, str):
+            yield from iter_text_blocks(item, block_size=block_size)
+        elif isinstance(item, os.PathLike):
+            yield from iter_file_blocks(item, block_size=block_size)
+        else:
+            raise TypeError(
+                f"training inputs must be str (text) or pathlib.Path (file), got {type(item)}"
+            )
+    for path in [files] if isinstance(files, (str, os.PathLike)) else files:
+        yield from iter_file_blocks(path, block_size=block_size)
 
 
-def iter_text_blocks(text: str, *, cut: bool = True, block_size: int = BLOCK_SIZE) -> Iterator[str]:
+def iter_text_blocks(text: str, *, block_size: int = BLOCK_SIZE) -> Iterator[str]:
     """`text` in blocks of about `block_size` characters cut at safe newlines (whole if none)."""
-    if not cut or len(text) <= block_size:
-        yield text
-        return
     start = 0
     while len(text) - start > block_size:
         at = next_safe_cut(text, start + block_size // 2)
@@ -93,59 +88,117 @@ def open_input(path: str | os.PathLike):
 
 
 def decode_utf8(data: bytes, path: str | os.PathLike, offset: int) -> str:
-    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 names the byte."""
+    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 names its offset."""
+    return _decode_at(data, offset, [(0, path)])
+
+
+def _decode_at(data: bytes, offset: int, starts: list[tuple[int, str | os.PathLike]]) -> str:
+    """`data`, found at byte `offset` of files read one after the other (`starts`: the offset
+    where each file begins), as text; invalid UTF-8 names the file and the offset in it."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
+        at = offset + e.start
+        begin, path = next((b, p) for b, p in reversed(starts) if b <= at)
         raise TokenizerError(
-            f"{path}: not UTF-8 text (invalid byte {data[e.start]:#04x} at offset {offset + e.start})"
+            f"{path}: not UTF-8 text (invalid byte at offset {at - begin})"
         ) from None
+
+
+def char_boundary(data: bytes | bytearray, i: int) -> int:
+    """The first UTF-8 character boundary at or after byte `i` (at most ``len(data)``)."""
+    i = min(i, len(data))
+    while i < len(data) and (data[i] & 0xC0) == 0x80:  # 0b10xxxxxx: a continuation byte
+        i += 1
+    return i
 
 
 def iter_file_blocks(
     path: str | os.PathLike, *, cut: bool = True, block_size: int = BLOCK_SIZE
 ) -> Iterator[str]:
-    """The UTF-8 text of the file at `path`, in blocks cut at safe newlines.
+    """The UTF-8 text of the file at `path`, in blocks cut at safe newlines (whole with
+    ``cut=False``).
 
     Line endings are kept as they are (no newline translation): encoding a file is encoding
     its exact contents.
     """
-    with open_input(path) as f:
-        if not cut:
-            yield decode_utf8(f.read(), path, 0)
-            return
-        buf = bytearray()
-        offset = 0  # file offset of buf[0]
-        scan = block_size // 2  # where to look for the next cut: none lies before it
+    if not cut:
+        yield read_utf8(path)
+        return
+    for _, text, _ in iter_split_blocks([path], block_size=block_size):
+        yield text
+
+
+def iter_split_blocks(
+    paths: Sequence[str | os.PathLike],
+    split_at: Sequence[int] = (),
+    *,
+    block_size: int = BLOCK_SIZE,
+    max_bytes: int | None = None,
+) -> Iterator[tuple[int, str, int]]:
+    r"""The text of the files read one after the other, as ``(part, text, n_bytes)`` blocks.
+
+    Blocks hold about `block_size` bytes, end at safe cuts and are never empty (`n_bytes`: the
+    UTF-8 length of `text`). Part ``k > 0`` starts just after the first cut-safe newline at or
+    after byte ``split_at[k - 1]`` (increasing offsets), or at a character boundary if the text
+    has no safe cut left. A buffer of `max_bytes` (if given) without a safe cut is cut at a
+    character boundary: memory stays bounded, and only there can pre-tokens change.
+
+    A file `f` holding ``ab\ncd\nef\ngh``, split at byte 4 (just after the "c"):
+
+    >>> list(iter_split_blocks([f], [4], block_size=4))
+    [(0, 'ab\ncd\n', 6), (1, 'ef\n', 3), (1, 'gh', 2)]
+    """
+    buf = bytearray()
+    base = 0  # offset of buf[0] in the files
+    part = 0
+    starts = list(zip(accumulate(map(file_size, paths), initial=0), paths))  # file offsets
+    scanned = (-1, 0)  # (search start, end): no safe cut from that start up to that end
+    for chunk in _read_chunks(paths, block_size):
+        buf += chunk
         while True:
-            data = f.read(block_size)
-            if not data:
-                if buf:
-                    yield decode_utf8(bytes(buf), path, offset)
-                return
-            buf += data
-            while len(buf) > block_size:
-                at = safe_cut_in_bytes(buf, scan)
-                if at < 0:  # read more; resume near the end (a newline may wait for its next byte)
-                    scan = max(block_size // 2, len(buf) - 8)
-                    break
-                yield decode_utf8(bytes(buf[:at]), path, offset)
-                offset += at
-                del buf[:at]
-                scan = block_size // 2
+            splitting = part < len(split_at) and base + len(buf) > split_at[part]
+            if splitting:
+                start = split_at[part] - base
+                fallback = max(start, 1)  # a cut at 0 would not move on
+            elif len(buf) > block_size:
+                start, fallback = block_size // 2, block_size
+            else:
+                break
+            cut = safe_cut_in_bytes(buf, scanned[1] if scanned[0] == start else start)
+            if cut < 0 and max_bytes is not None and len(buf) >= max_bytes:
+                cut = char_boundary(buf, fallback)
+            if cut < 0:  # read more; a newline in the last bytes may wait for its next character
+                scanned = (start, max(start, len(buf) - 8))
+                break
+            yield part, _decode_at(bytes(buf[:cut]), base, starts), cut
+            del buf[:cut]
+            base += cut
+            part += splitting
+            scanned = (-1, 0)
+    for split in split_at[part:]:
+        cut = safe_cut_in_bytes(buf, split - base)
+        cut = char_boundary(buf, max(split - base, 0)) if cut < 0 else cut
+        if cut:
+            yield part, _decode_at(bytes(buf[:cut]), base, starts), cut
+        del buf[:cut]
+        base += cut
+        part += 1
+    if buf:
+        yield part, _decode_at(bytes(buf), base, starts), len(buf)
+
+
+def _read_chunks(paths: Sequence[str | os.PathLike], size: int) -> Iterator[bytes]:
+    """The bytes of the files one after the other, `size` at a time."""
+    for path in paths:
+        with open_input(path) as f:
+            yield from iter(partial(f.read, size), b"")
 
 
 def file_size(path: str | os.PathLike) -> int:
     """The size of the file at `path` in bytes, with a one-line error when it is unreadable."""
-    p = Path(path)
-    try:
-        if p.is_dir():
-            raise TokenizerError(f"{path}: is a directory, not a text file")
-        return p.stat().st_size
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: no such file") from None
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
+    with open_input(path) as f:
+        return os.fstat(f.fileno()).st_size
 
 
 def plan_segments(path: str | os.PathLike, size: int, count: int) -> list[tuple[int, int]]:
@@ -165,8 +218,10 @@ def plan_segments(path: str | os.PathLike, size: int, count: int) -> list[tuple[
     return [(a, b) for a, b in pairwise(cuts) if b > a]
 
 
-def read_segment(path: str | os.PathLike, start: int, end: int) -> str:
-    """The text of bytes ``[start, end)`` of the file (a segment from `plan_segments`)."""
+def read_utf8(path: str | os.PathLike, start: int = 0, end: int | None = None) -> str:
+    """The text of bytes ``[start, end)`` of the file (a segment from `plan_segments`; by
+    default the whole file)."""
     with open_input(path) as f:
-        f.seek(start)
-        return decode_utf8(f.read(end - start), path, start)
+        if start:  # a pipe (such as /dev/stdin) cannot seek, even to 0
+            f.seek(start)
+        return decode_utf8(f.read(-1 if end is None else end - start), path, start)

@@ -106,11 +106,11 @@ class SplitPattern:
         return self.name is not None
 
 
-def resolve_pattern(pattern: str, name: str | None = None) -> SplitPattern:
+def resolve_pattern(pattern: str) -> SplitPattern:
     """Turn ``"gpt2"``, ``"gpt4"`` or a regex into a `SplitPattern`, checking that it compiles.
 
-    A regex identical to a named pattern gets that name (so a saved file keeps its fast paths).
-    `name` is only a hint from a file; the regex source is what counts.
+    A regex identical to a named pattern gets that name (so a saved file keeps its fast paths);
+    any other regex gets none, since only the two named patterns have proven cut rules.
     """
     if not isinstance(pattern, str) or not pattern:
         raise TokenizerError(f"the split pattern must be a non-empty string, got {pattern!r}")
@@ -119,7 +119,6 @@ def resolve_pattern(pattern: str, name: str | None = None) -> SplitPattern:
     for known, source in PATTERNS.items():
         if pattern == source:
             return SplitPattern(source, known)
-    del name  # a custom regex keeps no name: only the two named patterns have proven cut rules
     try:
         compiled = regex.compile(pattern)
     except (regex.error, ValueError, TypeError, OverflowError) as e:
@@ -212,32 +211,14 @@ def safe_cut_in_bytes(data: bytes | bytearray, start: int = 0) -> int:
         nl = data.find(b"\n", max(start, 1))
         if nl < 0 or nl + 1 >= len(data):
             return -1
-        before = _char_before(data, nl)
-        after = _char_at(data, nl + 1)
+        # The characters on each side (at most 4 bytes each; bytes that are not UTF-8 are
+        # skipped, as that text fails to decode anyway). No character after: it is cut off at
+        # the end of `data` and may yet be whitespace.
+        before = data[max(nl - 4, 0) : nl].decode("utf-8", "ignore")[-1:]
+        after = data[nl + 1 : nl + 5].decode("utf-8", "ignore")[:1]
         if before and after and not before.isspace() and not after.isspace():
             return nl + 1
         start = nl + 1
-
-
-def _char_before(data: bytes | bytearray, end: int) -> str:
-    """The character whose UTF-8 encoding ends at byte `end` ('' when undecodable)."""
-    begin = end - 1
-    while begin > 0 and end - begin < 4 and 0x80 <= data[begin] < 0xC0:
-        begin -= 1
-    try:
-        return data[begin:end].decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
-
-
-def _char_at(data: bytes | bytearray, begin: int) -> str:
-    """The character whose UTF-8 encoding starts at byte `begin` ('' when undecodable)."""
-    lead = data[begin]
-    size = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-    try:
-        return data[begin : begin + size].decode("utf-8")
-    except UnicodeDecodeError:
-        return ""
 
 
 def chunk_regular_tails(
@@ -256,13 +237,10 @@ def chunk_regular_tails(
     (['cat.', '日本'], [' cat', '.', ' 日本'], [0, 2])
     """
     ascii_tails = [t for t in tails if t.isascii()]
-    if len(ascii_tails) == len(tails):
-        ordered = tails
-        chunks = pattern.findall(" " + " ".join(tails)) if tails else []
-    else:
-        others = [t for t in tails if not t.isascii()]
-        ordered = ascii_tails + others
-        chunks = pattern.findall(" " + " ".join(ascii_tails)) if ascii_tails else []
-        chunks += pattern.findall(" " + " ".join(others))
+    others = [t for t in tails if not t.isascii()]
+    chunks: list[str] = []
+    for group in (ascii_tails, others):
+        if group:
+            chunks += pattern.findall(" " + " ".join(group))
     firsts = list(compress(count(), map(str.startswith, chunks, repeat(" "))))
-    return ordered, chunks, firsts
+    return ascii_tails + others, chunks, firsts

@@ -1,5 +1,7 @@
 """The tokenizer file: versioned JSON, a human-readable vocab listing, atomic writes.
 
+Both the writer (`save`, `dumps`) and the reader (`load`, `loads`) of the format live here.
+
 ``tok/bpe.json`` (version 1)::
 
     {
@@ -28,36 +30,69 @@ import json
 import os
 import tempfile
 import unicodedata
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypeVar
 
-from tok.errors import TokenizerError
+from tok.corpus import read_utf8
+from tok.errors import TokenizerError, is_int
 
 FORMAT = "llm_tiny.tok.bpe"
 VERSION = 1
+DEFAULT_PATH = "tok/bpe.json"  # relative to the directory of the run
+
+T = TypeVar("T")
 
 
-def dumps(
-    *,
-    vocab_size: int,
-    pattern: str,
-    pattern_name: str | None,
-    special_tokens: dict[str, int],
-    merges: list[tuple[int, int]],
-) -> str:
+class Vocabulary(Protocol):
+    """What the writer reads of a `tok.bpe.Tokenizer` (which imports this module)."""
+
+    vocab_size: int
+    pattern: str
+    pattern_name: str | None
+    special_tokens: dict[str, int]
+    merges: Sequence[tuple[int, int]]
+
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+
+def save(tok: Vocabulary, path: str | os.PathLike = DEFAULT_PATH) -> Path:
+    """Write `path` (JSON) and the readable listing beside it (``.vocab``), each atomically.
+    Returns the path."""
+    path = Path(path)
+    write_atomic(path, dumps(tok))
+    write_atomic(vocab_path(path), vocab_listing(tok))
+    return path
+
+
+def load(path: str | os.PathLike, build: Callable[..., T]) -> T:
+    """The tokenizer in the file at `path` (see `loads`); any problem is one error naming it."""
+    return loads(read_utf8(path), str(path), build)
+
+
+def loads(text: str, source: str, build: Callable[..., T]) -> T:
+    """The tokenizer in `text`, made by ``build(merges, pattern, special_tokens)``, which checks
+    them; any problem, in the file's structure or in `build`, is one error naming `source`."""
+    try:
+        return build(*parse(text))
+    except TokenizerError as e:
+        raise TokenizerError(f"{source}: {e}") from None
+
+
+def dumps(tok: Vocabulary) -> str:
     """The file's text: one merge per line so that files diff well; byte-identical per input."""
-    specials = dict(sorted(special_tokens.items(), key=lambda kv: kv[1]))
+    specials = dict(sorted(tok.special_tokens.items(), key=lambda kv: kv[1]))
     lines = [
         "{",
         f'  "format": {json.dumps(FORMAT)},',
         f'  "version": {VERSION},',
-        f'  "vocab_size": {vocab_size},',
-        f'  "pattern_name": {json.dumps(pattern_name)},',
-        f'  "pattern": {json.dumps(pattern, ensure_ascii=False)},',
+        f'  "vocab_size": {tok.vocab_size},',
+        f'  "pattern_name": {json.dumps(tok.pattern_name)},',
+        f'  "pattern": {json.dumps(tok.pattern, ensure_ascii=False)},',
         f'  "special_tokens": {json.dumps(specials, ensure_ascii=False)},',
     ]
-    if merges:
-        body = ",\n".join(f"    [{a}, {b}]" for a, b in merges)
+    if tok.merges:
+        body = ",\n".join(f"    [{a}, {b}]" for a, b in tok.merges)
         lines.append(f'  "merges": [\n{body}\n  ]')
     else:
         lines.append('  "merges": []')
@@ -65,12 +100,9 @@ def dumps(
     return "\n".join(lines) + "\n"
 
 
-def parse(text: str) -> dict[str, Any]:
-    """Parse and check the structure of a tokenizer file's text.
-
-    Returns ``{"vocab_size", "pattern", "pattern_name", "special_tokens", "merges"}``; raises
-    `TokenizerError` with a message (without the file name: the caller adds it).
-    """
+def parse(text: str) -> tuple[list[tuple[int, int]], str, dict[str, int]]:
+    """The merges, pattern and special tokens of a tokenizer file's text, its structure checked
+    (`vocab_size` included); a `TokenizerError` does not name the file (`loads` adds it)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -91,22 +123,20 @@ def parse(text: str) -> dict[str, Any]:
         if key not in data:
             raise TokenizerError(f"missing key {key!r}")
     vocab_size = data["vocab_size"]
-    if not _is_int(vocab_size):
+    if not is_int(vocab_size):
         raise TokenizerError(f"vocab_size must be an integer, got {vocab_size!r}")
-    pattern = data["pattern"]
-    if not isinstance(pattern, str):
-        raise TokenizerError(f"pattern must be a string, got {pattern!r}")
+    pattern = data["pattern"]  # checked by `build` (`tok.patterns.resolve_pattern`)
     name = data.get("pattern_name")
     if name is not None and not isinstance(name, str):
         raise TokenizerError(f"pattern_name must be a string or null, got {name!r}")
     specials = data["special_tokens"]
-    if not isinstance(specials, dict) or not all(_is_int(v) for v in specials.values()):
+    if not isinstance(specials, dict) or not all(is_int(v) for v in specials.values()):
         raise TokenizerError("special_tokens must map each token's text to an integer id")
     merges = data["merges"]
     if not isinstance(merges, list):
         raise TokenizerError("merges must be a list of [id, id] pairs")
     for i, m in enumerate(merges):
-        if not (isinstance(m, list) and len(m) == 2 and _is_int(m[0]) and _is_int(m[1])):
+        if not (isinstance(m, list) and len(m) == 2 and is_int(m[0]) and is_int(m[1])):
             raise TokenizerError(f"merge {i} must be a pair of integer ids, got {m!r}")
     merges = [(a, b) for a, b in merges]
     defined = 256 + len(merges) + len(specials)
@@ -120,31 +150,7 @@ def parse(text: str) -> dict[str, Any]:
             f"declares vocab_size {vocab_size} but defines only {defined} tokens (256 bytes + "
             f"{len(merges)} merges + {len(specials)} special tokens)"
         )
-    return {
-        "vocab_size": vocab_size,
-        "pattern": pattern,
-        "pattern_name": name,
-        "special_tokens": specials,
-        "merges": merges,
-    }
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """The UTF-8 text of a tokenizer file, with one-line errors naming it."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TokenizerError(f"{path}: is a directory, not a tokenizer file") from None
-    except UnicodeDecodeError:
-        raise TokenizerError(f"{path}: not a tokenizer file (not UTF-8 text)") from None
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
+    return merges, pattern, specials
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -196,20 +202,16 @@ def render_token(data: bytes) -> str:
     return "'" + "".join(out) + "'"
 
 
-def vocab_listing(
-    token_bytes: list[bytes], merges: list[tuple[int, int]], special_tokens: dict[str, int]
-) -> str:
+def vocab_listing(tok: Vocabulary) -> str:
     """The ``.vocab`` file: one token per line, ``id<TAB>token<TAB>how it was made``."""
+    shown = [render_token(tok.token_bytes(i)) for i in range(256 + len(tok.merges))]
     lines = [
         "# llm_tiny BPE vocabulary (for reading only; the .json file is the tokenizer)",
         "# id\ttoken\tmade from",
     ]
-    for i in range(256):
-        lines.append(f"{i}\t{render_token(token_bytes[i])}\tbyte")
-    for r, (a, b) in enumerate(merges):
-        i = 256 + r
-        made = f"{render_token(token_bytes[a])} + {render_token(token_bytes[b])}  ({a} + {b})"
-        lines.append(f"{i}\t{render_token(token_bytes[i])}\t{made}")
-    for name, i in sorted(special_tokens.items(), key=lambda kv: kv[1]):
+    lines += [f"{i}\t{shown[i]}\tbyte" for i in range(256)]
+    for i, (a, b) in enumerate(tok.merges, start=256):
+        lines.append(f"{i}\t{shown[i]}\t{shown[a]} + {shown[b]}  ({a} + {b})")
+    for name, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1]):
         lines.append(f"{i}\t{json.dumps(name, ensure_ascii=False)}\tspecial token")
     return "\n".join(lines) + "\n"

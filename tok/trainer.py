@@ -79,6 +79,24 @@ def count_chunks(blocks: Iterable[str], pattern: SplitPattern) -> Counter[str]:
     return counts
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small containers.
+
+    NOTE: training and the encoder's caches allocate hundreds of thousands of lists that
+    never form cycles; each allocation burst triggers collections that walk every live object,
+    which costs 10-15% of the run for nothing. Reference counting still frees memory.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@paused_gc()
 def learn_merges(
     chunk_counts: Mapping[str, int],
     num_merges: int,
@@ -94,13 +112,6 @@ def learn_merges(
     """
     if num_merges <= 0:
         return []
-    with paused_gc():
-        return _learn_merges(chunk_counts, num_merges, min_frequency, progress)
-
-
-def _learn_merges(
-    chunk_counts: Mapping[str, int], num_merges: int, min_frequency: int, progress: bool
-) -> list[tuple[int, int]]:
     words: list[list[int]] = []
     counts: list[int] = []
     for chunk, n in chunk_counts.items():
@@ -197,23 +208,6 @@ def _learn_merges(
         bar.update(len(merges) - bar.n)
         bar.close()
     return merges
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many small containers.
-
-    NOTE: training and the encoder's caches allocate hundreds of thousands of lists that
-    never form cycles; each allocation burst triggers collections that walk every live object,
-    which costs 10-15% of the run for nothing. Reference counting still frees memory.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _progress_bar(total: int):

@@ -1,4 +1,4 @@
-"""The tokenizer's command line, run as ``python -m tok.bpe``.
+"""The tokenizer's command line, ``python -m tok.bpe``.
 
     python -m tok.bpe train --input data/tiny.txt --vocab-size 512 [--pattern gpt4]
                             [--special '<|endoftext|>'] [--out tok/bpe.json]
@@ -17,21 +17,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from tok.bpe import DEFAULT_PATH, Tokenizer
-from tok.errors import TokenizerError
-from tok.serialize import render_token
+from tok.bpe.tokenizer import Tokenizer
+from tok.corpus import decode_utf8, file_size, read_utf8
+from tok.errors import EXIT_USAGE, ArgumentParser, TokenizerError, is_int
+from tok.serialize import DEFAULT_PATH, render_token
 
 PROG = "python -m tok.bpe"
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (no usage dump) and exit status 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Byte-level BPE tokenizer: train, encode, decode.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ArgumentParser(prog=PROG, description="Byte-level BPE tokenizer: train, encode, decode.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     t = sub.add_parser("train", help="train a tokenizer on text files")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
@@ -97,16 +89,13 @@ def _load(args) -> Tokenizer:
     return Tokenizer.load(args.tokenizer, fast=False if args.no_fast else None)
 
 
-def _train(args) -> int:
-    files = [Path(f) for f in args.input]
-    for f in files:
-        if not f.is_file():
-            raise TokenizerError(f"{f}: no such file" if not f.exists() else f"{f}: not a file")
+def _train(args) -> None:
+    n_bytes = sum(map(file_size, args.input))  # a missing file fails before any work
     start = time.perf_counter()
     tok = Tokenizer.train(
         None,
         args.vocab_size,
-        files=files,
+        files=args.input,
         pattern=args.pattern,
         special_tokens=args.special,
         min_frequency=args.min_frequency,
@@ -114,11 +103,9 @@ def _train(args) -> int:
     )
     seconds = time.perf_counter() - start
     out = tok.save(args.out)
-    n_bytes = sum(f.stat().st_size for f in files)
-    n_tokens = sum(len(tok.encode_file(f)) for f in files)
-    merges = len(tok.merges)
+    n_tokens = sum(len(tok.encode_file(f)) for f in args.input)
     print(
-        f"vocab size {tok.vocab_size} (256 bytes + {merges} merges + "
+        f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + "
         f"{len(tok.special_tokens)} special tokens), trained in {seconds:.2f} s"
     )
     if tok.vocab_size < args.vocab_size:
@@ -129,37 +116,19 @@ def _train(args) -> int:
     ratio = n_bytes / n_tokens if n_tokens else float("nan")
     print(f"compression {ratio:.3f} bytes per token on the training text ({n_bytes} bytes)")
     print(f"saved {out} and {out.with_suffix('.vocab')}")
-    return 0
 
 
 def _read_input(path: str | None) -> str:
     if path is None:
-        data = sys.stdin.buffer.read()
-        where = "standard input"
-    else:
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise TokenizerError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise TokenizerError(f"{path}: is a directory") from None
-        except OSError as e:
-            raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
-        where = path
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TokenizerError(
-            f"{where}: not UTF-8 text (invalid byte at offset {e.start})"
-        ) from None
+        return decode_utf8(sys.stdin.buffer.read(), "standard input", 0)
+    return read_utf8(path)
 
 
-def _encode(args) -> int:
+def _encode(args) -> None:
     tok = _load(args)
     text = args.text if args.text is not None else _read_input(args.input)
     ids = tok.encode(text, allowed_special=args.allowed_special)
     print(json.dumps(ids) if args.json else " ".join(map(str, ids)))
-    return 0
 
 
 def parse_ids(text: str) -> list[int]:
@@ -176,9 +145,7 @@ def parse_ids(text: str) -> list[int]:
             values = json.loads(stripped)
         except json.JSONDecodeError as e:
             raise TokenizerError(f"ids: not a valid JSON list ({e.msg})") from None
-        if not isinstance(values, list):
-            raise TokenizerError("ids: expected a JSON list of integers")
-        bad = next((v for v in values if not isinstance(v, int) or isinstance(v, bool)), None)
+        bad = next((v for v in values if not is_int(v)), None)
         if bad is not None:
             raise TokenizerError(f"ids: not an integer: {bad!r}")
         return values
@@ -191,16 +158,15 @@ def parse_ids(text: str) -> list[int]:
     return ids
 
 
-def _decode(args) -> int:
+def _decode(args) -> None:
     tok = _load(args)
     text = args.ids if args.ids is not None else _read_input(args.input)
     out = tok.decode(parse_ids(text))
     sys.stdout.buffer.write(out.encode("utf-8"))
     sys.stdout.buffer.flush()
-    return 0
 
 
-def _info(args) -> int:
+def _info(args) -> None:
     tok = _load(args)
     merges = tok.merges
     print(f"file          {args.tokenizer}")
@@ -216,20 +182,18 @@ def _info(args) -> int:
     print(f"fingerprint   {tok.fingerprint}")
     print(f"fast path     {'tiktoken' if tok.fast_path else 'off: ' + tok.fast_path_note}")
     k = max(args.merges, 0)
-    shown = (
-        list(range(len(merges)))
-        if len(merges) <= 2 * k
-        else [*range(k), -1, *range(len(merges) - k, len(merges))]
-    )
     if merges:
         print("merges")
-    for r in shown:
-        if r < 0:
-            print("  ...")
+    for r, (a, b) in enumerate(merges):
+        if k <= r < len(merges) - k:  # only the first and last k merges
+            if r == k:
+                print("  ...")
             continue
-        a, b = merges[r]
         print(
             f"  {256 + r:>6} {render_token(tok.token_bytes(256 + r))} = "
             f"{render_token(tok.token_bytes(a))} + {render_token(tok.token_bytes(b))}"
         )
-    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

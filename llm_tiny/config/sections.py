@@ -1,0 +1,290 @@
+"""The run config's schema: five frozen dataclass sections, the allowed values of each choice
+(`Literal` types), and every rule a valid config obeys (`validate`). Loading YAML and flags into
+these is `llm_tiny.config.load`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llm_tiny.errors import UserError
+
+
+class ConfigError(UserError):
+    """An invalid config file, key, value or override."""
+
+
+# ----------------------------------------------------------------------------- sections
+# A `Literal` field type is the one list of its allowed values: loading checks it, and the
+# modules that implement the choices (model, schedule, runtime) are tested against it.
+# `arch(default)` marks a model field that changes the parameters' shapes or meaning: resuming
+# across a change of one is an error (`architecture_fields`).
+
+PosEmb = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+Mlp = Literal["gelu", "swiglu"]
+AttnImpl = Literal["sdpa", "manual"]
+DataKind = Literal["text", "examples"]
+Schedule = Literal["cosine", "constant", "wsd"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+Resume = Literal["never", "auto", "always"]
+
+
+def arch(default: Any) -> Any:
+    """A model field that defines the architecture (see `architecture_fields`)."""
+    return field(default=default, metadata={"architecture": True})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The TinyGPT architecture. Defaults give a GPT-2-style model."""
+
+    vocab_size: int | None = arch(None)  # None: take it from the tokenizer at train time
+    block_size: int = arch(256)  # context length in tokens
+    n_layer: int = arch(4)
+    n_head: int = arch(4)
+    n_kv_head: int | None = arch(None)  # grouped-query attention; None means n_head
+    n_embd: int = arch(128)
+    dropout: float = 0.0
+    bias: bool = arch(True)
+    pos_emb: PosEmb = arch("learned")
+    rope_theta: float = arch(10000.0)
+    tie_weights: bool = arch(True)
+    norm: Norm = arch("layernorm")
+    mlp: Mlp = arch("gelu")
+    attn_impl: AttnImpl = "sdpa"
+    grad_checkpointing: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (equals `n_head` unless grouped-query attention)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it becomes token ids on disk."""
+
+    input: tuple[str, ...] = ("data/tiny.txt",)  # text file(s), concatenated in order
+    tokenizer: str = "out/tiny/tok/bpe.json"  # trained from `input` if it does not exist
+    vocab_size: int = 512  # tokenizer vocabulary when it has to be trained
+    pattern: str = "gpt4"  # pre-tokenizer split pattern: gpt2 | gpt4 | a regex
+    special_tokens: tuple[str, ...] = ()
+    data_dir: str = "out/tiny/data"  # train.bin / val.bin / meta.json
+    val_fraction: float = 0.1  # the last fraction of the text is validation
+    kind: DataKind = "text"  # text: one token stream | examples: one example per line, masked loss
+    answer_sep: str = "="  # examples: loss only on the tokens after this separator
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # floor of the cosine / wsd decay
+    schedule: Schedule = "cosine"
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: decay until train.max_iters
+    decay_fraction: float = 0.2  # wsd: fraction of the steps spent decaying
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def decay_iters(self, max_iters: int) -> int:
+        """Step at which the decay reaches `min_lr`: `lr_decay_iters`, else `max_iters`."""
+        return max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop: budget, batches, evaluation, checkpoints and runtime."""
+
+    out_dir: str = "out/tiny"
+    max_iters: int = 1000
+    max_seconds: float | None = None  # stop early after this much wall time
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    grad_accum_steps: int = 1
+    eval_interval: int = 250
+    eval_at_start: bool = True  # also evaluate before the first step (the untrained baseline)
+    eval_iters: int | None = None  # None: the full validation split
+    eval_batch_size: int = 32
+    log_interval: int = 10
+    ckpt_interval: int = 250
+    device: Device = "auto"
+    dtype: Dtype = "float32"
+    compile: bool = False
+    seed: int = 1337
+    threads: int | None = None  # torch intra-op threads; None: the torch default
+    resume: Resume = "never"
+    overwrite: bool = False  # a new run may replace the checkpoints of an old one in out_dir
+    max_bad_steps: int = 5  # stop after this many non-finite losses in a row
+    tensorboard: bool = False
+    sample_at_end: bool = True  # print a short sample when training ends
+    peak_flops: float | None = None  # accelerator peak FLOP/s for MFU; None: look up by name
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Defaults for generation."""
+
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    num_samples: int = 1
+    seed: int = 1337
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: the five sections together."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    @property
+    def tokens_per_iter(self) -> int:
+        """Tokens in one optimizer step of one process."""
+        return self.train.batch_size * self.train.grad_accum_steps * self.model.block_size
+
+    @property
+    def lr_decay_iters(self) -> int:
+        """Step at which the decay reaches `min_lr` (defaults to `max_iters`)."""
+        return self.optim.decay_iters(self.train.max_iters)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "sample": SampleConfig,
+}
+
+
+def choices(tp: Any) -> tuple[str, ...]:
+    """The allowed values of a `Literal` field type: `choices(Norm) == ("layernorm", "rmsnorm")`."""
+    return typing.get_args(tp)
+
+
+def architecture_fields() -> tuple[str, ...]:
+    """The `ModelConfig` fields marked `arch`: they fix the parameters' shapes and meaning. The
+    others (dropout, attn_impl, grad_checkpointing) only change how the same weights are used."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("architecture"))
+
+
+# Sampling values are checked in three places (the `sample` section here, the `sample` CLI and
+# `sampling.generate`), each naming the value its own way: one rule table for all of them.
+SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (lambda v: v >= 0, ">= 0 (0 means greedy)"),  # False for NaN too
+    "top_k": (lambda v: v is None or (type(v) is int and v >= 1), ">= 1"),
+    "top_p": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+    "max_new_tokens": (lambda v: v >= 0, ">= 0"),
+    "num_samples": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def sampling_problem(name: Callable[[str], str] = str, **values: Any) -> str | None:
+    """The first sampling value that breaks its rule, as "NAME must be RULE, got VALUE" (`name`
+    spells the key: `sample.top_p`, `--top-p`, ...), or None when all are valid.
+
+    >>> sampling_problem(lambda k: "--" + k.replace("_", "-"), temperature=1.0, top_p=1.5)
+    '--top-p must be in (0, 1], got 1.5'
+    """
+    for key, value in values.items():
+        ok, rule = SAMPLING_RULES[key]
+        if not ok(value):
+            return f"{name(key)} must be {rule}, got {value}"
+    return None
+
+
+def validate(cfg: RunConfig, source: str = "config") -> None:
+    """Check values that are impossible on their own or together; raise ConfigError."""
+    m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {message}")
+
+    check(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size must be >= 1")
+    check(m.block_size >= 1, f"model.block_size must be >= 1, got {m.block_size}")
+    check(m.n_layer >= 1, f"model.n_layer must be >= 1, got {m.n_layer}")
+    check(m.n_head >= 1, f"model.n_head must be >= 1, got {m.n_head}")
+    check(m.n_embd >= 1, f"model.n_embd must be >= 1, got {m.n_embd}")
+    check(
+        m.n_embd % m.n_head == 0,
+        f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})",
+    )
+    check(m.kv_heads >= 1, f"model.n_kv_head must be >= 1, got {m.n_kv_head}")
+    check(
+        m.n_head % m.kv_heads == 0,
+        f"model.n_head ({m.n_head}) must be divisible by model.n_kv_head ({m.kv_heads})",
+    )
+    check(
+        m.pos_emb != "rope" or m.head_dim % 2 == 0,
+        f"rope needs an even head size, got n_embd/n_head = {m.head_dim}",
+    )
+    check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    check(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
+
+    check(len(d.input) >= 1, "data.input must name at least one text file")
+    check(d.vocab_size >= 256, f"data.vocab_size must be >= 256 (the bytes), got {d.vocab_size}")
+    check(
+        m.vocab_size is None or m.vocab_size >= d.vocab_size,
+        f"model.vocab_size ({m.vocab_size}) is smaller than data.vocab_size ({d.vocab_size})",
+    )
+    check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+
+    check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")
+    check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")
+    check(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0, got {o.warmup_iters}")
+    check(
+        o.lr_decay_iters is None or o.lr_decay_iters >= o.warmup_iters,
+        f"optim.lr_decay_iters ({o.lr_decay_iters}) must be >= optim.warmup_iters ({o.warmup_iters})",
+    )
+    check(
+        0 < o.decay_fraction <= 1, f"optim.decay_fraction must be in (0, 1], got {o.decay_fraction}"
+    )
+    check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+    check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    check(o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {o.grad_clip}")
+
+    check(t.max_iters >= 1, f"train.max_iters must be >= 1, got {t.max_iters}")
+    check(
+        o.warmup_iters <= t.max_iters,
+        f"optim.warmup_iters ({o.warmup_iters}) must be <= train.max_iters ({t.max_iters})",
+    )
+    check(t.max_seconds is None or t.max_seconds > 0, "train.max_seconds must be > 0")
+    check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    check(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+    check(t.eval_interval >= 1, f"train.eval_interval must be >= 1, got {t.eval_interval}")
+    check(t.eval_iters is None or t.eval_iters >= 1, "train.eval_iters must be >= 1 or null")
+    check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    check(t.log_interval >= 1, f"train.log_interval must be >= 1, got {t.log_interval}")
+    check(t.ckpt_interval >= 1, f"train.ckpt_interval must be >= 1, got {t.ckpt_interval}")
+    check(t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}")
+    check(t.peak_flops is None or t.peak_flops > 0, "train.peak_flops must be > 0 or null")
+    check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+
+    check(s.prompt != "", "sample.prompt must not be empty (generation continues a prompt)")
+    problem = sampling_problem(
+        lambda k: f"sample.{k}",
+        **{k: getattr(s, k) for k in SAMPLING_RULES},
+    )
+    check(problem is None, str(problem))

@@ -1,0 +1,82 @@
+"""A run directory (`train.out_dir`): checked before anything is written, then given its
+`config.yaml` and metrics log; `last.pt` in it is what a resumed run continues from."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from llm_tiny.config import RunConfig, save_config
+from llm_tiny.errors import UserError
+from llm_tiny.metrics import RunLog, tensorboard_available
+
+# What a finished run leaves, in the order the end-of-run line lists them.
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "loss.png", "config.yaml")
+
+
+def check_out_dir(path: str | Path) -> None:
+    """Fail early if `train.out_dir` cannot be a writable directory (creating nothing)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"train.out_dir: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.out_dir: cannot write to {existing} (permission denied)")
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create `train.out_dir` if needed and check that files can be written in it."""
+    path = Path(path)
+    check_out_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"train.out_dir: cannot write to {path} ({e.strerror or e})") from None
+    return path
+
+
+def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
+    """Check the run directory before anything is written, and say what cannot be logged;
+    return the checkpoint to continue from according to `train.resume`, or None."""
+    check_out_dir(cfg.train.out_dir)
+    if cfg.train.tensorboard and not tensorboard_available():
+        # The CSV is the source of truth; TensorBoard is a convenience.
+        out(
+            "note: train.tensorboard is on but tensorboard is not installed "
+            "(pip install tensorboard); writing metrics.csv only"
+        )
+    out_dir = Path(cfg.train.out_dir)
+    last = out_dir / "last.pt"
+    if cfg.train.resume == "never" or (cfg.train.resume == "auto" and not last.exists()):
+        old = [n for n in ("best.pt", "last.pt") if (out_dir / n).exists()]
+        if old and not cfg.train.overwrite:
+            raise UserError(
+                f"{out_dir} already holds a run ({', '.join(old)}); pass --resume to continue "
+                "it, --overwrite to replace it, or choose another train.out_dir"
+            )
+        return None
+    if not last.exists():
+        raise UserError(f"cannot resume: {last} does not exist (train.resume is 'always')")
+    return last
+
+
+def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
+    """Rank 0, before the first step: the out dir, `config.yaml` and the metrics log."""
+    out_dir = prepare_out_dir(cfg.train.out_dir)
+    save_config(cfg, out_dir / "config.yaml")
+    if resumed_at is None:
+        stale = [n for n in ("last.pt", "best.pt") if (out_dir / n).exists()]
+        if stale:  # train.overwrite is on (`resume_path` refused otherwise)
+            out(f"note: starting a new run in {out_dir}; its old {' and '.join(stale)} go")
+            (out_dir / "best.pt").unlink(missing_ok=True)
+    out.open_metrics(out_dir, resume_step=resumed_at, tensorboard=cfg.train.tensorboard)
+
+
+def run_files(out_dir: str | Path) -> list[Path]:
+    """The files of `RUN_FILES` that exist in `out_dir`."""
+    return [Path(out_dir) / n for n in RUN_FILES if (Path(out_dir) / n).exists()]

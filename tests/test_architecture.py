@@ -1,0 +1,99 @@
+"""The shape of the code: which module may import which, no import cycles, and the map in
+docs/architecture.md naming only modules and functions that exist."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from test_docs import definitions
+
+ROOT = Path(__file__).resolve().parents[1]
+MAP = ROOT / "docs" / "architecture.md"
+REFERENCE = re.compile(r"`([\w./-]+\.py)::([A-Za-z_][\w.]*)`")
+PACKAGES = ("llm_tiny", "tok")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules a file imports anywhere in it (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import module` depends on the module; `from module import name` on it.
+            subs = {f"{node.module}.{a.name}" for a in node.names} & known
+            found |= subs or ({node.module} & known)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    edges = {}
+    for name, path in mods.items():
+        edges[name] = imports(path, known) - {name}
+    return edges
+
+
+def test_no_import_cycles():
+    edges = graph()
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            cycle = [*path[path.index(node) :], node]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt, [*path, node])
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node, [])
+
+
+def test_dependencies_point_one_way():
+    edges = graph()
+    for name, deps in edges.items():
+        if name.startswith("tok"):
+            assert not any(d.startswith("llm_tiny") for d in deps), f"{name} imports llm_tiny"
+    assert edges["llm_tiny.model"] == {"llm_tiny.config"}  # the model knows nothing of training
+    # Nothing in the library imports the training loop (the sweep runs it as a subprocess).
+    assert not [n for n, deps in edges.items() if "llm_tiny.train" in deps]
+
+
+def test_no_module_is_over_500_lines():
+    # The model is the one file a learner reads top to bottom (docs/model.md): it keeps every
+    # module the flags choose from together, and so may run a little over.
+    limits = {"llm_tiny.model": 600}
+    for name, path in modules().items():
+        n = len(path.read_text(encoding="utf-8").splitlines())
+        assert n <= limits.get(name, 500), f"{name} has {n} lines"
+
+
+def test_the_map_names_real_functions_and_every_module():
+    text = MAP.read_text(encoding="utf-8")
+    refs = REFERENCE.findall(text)
+    assert len(refs) >= 25
+    for path, name in refs:
+        assert (ROOT / path).is_file(), f"architecture.md names {path}, which does not exist"
+        assert name in definitions(ROOT / path), f"{path}::{name} is not defined"
+    for path in modules().values():
+        if path.name in ("__init__.py", "__main__.py") and path.parent.name in PACKAGES:
+            continue  # the packages' entry points
+        rel = path.relative_to(ROOT)
+        shown = str(rel) in text or f"`{path.stem}`" in text or f"{rel.parent}/" in text
+        assert shown, f"docs/architecture.md does not mention {rel}"
