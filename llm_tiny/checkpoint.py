@@ -15,6 +15,8 @@ tuples and dicts (no pickled classes: loading a downloaded checkpoint runs no co
     sampler                the batch sampler's `state_dict()`
     tokenizer              the tokenizer as JSON text: a checkpoint is self-contained
     tokenizer_fingerprint  sha256 of the tokenizer, to refuse resuming with another one
+    data_sha256            sha256 of the text the run was prepared from (`meta.json`), so that
+                           `eval` notices when the run's data directory now holds other text
 
 Writes are atomic: the dict goes to `NAME.tmp`, is flushed and fsync'ed, then renamed over
 `NAME` (a rename within a directory is atomic on POSIX and Windows). A process killed at any
@@ -154,6 +156,12 @@ def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = "best.pt") 
     return p
 
 
+def run_data_dir(path_or_run_dir: str | Path, cfg: RunConfig) -> Path:
+    """The prepared data of the run a checkpoint belongs to: `data.data_dir` if its config sets
+    one, else `data/` beside the checkpoint (so a moved run directory keeps its data)."""
+    return Path(cfg.data.resolved(resolve_checkpoint_path(path_or_run_dir).parent).data_dir)
+
+
 def check_resume_compatible(
     ckpt: dict[str, Any], cfg: RunConfig, tokenizer_fingerprint: str, path: str | Path
 ) -> None:
@@ -175,7 +183,7 @@ def check_resume_compatible(
     if old_fp != tokenizer_fingerprint:
         raise UserError(
             f"cannot resume from {path}: the tokenizer differs (checkpoint "
-            f"{str(old_fp)[:12]}, config's {cfg.data.tokenizer} {tokenizer_fingerprint[:12]})"
+            f"{str(old_fp)[:12]}, config's {cfg.run_data.tokenizer} {tokenizer_fingerprint[:12]})"
         )
 
 
@@ -202,6 +210,7 @@ def training_checkpoint(
     rng: list[dict[str, Any]],
     sampler: dict[str, Any],
     tokenizer: Any,
+    data_sha256: str,
 ) -> dict[str, Any]:
     """The checkpoint dict of a training run (the format in the module docstring). `rng` holds
     one `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
@@ -220,6 +229,7 @@ def training_checkpoint(
         "sampler": sampler,
         "tokenizer": tokenizer.to_json(),
         "tokenizer_fingerprint": tokenizer.fingerprint,
+        "data_sha256": data_sha256,
     }
 
 

@@ -153,11 +153,11 @@ def evaluate_checkpoint(
 ) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint on its run's validation split, or
     on any text file tokenized with the checkpoint's own tokenizer."""
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.checkpoint import load_model, run_data_dir
     from llm_tiny.runtime import resolve_device
 
     dev = resolve_device(device)
-    model, tokenizer, cfg, _ = load_model(ckpt, dev)
+    model, tokenizer, cfg, checkpoint = load_model(ckpt, dev)
     block = cfg.model.block_size
     batch_size = batch_size or cfg.train.eval_batch_size
     if stride is not None and not 1 <= stride <= block:
@@ -176,7 +176,13 @@ def evaluate_checkpoint(
         source = TokenArray(tokens, block, dev)
         name = str(path)
     else:
-        data = load_prepared(cfg.data.data_dir, tokenizer)
+        data = load_prepared(run_data_dir(ckpt, cfg), tokenizer)
+        trained_on = checkpoint.get("data_sha256")
+        if trained_on is not None and data.meta.get("input_sha256") != trained_on:
+            raise UserError(
+                f"{data.data_dir} now holds data prepared from other text than {ckpt} was "
+                "trained on; pass --input FILE to score a file, or train the run again"
+            )
         if stride is not None and data.meta["kind"] != "text":
             raise UserError("--stride applies to text runs; this run's data are examples")
         source = open_split(data, "val", cfg, dev, batch_size=batch_size)

@@ -2,8 +2,10 @@
 
 One figure, four panels: training and validation loss against optimizer step and against
 tokens seen, the learning rate, and validation bits per byte. Several runs share the figure
-(one colour per run) so they compare at a glance. The CSV written by training is the source of
-truth; this module only reads it, through `metrics.read_metrics`.
+(one colour per run) so they compare at a glance. When the losses span more than two orders of
+magnitude (a task learnt to a near-zero loss) their y axes are logarithmic (`log_scale`;
+`--log-y on|off` overrides). The CSV written by training is the source of truth; this module
+only reads it, through `metrics.read_metrics`.
 
 `pyplot()` and `save_figure()` are the project's one matplotlib setup; the sweep and viz draw
 through them too.
@@ -75,13 +77,38 @@ def _points(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_runs(run_dirs: list[str | Path], out_path: str | Path) -> Path:
-    """Plot the runs' loss curves into one PNG at `out_path`; returns the path."""
+# A log axis once the plotted values span more than this factor (two orders of magnitude):
+# a loss that falls from 5 to 0.01 is a flat line at zero on a linear axis.
+LOG_SPAN = 100.0
+LOG_Y_CHOICES = ("auto", "on", "off")
+
+
+def log_scale(values: list[float], log_y: str = "auto") -> bool:
+    """Whether to draw `values` on a log axis: `on` / `off` as told; `auto` when the positive
+    finite values span more than `LOG_SPAN` (max / min). Zeros and nan are left out of the span
+    (a log axis cannot show them).
+
+    >>> log_scale([5.5, 0.3, 0.01]), log_scale([6.0, 1.6]), log_scale([6.0, 1.6], "on")
+    (True, False, True)
+    """
+    if log_y not in LOG_Y_CHOICES:
+        raise ValueError(f"log_y must be one of {LOG_Y_CHOICES}, got {log_y!r}")
+    if log_y != "auto":
+        return log_y == "on"
+    positive = [v for v in values if v > 0 and math.isfinite(v)]
+    return bool(positive) and max(positive) / min(positive) > LOG_SPAN
+
+
+def loss_figure(run_dirs: list[str | Path], log_y: str = "auto") -> Any:
+    """The figure of the runs' loss curves (see the module docstring). The loss panels, and the
+    bits-per-byte panel on its own, get a log y axis as `log_scale` decides, said on the axis."""
     runs = [(Path(d), run_columns(d)) for d in run_dirs]
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     (ax_step, ax_tok), (ax_lr, ax_bpb) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    losses: list[float] = []
+    bpbs: list[float] = []
     for i, (run_dir, m) in enumerate(runs):
         colour = colours[i % len(colours)]
         name = run_dir.name if len(runs) > 1 else ""
@@ -91,29 +118,48 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path) -> Path:
                 continue
             xs, ys = _points(m[x], m["train_loss"])
             ax.plot(xs, ys, color=colour, alpha=0.6, lw=1, label=f"{prefix}train")
+            losses += ys
             if "val_loss" in m:
                 xs, ys = _points(m[x], m["val_loss"])
                 ax.plot(xs, ys, color=colour, marker="o", ms=4, lw=2, ls="--", label=f"{prefix}val")
+                losses += ys
         if "lr" in m:
             xs, ys = _points(m["step"], m["lr"])
             ax_lr.plot(xs, ys, color=colour, label=name or "lr")
         if "val_bpb" in m:
             xs, ys = _points(m["step"], m["val_bpb"])
             ax_bpb.plot(xs, ys, color=colour, marker="o", ms=4, label=name or "val")
+            bpbs += ys
 
-    ax_step.set(xlabel="optimizer step", ylabel="loss (nats / token)", title="Loss vs step")
-    ax_tok.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="Loss vs tokens")
+    loss_label, bpb_label = "loss (nats / token)", "bits per byte"
+    if log_scale(losses, log_y):
+        loss_label += ", log scale"
+        ax_step.set_yscale("log")
+        ax_tok.set_yscale("log")
+    if log_scale(bpbs, log_y):
+        bpb_label += " (log scale)"
+        ax_bpb.set_yscale("log")
+    ax_step.set(xlabel="optimizer step", ylabel=loss_label, title="Loss vs step")
+    ax_tok.set(xlabel="tokens seen", ylabel=loss_label, title="Loss vs tokens")
     ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
-    ax_bpb.set(xlabel="optimizer step", ylabel="bits per byte", title="Validation bits per byte")
+    ax_bpb.set(xlabel="optimizer step", ylabel=bpb_label, title="Validation bits per byte")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+        if ax.get_yscale() == "log":
+            ax.grid(which="minor", axis="y", alpha=0.1)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     title = ", ".join(str(d) for d, _ in runs)
     fig.suptitle(f"llm_tiny: {title}", fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, out_path)
+    return fig
+
+
+def plot_runs(run_dirs: list[str | Path], out_path: str | Path, log_y: str = "auto") -> Path:
+    """Plot the runs' loss curves into one PNG at `out_path`; returns the path. `log_y`:
+    `auto` (a log y axis when the losses span more than two orders of magnitude), `on`, `off`."""
+    return save_figure(loss_figure(run_dirs, log_y), out_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,11 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         help="output PNG (default: RUN/loss.png for one run, loss_compare.png for several)",
     )
+    parser.add_argument(
+        "--log-y",
+        choices=LOG_Y_CHOICES,
+        default="auto",
+        help="log y axis for the losses: auto (default; when they span more than two orders of "
+        "magnitude), on, off",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
         default = Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "loss_compare.png"
-        path = plot_runs(args.runs, args.out or default)
+        path = plot_runs(args.runs, args.out or default, args.log_y)
         print(f"wrote {path}")
         return 0
 

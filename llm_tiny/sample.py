@@ -9,6 +9,7 @@ tokens as they are produced and never half a UTF-8 character.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,23 @@ def prompt_ids(
     return ids
 
 
+def eot_ids(tokenizer: Any, cfg: Any, stop: bool | None = None) -> list[int]:
+    """The end-of-text token to stop at: the run's `data.eot` (default `<|endoftext|>`) when
+    the tokenizer has it and `stop` is not False; [] otherwise."""
+    name = cfg.data.eot or "<|endoftext|>"
+    return (
+        [tokenizer.special_tokens[name]]
+        if stop is not False and name in tokenizer.special_tokens
+        else []
+    )
+
+
+def text_of(tokenizer: Any, ids: list[int], stops: list[int]) -> str:
+    """The text of `ids` up to (not including) the first stop token."""
+    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+    return tokenizer.decode(ids[:cut])
+
+
 def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note=print) -> str:
     """One sample with the run config's `sample` settings (the end-of-training sample)."""
     from llm_tiny.sampling import generate
@@ -59,10 +77,12 @@ def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note
     ids = prompt_ids(tokenizer, s.prompt, cfg.model.block_size, note)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(s.seed)
+    stops = eot_ids(tokenizer, cfg)
     out = generate(
-        model, idx, s.max_new_tokens, s.temperature, s.top_k, s.top_p, generator=generator
-    )
-    return tokenizer.decode(out[0].tolist())
+        model, idx, s.max_new_tokens, s.temperature, s.top_k, s.top_p, stops, generator,
+        repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram,
+    )  # fmt: skip
+    return text_of(tokenizer, out[0].tolist(), stops)
 
 
 def build_parser() -> ArgumentParser:
@@ -78,6 +98,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num-samples", type=int, help="how many independent samples")
     p.add_argument("--seed", type=int, help="random seed (same seed, same text)")
     p.add_argument("--beam-width", type=int, default=0, help="beam search with this width")
+    p.add_argument(
+        "--repetition-penalty", type=float, help="> 1 makes tokens already in the text less likely"
+    )
+    p.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of N tokens")
+    p.add_argument(
+        "--stop-at-eot",
+        action=argparse.BooleanOptionalAction,
+        help="stop at the end-of-text token (default: on when the tokenizer has one)",
+    )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     return p
@@ -103,6 +132,8 @@ def _sample(args) -> int:
     max_new = s.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
     num_samples = s.num_samples if args.num_samples is None else args.num_samples
     seed = s.seed if args.seed is None else args.seed
+    penalty = s.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
+    ngram = s.no_repeat_ngram if args.no_repeat_ngram is None else args.no_repeat_ngram
     problem = sampling_problem(
         lambda k: "--" + k.replace("_", "-"),
         temperature=temperature,
@@ -110,6 +141,8 @@ def _sample(args) -> int:
         top_p=top_p,
         max_new_tokens=max_new,
         num_samples=num_samples,
+        repetition_penalty=penalty,
+        no_repeat_ngram=ngram,
     )
     if problem is not None:
         raise UserError(problem)
@@ -124,26 +157,31 @@ def _sample(args) -> int:
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
+    repeats = {"repetition_penalty": penalty, "no_repeat_ngram": ngram, "stop_tokens": stops}
     options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
+    options.update(repeats)
 
     out = sys.stdout
     for i in range(num_samples):
         if num_samples > 1:
             print(f"---------- sample {i + 1} ----------", file=out)
         if args.beam_width:
-            tokens = beam_search(model, idx, max_new, beam_width=args.beam_width)
-            out.write(tokenizer.decode(tokens[0].tolist()))
+            tokens = beam_search(model, idx, max_new, beam_width=args.beam_width, **repeats)
+            out.write(text_of(tokenizer, tokens[0].tolist(), stops))
         elif args.stream:
             decoder = StreamDecoder(tokenizer)
             out.write(tokenizer.decode(ids))
             out.flush()
             for token in generate_stream(model, idx, max_new, **options):
+                if token in stops:
+                    break
                 out.write(decoder.push(token))
                 out.flush()
             out.write(decoder.flush())
         else:
             tokens = generate(model, idx, max_new, **options)
-            out.write(tokenizer.decode(tokens[0].tolist()))
+            out.write(text_of(tokenizer, tokens[0].tolist(), stops))
         out.write("\n")
         out.flush()
     return 0

@@ -40,11 +40,18 @@ from llm_tiny.model import KVCache, TinyGPT, decode_layout
 
 
 def check_sampling_args(
-    temperature: float, top_k: int | None = None, top_p: float | None = None
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> None:
     """Raise ValueError, naming the allowed range, for an impossible sampling setting
     (the rules: `config.SAMPLING_RULES`)."""
-    problem = sampling_problem(temperature=temperature, top_k=top_k, top_p=top_p)
+    problem = sampling_problem(
+        temperature=temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, no_repeat_ngram=no_repeat_ngram,
+    )  # fmt: skip
     if problem is not None:
         raise ValueError(problem)
 
@@ -91,6 +98,49 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     drop_sorted = mass_before >= p  # already enough without this token; never the first
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
+
+
+def repetition_penalty(logits: Tensor, seq: Tensor, penalty: float) -> Tensor:
+    """CTRL's repetition penalty (Keskar et al. 2019): in each row of logits (B, V), the tokens
+    that occur in that row of `seq` (B, L) have a positive logit divided by `penalty` and a
+    negative one multiplied by it, so with penalty > 1 they become less likely either way.
+
+    [2., -1., 0.5] after tokens [0, 1] with penalty 2 -> [1., -2., 0.5]. Penalty 1 is a no-op.
+    """
+    if penalty == 1:
+        return logits
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, seq, True)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def repeating_tokens(seq: list[int], n: int) -> set[int]:
+    """The tokens that would end `seq` with an n-gram it already contains: for every earlier
+    place where its last n - 1 tokens occur, the token that followed them there.
+
+    [1, 2, 3, 1, 2] with n = 3 -> {3} (1 2 3 again); with n = 2 -> {3} (2 3 again); n = 1
+    bans every token seen. n = 0 bans nothing.
+    """
+    if n < 1 or len(seq) < n - 1:
+        return set()
+    tail = seq[len(seq) - n + 1 :] if n > 1 else []
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i : i + n - 1] == tail}
+
+
+def no_repeat_ngram(logits: Tensor, seq: Tensor, n: int) -> Tensor:
+    """Set to -inf, in each row of logits (B, V), the tokens that would repeat an n-gram of
+    that row of `seq` (B, L) (`repeating_tokens`); n = 0 is a no-op."""
+    if n == 0:
+        return logits
+    banned = torch.zeros_like(logits, dtype=torch.bool)
+    for row, tokens in enumerate(seq.tolist()):
+        banned[row, sorted(repeating_tokens(tokens, n))] = True
+    return logits.masked_fill(banned, float("-inf"))
+
+
+def discourage_repeats(logits: Tensor, seq: Tensor, penalty: float, ngram: int) -> Tensor:
+    """Both anti-repetition rules on the next-token logits (B, V) of sequences `seq` (B, L)."""
+    return no_repeat_ngram(repetition_penalty(logits, seq, penalty), seq, ngram)
 
 
 def sample_next(
@@ -196,6 +246,8 @@ def _sample_loop(
     stop_tokens: Iterable[int] | None,
     generator: torch.Generator | None,
     use_cache: bool,
+    penalty: float = 1.0,
+    ngram: int = 0,
 ) -> Iterator[Tensor]:
     """Yield the next token of every row (B,) until max_new_tokens or every row has stopped.
 
@@ -207,7 +259,7 @@ def _sample_loop(
     seq = idx
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
-        logits = window.next_logits(seq)  # (B, V)
+        logits = discourage_repeats(window.next_logits(seq), seq, penalty, ngram)  # (B, V)
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         token = torch.where(done, seq[:, -1], token)
         yield token
@@ -229,6 +281,8 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     use_cache: bool = True,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> Tensor:
     """Continue each row of idx (B, T) by up to `max_new_tokens` tokens: (B, T + new).
 
@@ -236,14 +290,16 @@ def generate(
     rows that stopped earlier repeat theirs). Deterministic for a seeded `generator`, which must
     live on idx's device. `use_cache=False` recomputes the window every step (slow; the
     reference the cache is checked against) and gives the same tokens. A model wrapped by
-    `torch.compile` or DDP is unwrapped: generation runs eagerly.
+    `torch.compile` or DDP is unwrapped: generation runs eagerly. `repetition_penalty` and
+    `no_repeat_ngram` discourage repeats (`discourage_repeats`; prompt included).
     """
-    check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram)
     model = _prepare(model, idx, max_new_tokens, single=False)
     with _generating(model):
         loop = _sample_loop(
-            model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, use_cache
-        )
+            model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator,
+            use_cache, repetition_penalty, no_repeat_ngram,
+        )  # fmt: skip
         out = torch.cat([idx, *(t[:, None] for t in loop)], dim=1)
     return out.clone()  # a normal tensor, usable outside inference mode (e.g. as training data)
 
@@ -259,19 +315,21 @@ def generate_stream(
     generator: torch.Generator | None = None,
     *,
     use_cache: bool = True,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> Iterator[int]:
     """Like `generate` for one prompt idx (1, T), but yield each new token id as it is made.
 
     Arguments are checked at the call, before the first token is asked for.
     """
-    check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram)
     model = _prepare(model, idx, max_new_tokens, single=True)
 
     def tokens() -> Iterator[int]:
         with _generating(model):
             loop = _sample_loop(
                 model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator,
-                use_cache,
+                use_cache, repetition_penalty, no_repeat_ngram,
             )  # fmt: skip
             for token in loop:
                 yield int(token[0])
@@ -291,6 +349,8 @@ def beam_search(
     stop_tokens: Iterable[int] | None = None,
     *,
     use_cache: bool = True,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram: int = 0,
 ) -> Tensor:
     """The most probable continuation of one prompt idx (1, T) that a beam search finds: (1, T + n).
 
@@ -299,7 +359,10 @@ def beam_search(
     included). Sequences are ranked by log p / n^length_penalty, n being the number of new
     tokens: 0 compares raw totals (favouring short), 1 the mean per token. The search ends after
     `max_new_tokens` or once `beam_width` beams have finished. Width 1 is greedy decoding.
+    Beams rank the log-probabilities after `discourage_repeats` (beam search on its own tends
+    to loop: the most probable continuation of a loop is the loop).
     """
+    check_sampling_args(1.0, None, None, repetition_penalty, no_repeat_ngram)
     model = _prepare(model, idx, max_new_tokens, single=True)
     if isinstance(beam_width, bool) or int(beam_width) != beam_width or beam_width < 1:
         raise ValueError(f"beam_width must be an integer >= 1, got {beam_width}")
@@ -318,7 +381,9 @@ def beam_search(
         scores[0] = 0.0  # total log-probability of each beam's new tokens
         window = _Window(model, W, idx.size(1), use_cache)
         for step in range(1, max_new_tokens + 1):
-            logp = F.log_softmax(window.next_logits(seq), dim=-1)  # (W, V)
+            logits = window.next_logits(seq)  # (W, V)
+            logits = discourage_repeats(logits, seq, repetition_penalty, no_repeat_ngram)
+            logp = F.log_softmax(logits, dim=-1)
             V = logp.size(-1)
             candidates = (scores[:, None] + logp).flatten()  # (W * V,)
             # 2W candidates leave W alive ones even if W of them end with a stop token.

@@ -338,6 +338,7 @@ class Trainer:
         ckpt = training_checkpoint(
             self.cfg, self.model, self.optimizer, self.scaler, state,
             rng=states, sampler=self.train_src.state_dict(), tokenizer=self.data.tokenizer,
+            data_sha256=self.data.meta["input_sha256"],
         )  # fmt: skip
         for name in names:
             save_checkpoint(ckpt, self.out_dir / name)
@@ -361,7 +362,7 @@ def train(
         # Everything that can fail on bad input happens before any file of the run is written.
         resume_from = resume_path(cfg, out)
         ckpt = load_checkpoint(resume_from) if resume_from else None
-        data = rt.main_first(lambda: prepare_data(cfg.data, progress=out.interactive, log=out))
+        data = rt.main_first(lambda: prepare_data(cfg.run_data, progress=out.interactive, log=out))
         # The vocabulary size is known now; it flows into the model config (the config check
         # `model.vocab_size >= data.vocab_size` and data's tokenizer check cover a given one).
         vocab = cfg.model.vocab_size or data.tokenizer.vocab_size

@@ -15,14 +15,17 @@ as a PNG, by default inside the run directory:
   input, exploding ones as bars climbing.
 
 The numbers behind each picture come from pure functions (`token_label`, `pca_2d`,
-`token_frequencies`, `gradient_stats`) that the tests check against references; the `plot_*`
-functions only draw, and save through `plots.save_figure` (an image is exactly figsize x DPI).
+`token_frequencies`, `gradient_stats`) that the tests check against references, and so does
+its layout (`attention_layout`: readable labels within a bounded size); `attention_figure` and
+the `plot_*` functions only draw, and save through `plots.save_figure` (an image is exactly
+figsize x DPI).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,63 +67,99 @@ def attention_for_text(model: nn.Module, ids: list[int], device: torch.device) -
     return [m[0].float().cpu() for m in model.attention_maps(idx)]
 
 
-def attention_cell_inches(n_tokens: int, single: bool) -> float:
-    """Side of one heatmap in inches: grows with the number of tokens, within readable bounds."""
-    if single:
-        return min(12.0, max(5.0, 0.28 * n_tokens + 1.5))
-    return min(6.0, max(2.6, 0.16 * n_tokens + 1.0))
+MAX_FIGURE_INCHES = 16.0  # an attention figure stays within this each way when it can
+_PANEL_W, _PANEL_H, _COLORBAR_W, _TITLE_H = 1.0, 1.2, 1.2, 0.6  # inches around the heatmaps
+_PITCH = 1.3 / 72  # inches of axis per point of tick font: a label plus a little gap
 
 
-def attention_figsize(rows: int, cols: int, n_tokens: int) -> tuple[float, float]:
-    """(width, height) in inches of an attention figure with rows x cols heatmaps."""
-    cell = attention_cell_inches(n_tokens, single=rows * cols == 1)
-    extra_w = 1.2 if rows * cols == 1 else 0.6  # colour bar / row titles
-    return (cols * cell + extra_w, rows * cell + 0.8)  # + the title
+@dataclasses.dataclass(frozen=True)
+class AttentionLayout:
+    """An attention figure: `rows` x `cols` heatmaps, each `side` inches square (a layer's
+    heads wrap onto `rows // n_layers` rows), tick labels of `fontsize` points on every
+    `every`-th token, and the whole `figsize` (width, height) in inches."""
+
+    rows: int
+    cols: int
+    side: float
+    fontsize: float
+    every: int
+    figsize: tuple[float, float]
 
 
-def plot_attention(
+def attention_layout(n_layers: int, n_heads: int, n_tokens: int) -> AttentionLayout:
+    """Lay out `n_layers` x `n_heads` heatmaps of `n_tokens` tokens. Tick labels never go below
+    a readable size (8 points, 10 for one large heatmap); the heatmaps grow to label every
+    token, heads wrap onto more rows when that makes them larger, and the figure stays within
+    `MAX_FIGURE_INCHES` each way; when the tokens still do not fit, every k-th is labelled.
+
+    >>> layout = attention_layout(1, 4, 64)  # a long text: 2 x 2 heads, every 2nd token
+    >>> (layout.rows, layout.cols, layout.every, layout.fontsize)
+    (2, 2, 2, 8.0)
+    """
+    single = n_layers * n_heads == 1
+    font_min, font_max = (10.0, 12.0) if single else (8.0, 10.0)
+    side_min, side_max = (4.5, 10.0) if single else (2.2, 6.0)
+    want = min(side_max, max(side_min, n_tokens * font_min * _PITCH))
+    side, rows, cols = 0.0, n_layers, n_heads
+    for per_layer in range(1, n_heads + 1):  # rows each layer's heads wrap onto
+        c, r = math.ceil(n_heads / per_layer), n_layers * per_layer
+        room_w, room_h = MAX_FIGURE_INCHES - _COLORBAR_W, MAX_FIGURE_INCHES - _TITLE_H
+        fits = min(want, room_w / c - _PANEL_W, room_h / r - _PANEL_H)
+        if fits > side + 1e-9:
+            side, rows, cols = fits, r, c
+    # NOTE: with many layers the figure outgrows the cap rather than the heatmaps shrinking.
+    side = max(side, side_min)
+    fontsize = min(font_max, max(font_min, side / (max(n_tokens, 1) * _PITCH)))
+    every = max(1, math.ceil(round(n_tokens * fontsize * _PITCH / side, 6)))
+    width, height = cols * (side + _PANEL_W) + _COLORBAR_W, rows * (side + _PANEL_H) + _TITLE_H
+    figsize = (round(width, 2), round(height, 2))  # whole pixels at DPI 100
+    return AttentionLayout(rows, cols, side, fontsize, every, figsize)
+
+
+def attention_figure(
     maps: list[Tensor],
     labels: list[str],
-    out: str | Path,
     *,
     layers: list[int],
     heads: list[int] | None = None,
     title: str = "",
-) -> Path:
-    """Heatmaps of `maps[layer][head]` (T, T) for each layer in `layers` (a row each) and each
-    head in `heads` (a column each; default all). Tokens label both axes."""
+) -> Any:
+    """The figure of heatmaps of `maps[layer][head]` (T, T), laid out by `attention_layout`:
+    each layer in `layers` gets a block of rows, holding each head in `heads` (default all).
+    Tokens label both axes; a colour bar gives the scale (0 to 1)."""
     plt = pyplot()
-    n_head = maps[0].size(0)
-    heads = list(range(n_head)) if heads is None else heads
-    rows, cols, T = len(layers), len(heads), len(labels)
-    single = rows * cols == 1
+    heads = list(range(maps[0].size(0))) if heads is None else heads
+    T = len(labels)
+    layout = attention_layout(len(layers), len(heads), T)
+    single = layout.rows * layout.cols == 1
     fig, axes = plt.subplots(
-        rows, cols, figsize=attention_figsize(rows, cols, T), squeeze=False, layout="constrained"
+        layout.rows, layout.cols, figsize=layout.figsize, squeeze=False, layout="constrained"
     )
-    # Font: ~60% of the room one token gets along an axis, which fills ~80% of its cell
-    # (72 points to the inch).
-    spacing = 72 * 0.8 * attention_cell_inches(T, single) / max(T, 1)
-    fontsize = max(4.0, min(10.0, 0.6 * spacing))
-    image = None
-    for r, layer in enumerate(layers):
-        for c, head in enumerate(heads):
-            ax = axes[r][c]
+    per_layer = layout.rows // len(layers)
+    ticks = list(range(0, T, layout.every))
+    tick_labels = [labels[i] for i in ticks]
+    axis_font = 11 if single else 9
+    every = "" if layout.every == 1 else f"; 1 in {layout.every} labelled"
+    for ax in axes.flat:
+        ax.set_axis_off()  # the cells a wrapped layer leaves empty stay blank
+    for li, layer in enumerate(layers):
+        for hi, head in enumerate(heads):
+            ax = axes[li * per_layer + hi // layout.cols][hi % layout.cols]
+            ax.set_axis_on()
             w = maps[layer][head].numpy()
             # Masked (future) positions are exactly 0; show them blank rather than dark.
             shown = np.ma.masked_where(np.triu(np.ones_like(w, dtype=bool), k=1), w)
             image = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-            ax.set_title(f"layer {layer}, head {head}", fontsize=9 if not single else 11)
-            ax.set_xticks(range(T), labels, rotation=90, fontsize=fontsize)
-            ax.set_yticks(range(T), labels, fontsize=fontsize)
-            ax.tick_params(length=0)
-            if single:
-                ax.set_xlabel("key (attended to)")
-                ax.set_ylabel("query (attending)")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8 if single else 0.6, label="attention weight")
+            ax.set_title(f"layer {layer}, head {head}", fontsize=axis_font)
+            ax.set_xticks(ticks, tick_labels, rotation=90, fontsize=layout.fontsize)
+            ax.set_yticks(ticks, tick_labels, fontsize=layout.fontsize)
+            ax.tick_params(length=2 if layout.every > 1 else 0)
+            ax.set_xlabel(f"key token (attended to{every})", fontsize=axis_font)
+            ax.set_ylabel("query token (attending)", fontsize=axis_font)
+    fig.colorbar(image, ax=axes, shrink=0.8 if single else 0.6, label="attention weight (0-1)")
     if title:
         fig.suptitle(title, fontsize=11)
-    return save_figure(fig, out)
+    return fig
 
 
 def _index(value: int | None, n: int, what: str) -> int | None:
@@ -157,7 +196,9 @@ def attention_command(args: Any) -> Path:
     else:
         layers, heads = (list(range(m.n_layer)) if layer is None else [layer]), None
     title = f"Attention weights, {_run_name(args.ckpt)} (step {ckpt['step']})"
-    return plot_attention(maps, labels, args.out, layers=layers, heads=heads, title=title)
+    return save_figure(
+        attention_figure(maps, labels, layers=layers, heads=heads, title=title), args.out
+    )
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -253,7 +294,7 @@ def plot_embeddings(
 
 
 def embeddings_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.checkpoint import load_model, run_data_dir
 
     if args.top < 0:
         raise UserError(f"--top must be >= 0, got {args.top}")
@@ -261,7 +302,7 @@ def embeddings_command(args: Any) -> Path:
     weight = model.wte.weight.detach()
     vocab = weight.size(0)
     token_bytes = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
-    data_dir = Path(args.data_dir or cfg.data.data_dir)
+    data_dir = Path(args.data_dir or run_data_dir(args.ckpt, cfg))
     counts = token_frequencies(data_dir, vocab, ckpt.get("tokenizer_fingerprint"))
     if counts is not None:
         # Tokens that never occur in training only ever receive the push-down of the softmax;
@@ -362,11 +403,11 @@ def training_batch(cfg: Any, ckpt: dict[str, Any], data_dir: Path, device: torch
 
 
 def grad_flow_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.checkpoint import load_model, run_data_dir
 
     model, _, cfg, ckpt = load_model(args.ckpt, args.device)
     device = next(model.parameters()).device
-    x, y = training_batch(cfg, ckpt, Path(args.data_dir or cfg.data.data_dir), device)
+    x, y = training_batch(cfg, ckpt, Path(args.data_dir or run_data_dir(args.ckpt, cfg)), device)
     model.train()  # dropout as in training
     model.zero_grad(set_to_none=True)
     _, loss = model(x, y)

@@ -176,3 +176,62 @@ def test_make_sample_without_a_run_says_train_first(tmp_path):
     )
     assert result.returncode != 0
     assert "make train" in result.stderr
+
+
+def test_each_run_owns_its_tokenizer_and_data_and_eval_notices_foreign_data(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+                "data": {"input": [str(ROOT / "data" / "tiny.txt")], "vocab_size": 260},
+                "optim": {"warmup_iters": 2},
+                "train": {"out_dir": str(tmp_path / "a"), "max_iters": 4, "eval_iters": 2},
+            }
+        )
+    )
+    mine = tmp_path / "mine.txt"
+    mine.write_text("To be, or not to be, that is the question.\n" * 200)
+    assert llm("train", str(base)).returncode == 0
+    a = tmp_path / "a"
+    assert (a / "tok" / "bpe.json").is_file() and (a / "data" / "meta.json").is_file()
+    before = {p.name: p.stat().st_mtime_ns for p in (a / "data").iterdir()}
+    score = json.loads(llm("eval", "--ckpt", str(a), "--json").stdout)
+
+    # Training on other text into another directory touches nothing of the first run.
+    other = llm("train", str(base), f"--data.input=[{mine}]", f"--train.out_dir={tmp_path / 'b'}")
+    assert other.returncode == 0, other.stderr
+    assert (tmp_path / "b" / "tok" / "bpe.json").is_file()
+    assert {p.name: p.stat().st_mtime_ns for p in (a / "data").iterdir()} == before
+    assert json.loads(llm("eval", "--ckpt", str(a), "--json").stdout) == score
+
+    # Shared on purpose, then rewritten with other text: eval says so instead of scoring it.
+    shared = [f"--data.data_dir={a / 'data'}", f"--data.tokenizer={a / 'tok' / 'bpe.json'}"]
+    out_c = f"--train.out_dir={tmp_path / 'c'}"
+    assert llm("train", str(base), f"--data.input=[{mine}]", *shared, out_c).returncode == 0
+    stale = llm("eval", "--ckpt", str(a))
+    assert stale.returncode == 2 and len(stale.stderr.strip().splitlines()) == 1
+    assert "now holds data prepared from other text" in stale.stderr
+
+
+def test_make_train_data_trains_on_your_own_text(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text((ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000])
+    quick = [
+        f"--train.out_dir={tmp_path / 'run'}",  # instead of out/mine, to stay out of the clone
+        "--train.max_iters=4", "--train.eval_iters=2", "--train.sample_at_end=false",
+        "--model.n_layer=1", "--data.vocab_size=300", "--optim.warmup_iters=2",
+    ]  # fmt: skip
+    made = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "train", f"DATA={mine}", f"ARGS={' '.join(quick)}"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    meta = json.loads((tmp_path / "run" / "data" / "meta.json").read_text())
+    assert meta["inputs"] == [{"path": str(mine), "bytes": 30_000}]
+    assert (tmp_path / "run" / "tok" / "bpe.json").is_file()
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "train", "DATA=my.txt"], capture_output=True, text=True
+    )
+    assert "--data.input=[my.txt] --train.out_dir=out/my" in dry.stdout

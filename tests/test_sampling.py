@@ -17,6 +17,9 @@ from llm_tiny.sampling import (
     beam_search,
     generate,
     generate_stream,
+    no_repeat_ngram,
+    repeating_tokens,
+    repetition_penalty,
     sample_next,
     slide_start,
     top_k_filter,
@@ -196,6 +199,66 @@ def test_sample_next_is_deterministic_for_a_seed():
 
 
 # ----------------------------------------------------------------------------- the window
+
+
+def test_repetition_penalty_worked_example_and_reference():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    got = repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert got.tolist() == [[1.0, -2.0, 0.5]]
+    assert repetition_penalty(logits, torch.tensor([[0]]), 1.0) is logits
+    # Against an element-by-element reference on random rows.
+    g = torch.Generator().manual_seed(0)
+    logits, seq = torch.randn(4, 16, generator=g), torch.randint(0, 16, (4, 9), generator=g)
+    want = logits.clone()
+    for row in range(4):
+        for token in set(seq[row].tolist()):
+            v = want[row, token]
+            want[row, token] = v / 1.3 if v > 0 else v * 1.3
+    torch.testing.assert_close(repetition_penalty(logits, seq, 1.3), want)
+
+
+def brute_force_repeating(seq: list[int], n: int, vocab: int) -> set[int]:
+    """Tokens t for which seq + [t] ends with an n-gram that occurs earlier in seq + [t]."""
+    out = set()
+    for t in range(vocab):
+        full = [*seq, t]
+        grams = [tuple(full[i : i + n]) for i in range(len(full) - n + 1)]
+        if n >= 1 and grams and grams[-1] in grams[:-1]:
+            out.add(t)
+    return out
+
+
+def test_no_repeat_ngram_matches_a_brute_force_search():
+    assert repeating_tokens([1, 2, 3, 1, 2], 3) == {3}
+    assert repeating_tokens([1, 2, 3, 1, 2], 2) == {3}
+    assert repeating_tokens([1, 2, 3], 1) == {1, 2, 3} and repeating_tokens([1, 2], 0) == set()
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 2, 3, 4):
+        seq = torch.randint(0, 5, (3, 30), generator=g)
+        logits = no_repeat_ngram(torch.zeros(3, 5), seq, n)
+        for row in range(3):
+            banned = {t for t in range(5) if logits[row, t] == -INF}
+            assert banned == brute_force_repeating(seq[row].tolist(), n, 5)
+
+
+def test_no_repeat_ngram_keeps_generated_text_free_of_repeats():
+    model, idx = lively_model(), prompt(1, 4)
+    for out in (
+        generate(model, idx, 40, temperature=0.0, no_repeat_ngram=3),
+        beam_search(model, idx, 40, beam_width=3, no_repeat_ngram=3),
+    ):
+        ids = out[0].tolist()
+        grams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
+        assert len(grams) == len(set(grams))
+    # The defaults change nothing: the same tokens as before the option existed.
+    assert torch.equal(
+        generate(model, idx, 20, temperature=0.0),
+        generate(model, idx, 20, temperature=0.0, repetition_penalty=1.0, no_repeat_ngram=0),
+    )
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        generate(model, idx, 5, repetition_penalty=0.0)
+    with pytest.raises(ValueError, match="no_repeat_ngram must be >= 0"):
+        beam_search(model, idx, 5, beam_width=2, no_repeat_ngram=-1)
 
 
 def test_slide_start_worked_examples():

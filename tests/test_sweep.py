@@ -17,7 +17,8 @@ import yaml
 
 from llm_tiny.config import config_to_dict, load_config
 from llm_tiny.metrics import final_metrics, read_metrics
-from llm_tiny.sweep.results import rank
+from llm_tiny.plots import pyplot
+from llm_tiny.sweep.results import rank, sweep_figure, trial_styles
 from llm_tiny.sweep.runner import Processes, threads_per_job
 from llm_tiny.sweep.space import (
     Trial,
@@ -237,6 +238,37 @@ def test_final_metrics_and_ranking(tmp_path):
     ]
     assert [t.id for t in rank(trials, "min")] == ["c", "a", "b"]
     assert [t.id for t in rank(trials, "max")] == ["a", "c", "b"]
+
+
+def test_trial_styles_are_distinct():
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c"]
+    styles = trial_styles(20, colours)
+    assert len(set(styles)) == 20  # 3 colours x the markers
+    assert styles[:4] == [("#1f77b4", "o"), ("#ff7f0e", "o"), ("#2ca02c", "o"), ("#1f77b4", "s")]
+
+
+def test_sweep_figure_tells_the_trials_apart(tmp_path):
+    values = [(1e-3, 64, 3.3), (3e-3, 64, 2.9), (1e-3, 128, 2.8), (3e-3, 128, 2.7), (1e-2, 64, 3.1)]
+    trials = [
+        Trial(f"t{i}", {"optim.lr": lr, "model.n_embd": n}, tmp_path, status="ok", metric=m)
+        for i, (lr, n, m) in enumerate(values)
+    ]
+    trials.append(Trial("bad", {"optim.lr": 0.1, "model.n_embd": 64}, tmp_path, status="failed"))
+    fig = sweep_figure(trials, ["optim.lr", "model.n_embd"], "val_bpb", "min")
+    try:
+        (legend,) = fig.legends
+        texts = [t.get_text() for t in legend.get_texts()]
+        # Best first, each naming its id, its values and its metric; the failed one is counted.
+        assert texts[0] == "t3 (optim.lr=0.003, model.n_embd=128): 2.7000 best"
+        assert [t.split()[0] for t in texts] == ["t3", "t2", "t1", "t4", "t0"]
+        assert "1 failed" in fig.get_suptitle()
+        for ax in fig.axes:
+            dots = ax.collections
+            assert [d.get_label() for d in dots] == texts  # one dot per trial, in legend order
+            colours = {tuple(d.get_facecolor()[0]) for d in dots}
+            assert len(colours) == len(dots)  # every trial its own colour, in every panel
+    finally:
+        pyplot().close(fig)
 
 
 def test_stop_all_stops_running_trials_and_refuses_new_ones():

@@ -125,6 +125,13 @@ def test_error_missing_files(trained):
     )
 
 
+def test_error_empty_training_input_saves_nothing(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    proc = run("train", "--input", "empty.txt", "--vocab-size", "300", cwd=tmp_path)
+    assert_one_line_error(proc, "empty.txt: empty; there is no text to train on")
+    assert not (tmp_path / "tok").exists()
+
+
 def test_error_vocab_size_below_bytes_and_specials(trained):
     proc = run(
         "train", "--input", "corpus.txt", "--vocab-size", "257", "--special", "<a>", "<b>",

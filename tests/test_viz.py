@@ -181,6 +181,59 @@ def test_attention_weights_are_causal_distributions(run):
         torch.testing.assert_close(full[:, :10, :10], short)
 
 
+@pytest.mark.parametrize(
+    ("layers", "heads"), [(1, 1), (1, 2), (1, 4), (2, 2), (2, 4), (4, 4), (1, 6)]
+)
+@pytest.mark.parametrize("n_tokens", [1, 7, 12, 20, 32, 58, 64])
+def test_attention_layout_is_readable_and_bounded(layers, heads, n_tokens):
+    layout = viz.attention_layout(layers, heads, n_tokens)
+    width, height = expected(layout.figsize)
+    # The old grid of 4 heads for a long text was 2460 x 680 pixels with 4-point labels.
+    assert width <= 1600 and height <= 1600
+    assert layout.rows * layout.cols >= layers * heads  # room for every heatmap
+    assert layout.rows % layers == 0 and layout.cols <= heads
+    assert layout.fontsize >= (10 if layers * heads == 1 else 8)
+    # The labelled tokens fit along a heatmap's side at that size (1.3 x the font per label).
+    labelled = -(-n_tokens // layout.every)
+    assert labelled * 1.3 * layout.fontsize / 72 <= layout.side + 1e-6
+    if layout.every > 1:  # tokens go unlabelled only when the heatmaps cannot grow
+        largest = 10.0 if layers * heads == 1 else 6.0
+        assert layout.side >= largest - 1e-3 or max(layout.figsize) >= 15.8
+
+
+def test_attention_layout_wraps_heads_rather_than_shrinking_them():
+    wide = viz.attention_layout(1, 4, 32)  # the Shakespeare layer-0 picture of the docs
+    assert (wide.rows, wide.cols, wide.every) == (2, 2, 1)
+    short = viz.attention_layout(2, 4, 12)  # the digits grid: short enough for one row per layer
+    assert (short.rows, short.cols, short.every) == (2, 4, 1)
+
+
+def test_attention_figure_has_axis_titles_a_colour_bar_and_readable_ticks():
+    T, n_head = 64, 3
+    gen = torch.Generator().manual_seed(0)
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    maps = [torch.softmax(torch.randn(n_head, T, T, generator=gen) + causal, -1)]
+    fig = viz.attention_figure(maps, [f"t{i}" for i in range(T)], layers=[0], title="x")
+    try:
+        layout = viz.attention_layout(1, n_head, T)
+        assert tuple(fig.get_size_inches()) == pytest.approx(layout.figsize)
+        heatmaps = [ax for ax in fig.axes if ax.get_images()]
+        assert len(heatmaps) == n_head  # a wrapped layer leaves its spare cell blank
+        for ax in heatmaps:
+            assert (
+                ax.get_xlabel().startswith("key token")
+                and f"1 in {layout.every}" in ax.get_xlabel()
+            )
+            assert ax.get_ylabel().startswith("query token")
+            ticks = ax.get_xticklabels()
+            assert [t.get_text() for t in ticks] == [f"t{i}" for i in range(0, T, layout.every)]
+            assert all(t.get_fontsize() >= 8 for t in [*ticks, *ax.get_yticklabels()])
+        colour_bars = [ax for ax in fig.axes if "attention weight" in ax.get_ylabel()]
+        assert len(colour_bars) == 1
+    finally:
+        plots.pyplot().close(fig)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 
@@ -190,24 +243,24 @@ def test_cli_attention_grid_and_single_head(run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout
     n_tokens = 20  # byte level: one token per character
-    assert image_size(out) == expected(viz.attention_figsize(2, 2, n_tokens))
+    assert image_size(out) == expected(viz.attention_layout(2, 2, n_tokens).figsize)
 
     single = tmp_path / "head.png"
     assert viz.main(["attention", "--ckpt", str(run), "--text", TEXT[:20], "--head", "1",
                      "--layer", "0", "--out", str(single)]) == 0  # fmt: skip
-    assert image_size(single) == expected(viz.attention_figsize(1, 1, n_tokens))
+    assert image_size(single) == expected(viz.attention_layout(1, 1, n_tokens).figsize)
 
     layer = tmp_path / "layer.png"
     assert viz.main(["attention", "--ckpt", str(run), "--text", "hear me", "--layer", "-1",
                      "--out", str(layer)]) == 0  # fmt: skip
-    assert image_size(layer) == expected(viz.attention_figsize(1, 2, 7))
+    assert image_size(layer) == expected(viz.attention_layout(1, 2, 7).figsize)
 
 
 def test_attention_text_longer_than_the_context_is_cut(run, tmp_path, capsys):
     out = tmp_path / "long.png"
     assert viz.main(["attention", "--ckpt", str(run), "--text", TEXT * 3, "--out", str(out)]) == 0
     assert "drawing the first 32" in capsys.readouterr().err
-    assert image_size(out) == expected(viz.attention_figsize(2, 2, 32))
+    assert image_size(out) == expected(viz.attention_layout(2, 2, 32).figsize)
 
 
 def test_cli_embeddings_with_and_without_the_data(run, tmp_path, capsys):
@@ -261,3 +314,60 @@ def test_unknown_picture_is_a_usage_error(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- loss curves (plots)
+
+
+def test_log_scale_rule():
+    assert plots.log_scale([5.5, 0.3, 0.01])  # the digit task: 5.5 down to 0.01
+    assert not plots.log_scale([6.3, 3.3, 2.9])  # Shakespeare: well within two decades
+    assert not plots.log_scale([5.0, 0.05])  # exactly two orders of magnitude: still linear
+    assert plots.log_scale([5.0, 0.049])
+    assert not plots.log_scale([4.0, 0.0, float("nan"), 0.5])  # zeros and nan are not in the span
+    assert not plots.log_scale([]) and not plots.log_scale([0.0])
+    assert plots.log_scale([6.0, 1.6], "on") and not plots.log_scale([5.5, 0.001], "off")
+    with pytest.raises(ValueError, match="log_y"):
+        plots.log_scale([1.0], "yes")
+
+
+def write_losses(run_dir: Path, losses: list[float]) -> Path:
+    from llm_tiny.metrics import MetricsLog
+
+    run_dir.mkdir(parents=True)
+    log = MetricsLog(run_dir)
+    for step, loss in enumerate(losses):
+        log.write(step, tokens=100 * step, train_loss=loss, val_loss=loss, val_bpb=loss / 0.7)
+    log.close()
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("losses", "log_y", "scale"),
+    [
+        ([5.5, 1.0, 0.3, 0.02, 0.004], "auto", "log"),
+        ([6.3, 4.0, 3.3], "auto", "linear"),
+        ([6.3, 4.0, 3.3], "on", "log"),
+        ([5.5, 1.0, 0.004], "off", "linear"),
+    ],
+)
+def test_loss_figure_sets_the_y_scale_and_says_so(tmp_path, losses, log_y, scale):
+    run = write_losses(tmp_path / "run", losses)
+    fig = plots.loss_figure([run], log_y)
+    try:
+        ax_step, ax_tok, ax_lr, ax_bpb = fig.axes
+        for ax in (ax_step, ax_tok, ax_bpb):
+            assert ax.get_yscale() == scale
+            assert ("log scale" in ax.get_ylabel()) == (scale == "log")
+        assert ax_lr.get_yscale() == "linear"
+    finally:
+        plots.pyplot().close(fig)
+
+
+def test_plot_cli_log_y_flag(tmp_path, capsys):
+    run = write_losses(tmp_path / "run", [5.5, 0.3, 0.001])
+    assert plots.main([str(run), "--log-y", "off"]) == 0
+    assert image_size(run / "loss.png") == (1200, 800)
+    with pytest.raises(SystemExit) as exit_info:
+        plots.main([str(run), "--log-y", "maybe"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from llm_tiny.errors import UserError
@@ -29,6 +30,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
 AttnImpl = Literal["sdpa", "manual"]
 DataKind = Literal["text", "examples"]
+OnBadRecord = Literal["error", "skip"]
 Schedule = Literal["cosine", "constant", "wsd"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -75,14 +77,28 @@ class DataConfig:
     """Where the text comes from and how it becomes token ids on disk."""
 
     input: tuple[str, ...] = ("data/tiny.txt",)  # text file(s), concatenated in order
-    tokenizer: str = "out/tiny/tok/bpe.json"  # trained from `input` if it does not exist
+    # The run's own files unless set (`resolved`): a run never reuses or rewrites another's.
+    tokenizer: str | None = None  # trained from `input` if missing; default OUT_DIR/tok/bpe.json
     vocab_size: int = 512  # tokenizer vocabulary when it has to be trained
     pattern: str = "gpt4"  # pre-tokenizer split pattern: gpt2 | gpt4 | a regex
     special_tokens: tuple[str, ...] = ()
-    data_dir: str = "out/tiny/data"  # train.bin / val.bin / meta.json
-    val_fraction: float = 0.1  # the last fraction of the text is validation
+    data_dir: str | None = None  # train.bin / val.bin / meta.json; default OUT_DIR/data
+    val_fraction: float = 0.1  # the last fraction of the text (or of the documents) is validation
+    # Documents (folders, globs, JSONL, Parquet, compressed files, or doc_separator set):
+    text_field: str = "text"  # JSONL field / Parquet column holding the text
+    doc_separator: str | None = None  # split plain text files into documents at this string
+    on_bad_record: OnBadRecord = "error"  # a bad JSONL line or Parquet row: stop, or count and skip
+    eot: str | None = "<|endoftext|>"  # special token ending every document; null: none
     kind: DataKind = "text"  # text: one token stream | examples: one example per line, masked loss
     answer_sep: str = "="  # examples: loss only on the tokens after this separator
+
+    def resolved(self, out_dir: str | Path) -> DataConfig:
+        """A copy with the paths that are not set filled in below the run directory."""
+        out = Path(out_dir)
+        tokenizer = self.tokenizer or str(out / "tok" / "bpe.json")
+        return dataclasses.replace(
+            self, tokenizer=tokenizer, data_dir=self.data_dir or str(out / "data")
+        )
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,8 @@ class SampleConfig:
     top_p: float | None = 0.95
     num_samples: int = 1
     seed: int = 1337
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text; 1 = off
+    no_repeat_ngram: int = 0  # never repeat an n-gram of this many tokens; 0 = off
 
 
 @dataclass(frozen=True)
@@ -161,6 +179,11 @@ class RunConfig:
     def tokens_per_iter(self) -> int:
         """Tokens in one optimizer step of one process."""
         return self.train.batch_size * self.train.grad_accum_steps * self.model.block_size
+
+    @property
+    def run_data(self) -> DataConfig:
+        """The data section with this run's own paths filled in (`DataConfig.resolved`)."""
+        return self.data.resolved(self.train.out_dir)
 
     @property
     def lr_decay_iters(self) -> int:
@@ -196,6 +219,8 @@ SAMPLING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "top_p": (lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
     "max_new_tokens": (lambda v: v >= 0, ">= 0"),
     "num_samples": (lambda v: v >= 1, ">= 1"),
+    "repetition_penalty": (lambda v: v > 0, "> 0 (1 means off)"),
+    "no_repeat_ngram": (lambda v: type(v) is int and v >= 0, ">= 0 (0 means off)"),
 }
 
 
@@ -249,6 +274,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         f"model.vocab_size ({m.vocab_size}) is smaller than data.vocab_size ({d.vocab_size})",
     )
     check(0.0 < d.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    check(
+        d.doc_separator != "", "data.doc_separator must not be empty (null: one document per file)"
+    )
+    check(d.eot != "", "data.eot must not be empty (null: no end-of-text token)")
 
     check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")
     check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.sources import BadRecords, Document, expand_inputs, file_format, iter_documents
 from llm_tiny.errors import UserError
 from tok.corpus import decode_utf8, iter_split_blocks, token_dtype
 
@@ -50,18 +51,31 @@ SPLITS = ("train", "val")
 
 
 def check_inputs(paths: tuple[str, ...] | list[str]) -> list[Path]:
-    """The input files as Paths; a missing, unreadable or (all) empty input is a UserError."""
-    files = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise UserError(f"data.input: {p} not found")
-        if not p.is_file():
-            raise UserError(f"data.input: {p} is not a file")
-        files.append(p)
+    """The input files (`sources.expand_inputs`); a missing or (all) empty input is a UserError."""
+    files = expand_inputs(paths)
     if sum(p.stat().st_size for p in files) == 0:
         names = ", ".join(map(str, files))
         raise UserError(f"data.input: {names} {'is' if len(files) == 1 else 'are'} empty")
     return files
+
+
+def as_documents(cfg: DataConfig, files: list[Path]) -> bool:
+    """Whether the input is read as documents (each ending with `cfg.eot`, validation by
+    document) rather than as one text: anything but plain text files named one by one."""
+    named = all(Path(p).is_file() for p in cfg.input) and len(files) == len(cfg.input)
+    plain = all(file_format(p)[0] in ("text", None) and not file_format(p)[1] for p in files)
+    return cfg.kind == "text" and not (named and plain and cfg.doc_separator is None)
+
+
+def iter_texts(cfg: DataConfig, files: list[Path], stats: BadRecords) -> Iterator[Document]:
+    """The documents of the input (`sources.iter_documents` with the config's options)."""
+    return iter_documents(
+        files,
+        text_field=cfg.text_field,
+        doc_separator=cfg.doc_separator,
+        on_bad_record=cfg.on_bad_record,
+        stats=stats,
+    )
 
 
 def hash_inputs(files: list[Path]) -> str:
@@ -79,11 +93,15 @@ def hash_inputs(files: list[Path]) -> str:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-def load_or_train_tokenizer(cfg: DataConfig, files: list[Path], progress: bool, log: Callable):
-    """The tokenizer at `cfg.tokenizer`, trained on `files` first if the file does not exist."""
+def load_or_train_tokenizer(
+    cfg: DataConfig, files: list[Path], progress: bool, log: Callable, documents: bool = False
+):
+    """The tokenizer at `cfg.tokenizer`, trained on `files` first if the file does not exist
+    (on their documents, with `cfg.eot` as a special token, when `documents`)."""
     from tok.bpe import Tokenizer
 
     path = Path(cfg.tokenizer)
+    eot = cfg.eot if documents else None
     if path.exists():
         tok = Tokenizer.load(path)
         if tok.vocab_size != cfg.vocab_size:
@@ -92,14 +110,24 @@ def load_or_train_tokenizer(cfg: DataConfig, files: list[Path], progress: bool, 
                 f"{tok.vocab_size} tokens; set data.vocab_size={tok.vocab_size} or delete "
                 f"{path} to train a new one"
             )
+        if eot and eot not in tok.special_tokens:
+            raise UserError(
+                f"{path} has no special token {eot} to end documents with; set data.eot: null "
+                "or delete the file to train a tokenizer that has it"
+            )
         return tok
-    log(f"training a {cfg.vocab_size}-token BPE tokenizer on {', '.join(map(str, files))}")
+    names = ", ".join(map(str, files[:3])) + (
+        f" and {len(files) - 3} more" if len(files) > 3 else ""
+    )
+    log(f"training a {cfg.vocab_size}-token BPE tokenizer on {names}")
+    specials = tuple(cfg.special_tokens) + ((eot,) if eot and eot not in cfg.special_tokens else ())
+    texts = (d.text for d in iter_texts(cfg, files, BadRecords())) if documents else None
     tok = Tokenizer.train(
-        None,
+        texts,
         cfg.vocab_size,
-        files=[str(p) for p in files],
+        files=() if documents else [str(p) for p in files],
         pattern=cfg.pattern,
-        special_tokens=tuple(cfg.special_tokens),
+        special_tokens=specials,
         progress=progress,
     )
     if tok.vocab_size != cfg.vocab_size:
@@ -193,8 +221,11 @@ def prepare_data(
 
     Text that is not UTF-8 raises `tok.errors.TokenizerError` naming the file and offset.
     """
+    if cfg.tokenizer is None or cfg.data_dir is None:
+        raise ValueError("the data paths are not resolved: pass RunConfig.run_data")  # a bug
     files = check_inputs(cfg.input)
-    tok = load_or_train_tokenizer(cfg, files, progress, log)
+    documents = as_documents(cfg, files)
+    tok = load_or_train_tokenizer(cfg, files, progress, log, documents)
     data_dir = Path(cfg.data_dir)
     key = {
         "format": META_FORMAT,
@@ -206,6 +237,10 @@ def prepare_data(
     }
     if cfg.kind == "examples":
         key["answer_sep"] = cfg.answer_sep
+    if documents:
+        key["documents"] = {
+            k: getattr(cfg, k) for k in ("text_field", "doc_separator", "on_bad_record", "eot")
+        }
     meta_path = data_dir / "meta.json"
     meta = _read_meta(meta_path)
     fresh = meta is not None and all(meta.get(k) == v for k, v in key.items())
@@ -221,7 +256,9 @@ def prepare_data(
     # Each split is written to `{split}.bin.tmp`, renamed only once both are complete.
     outs = {s: (data_dir / f"{s}.bin.tmp").open("wb") for s in SPLITS}
     try:
-        if cfg.kind == "text":
+        if documents:
+            splits = _prepare_documents(cfg, files, tok, outs, dtype, progress, log)
+        elif cfg.kind == "text":
             splits = _prepare_text(files, tok, outs, dtype, cfg.val_fraction, block_bytes, progress)
         else:
             splits = _prepare_examples(files, tok, outs, dtype, cfg)
@@ -286,6 +323,57 @@ def _prepare_text(
             c["scored_bytes"] += n_bytes
             c["tokens"] += len(ids)
             bar.update(n_bytes)
+    return counts
+
+
+def is_validation(text: str, val_fraction: float) -> bool:
+    """Whether a document belongs to the validation split: a hash of its text, read as a
+    number in [0, 1), falls below `val_fraction`. Streaming needs no document count; the same
+    text always lands in the same split (duplicates never straddle it); about `val_fraction`
+    of the documents are chosen, whatever their order."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+
+
+def _prepare_documents(
+    cfg: DataConfig,
+    files: list[Path],
+    tok: Any,
+    outs: dict[str, BinaryIO],
+    dtype: np.dtype,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, int]]:
+    """Each document's ids, then the end-of-text token, into the split its text hashes to."""
+    from tqdm import tqdm
+
+    eot = [tok.special_tokens[cfg.eot]] if cfg.eot else []
+    counts = {s: {"bytes": 0, "tokens": 0, "scored_bytes": 0, "documents": 0} for s in SPLITS}
+    stats = BadRecords()
+    for doc in tqdm(
+        iter_texts(cfg, files, stats), unit="doc", desc="tokenizing", disable=not progress
+    ):
+        split = "val" if is_validation(doc.text, cfg.val_fraction) else "train"
+        ids = tok.encode(doc.text) + eot  # a literal "<|endoftext|>" in a text stays text
+        np.asarray(ids, dtype=dtype).tofile(outs[split])
+        c = counts[split]
+        n_bytes = len(doc.text.encode("utf-8"))
+        if not c["tokens"]:
+            c["scored_bytes"] -= len(tok.token_bytes(ids[0]))  # the first token is not scored
+        c["bytes"] += n_bytes
+        c["scored_bytes"] += n_bytes
+        c["tokens"] += len(ids)
+        c["documents"] += 1
+    if stats.count or stats.empty:
+        log(f"note: {stats.summary()}")
+    for split, c in counts.items():
+        if not c["documents"]:
+            total = sum(x["documents"] for x in counts.values())
+            raise UserError(
+                f"data.input: none of its {total} documents fell in the {split} split (each "
+                f"is validation with probability data.val_fraction = {cfg.val_fraction}); use "
+                "more documents or another data.val_fraction"
+            )
     return counts
 
 

@@ -111,18 +111,50 @@ def write_best(path: Path, best: Trial, spec: SweepSpec) -> None:
     path.write_text(header + dump_config(override(best.config, **retrain)), "utf-8")
 
 
-def plot_sweep(path: Path, trials: list[Trial], keys: list[str], metric: str, mode: str) -> None:
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def trial_styles(n: int, colours: list[str]) -> list[tuple[str, str]]:
+    """A (colour, marker) for each of `n` trials: the colours in turn, then the same colours
+    with the next marker, so that `len(colours) * len(MARKERS)` trials all look different.
+
+    >>> trial_styles(3, ["red", "blue"])
+    [('red', 'o'), ('blue', 'o'), ('red', 's')]
+    """
+    k = len(colours)
+    return [(colours[i % k], MARKERS[(i // k) % len(MARKERS)]) for i in range(n)]
+
+
+def sweep_figure(trials: list[Trial], keys: list[str], metric: str, mode: str) -> Any:
     """One panel per varied key: the metric of every successful trial against that key's value.
 
-    Numeric keys get a numeric axis (logarithmic for learning rates and for values spanning more
-    than a decade); other values (strings, booleans) are placed as categories.
+    Each trial has its own colour and marker in every panel, and the legend names it (id, values
+    and metric, best first), so a dot in one panel can be found in the others. Numeric keys get a
+    numeric axis (logarithmic for learning rates and for values spanning more than a decade);
+    other values (strings, booleans) are placed as categories. Failed trials have no metric to
+    plot: the title counts them.
     """
     plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
-    ok = [t for t in trials if t.status == "ok" and math.isfinite(t.metric)]
-    best = rank(ok, mode)[0] if ok else None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    ok = rank([t for t in trials if t.status == "ok" and math.isfinite(t.metric)], mode)
+    failed = sum(1 for t in trials if t.status == "failed")
+    styles = trial_styles(len(ok), plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    labels = [
+        f"{t.id} ({short_values(t)}): {t.metric:.4f}" + (" best" if i == 0 else "")
+        for i, t in enumerate(ok)
+    ]
+    per_column = 20
+    ncol = max(1, math.ceil(len(ok) / per_column))
+    legend_w = ncol * (0.4 + 0.065 * max((len(s) for s in labels), default=0))
+    height = max(3.4, 0.22 * min(len(ok), per_column) + 1.2)
+    fig, axes = plt.subplots(
+        1,
+        len(keys),
+        figsize=(4 * len(keys) + legend_w, height),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax, key in zip(axes[0], keys):
         values = [t.values[key] for t in ok]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -137,21 +169,51 @@ def plot_sweep(path: Path, trials: list[Trial], keys: list[str], metric: str, mo
                 ax.set_xticks(tried, [_fmt(v) for v in tried])
                 ax.xaxis.set_minor_formatter(NullFormatter())
         else:
-            labels = sorted({str(v) for v in values})
-            xs = [float(labels.index(str(v))) for v in values]
-            ax.set_xticks(range(len(labels)), labels)
-        ax.scatter(xs, [t.metric for t in ok], color="tab:blue", zorder=2)
-        if best is not None:
-            i = ok.index(best)
-            ax.scatter([xs[i]], [best.metric], color="tab:red", zorder=3, label="best")
-            ax.legend(loc="best", fontsize=8)
+            names = sorted({str(v) for v in values})
+            xs = [float(names.index(str(v))) for v in values]
+            ax.set_xticks(range(len(names)), names)
+        for i, (t, x, (colour, marker)) in enumerate(zip(ok, xs, styles)):
+            best = i == 0  # the best is drawn larger, ringed in black, and on top
+            ax.scatter(
+                [x],
+                [t.metric],
+                color=colour,
+                marker=marker,
+                s=90 if best else 45,
+                edgecolors="black" if best else "none",
+                zorder=3 if best else 2,
+                label=labels[i],
+            )
         ax.margins(x=0.15)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{len(ok)} trials, {metric} ({mode}imised)")
-    fig.tight_layout()
-    save_figure(fig, path)
+    if ok:
+        handles = axes[0][0].get_legend_handles_labels()[0]
+        fig.legend(
+            handles,
+            labels,
+            loc="outside right center",
+            fontsize=8,
+            ncols=ncol,
+            title="trial (values): " + metric,
+            title_fontsize=8,
+        )
+    note = f"; {failed} failed, not shown" if failed else ""
+    fig.suptitle(f"{len(ok)} trials, {metric} ({mode}imised){note}")
+    return fig
+
+
+def plot_sweep(path: Path, trials: list[Trial], keys: list[str], metric: str, mode: str) -> None:
+    """Save `sweep_figure(...)` as a PNG at `path`."""
+    save_figure(sweep_figure(trials, keys, metric, mode), path)
+
+
+def short_values(t: Trial) -> str:
+    """A trial's varied values to 3 significant digits, for a legend: `optim.lr=0.000278, ...`."""
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.values.items()
+    )
 
 
 def values_text(t: Trial) -> str:

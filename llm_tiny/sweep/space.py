@@ -191,12 +191,14 @@ def plan_trials(
         if cfg is None:
             trials.append(Trial(tid, values, out_dir, status="failed", error=error))
             continue
+        # Trials that vary the data prepare their own below their out_dir (unless the point
+        # names the paths); the others share the base run's tokenizer and prepared data.
         paths = {"train.out_dir": str(out_dir)}
-        if own_data:
-            if "data.data_dir" not in point:
-                paths["data.data_dir"] = str(out_dir / "data")
-            if "data.tokenizer" not in point:
-                paths["data.tokenizer"] = str(out_dir / "tok" / "bpe.json")
+        own = dataclasses.replace(cfg.data, data_dir=None, tokenizer=None).resolved(out_dir)
+        own = own if own_data else cfg.run_data
+        for key in ("data.data_dir", "data.tokenizer"):
+            if key not in point:
+                paths[key] = getattr(own, key.split(".")[1])
         trials.append(Trial(tid, values, out_dir, config=override(cfg, **paths)))
     return trials
 

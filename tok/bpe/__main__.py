@@ -91,6 +91,8 @@ def _load(args) -> Tokenizer:
 
 def _train(args) -> None:
     n_bytes = sum(map(file_size, args.input))  # a missing file fails before any work
+    if n_bytes == 0:
+        raise TokenizerError(f"{', '.join(args.input)}: empty; there is no text to train on")
     start = time.perf_counter()
     tok = Tokenizer.train(
         None,
