@@ -12,6 +12,10 @@ import sys
 from llm_tiny.errors import EXIT_USAGE
 
 COMMANDS = {
+    "prepare": (
+        "llm_tiny.data.prepare",
+        "tokenize a config's input into shards (training does too)",
+    ),
     "train": ("llm_tiny.train", "train a model from a YAML config"),
     "sample": ("llm_tiny.sample", "generate text from a checkpoint"),
     "eval": ("llm_tiny.evaluate", "loss, perplexity and bits per byte of a checkpoint"),

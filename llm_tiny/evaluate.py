@@ -187,7 +187,7 @@ def evaluate_checkpoint(
             raise UserError("--stride applies to text runs; this run's data are examples")
         source = open_split(data, "val", cfg, dev, batch_size=batch_size)
         scored_bytes = data.split("val")["scored_bytes"]
-        name = f"{data.data_dir / 'val.bin'} (validation split)"
+        name = f"{data.data_dir} (validation split)"
     result = evaluate_split(model, source, scored_bytes, batch_size=batch_size, stride=stride)
     return {"ckpt": str(ckpt), "data": name, "stride": stride or block, **result}
 

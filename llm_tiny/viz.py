@@ -231,14 +231,17 @@ def pca_2d(x: Tensor) -> tuple[Tensor, Tensor]:
 def token_frequencies(
     data_dir: str | Path, vocab_size: int, fingerprint: str | None = None
 ) -> np.ndarray | None:
-    """How often each token id occurs in the prepared training split `data_dir/train.bin`
-    (a length-`vocab_size` array), or None if the data is missing or was prepared with another
+    """How often each token id occurs in the prepared training split of `data_dir` (a
+    length-`vocab_size` array), or None if the data is missing or was prepared with another
     tokenizer than the one whose `fingerprint` is given."""
+    from llm_tiny.data.shards import TokenStream
+
     data_dir = Path(data_dir)
     try:
         meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
-        tokens = np.fromfile(data_dir / "train.bin", dtype=np.dtype(meta["dtype"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        stream = TokenStream([data_dir / s["file"] for s in meta["splits"]["train"]["shards"]])
+        tokens = stream[0 : len(stream)]
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         return None
     if fingerprint is not None and meta.get("tokenizer_fingerprint") != fingerprint:
         return None
@@ -312,7 +315,7 @@ def embeddings_command(args: Any) -> Path:
         how = f"labelled: the {min(args.top, len(ids))} most frequent tokens in {data_dir}"
     else:
         print(
-            f"note: no token counts ({data_dir}/train.bin is missing or was made with another "
+            f"note: no token counts ({data_dir} is missing or was made with another "
             "tokenizer); labelling merged tokens in merge order, then printable bytes",
             file=sys.stderr,
         )

@@ -19,6 +19,7 @@ from llm_tiny.data import (
     open_split,
     prepare_data,
 )
+from llm_tiny.data.shards import ShardWriter, TokenStream
 from llm_tiny.errors import UserError
 from tok.bpe import Tokenizer
 from tok.corpus import token_dtype
@@ -56,8 +57,9 @@ def data_cfg(tmp_path: Path, tokenizer: Path, inputs: list[Path], **kw) -> DataC
     return DataConfig(**values)
 
 
-def read_bin(path: Path) -> list[int]:
-    return np.fromfile(path, dtype=np.uint16).tolist()
+def read_split(data, split: str) -> list[int]:
+    stream = data.tokens(split)
+    return stream[0 : len(stream)].tolist()
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -68,7 +70,7 @@ def test_prepare_writes_exactly_the_encoded_splits(tmp_path, text, tokenizer_fil
     src.write_text(text, encoding="utf-8")
     data = prepare_data(data_cfg(tmp_path, tokenizer_file, [src]), log=quiet)
     tok = Tokenizer.load(tokenizer_file)
-    train, val = read_bin(data.data_dir / "train.bin"), read_bin(data.data_dir / "val.bin")
+    train, val = read_split(data, "train"), read_split(data, "val")
     train_text, val_text = tok.decode(train), tok.decode(val)
     assert train_text + val_text == text
     # The split is the start of a line at or just after 90 % of the bytes.
@@ -81,11 +83,13 @@ def test_prepare_writes_exactly_the_encoded_splits(tmp_path, text, tokenizer_fil
     assert val == tok.encode(val_text)
     meta = json.loads((data.data_dir / "meta.json").read_text())
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == 300
+    shards = meta["splits"]["train"].pop("shards")
     assert meta["splits"]["train"] == {
         "bytes": split,
         "tokens": len(train),
         "scored_bytes": split - len(tok.token_bytes(train[0])),
     }
+    assert [s["tokens"] for s in shards] == [len(train)]  # one shard of 100M tokens at most
     assert meta["splits"]["val"]["bytes"] == n - split
     assert meta["splits"]["val"]["scored_bytes"] == n - split - len(tok.token_bytes(val[0]))
     assert meta["tokenizer_fingerprint"] == tok.fingerprint
@@ -99,9 +103,7 @@ def test_streaming_in_small_blocks_gives_the_same_ids(tmp_path, text, tokenizer_
         data_cfg(tmp_path / "b", tokenizer_file, [src]), log=quiet, block_bytes=300
     )
     for split in ("train", "val"):
-        assert (whole.data_dir / f"{split}.bin").read_bytes() == (
-            blocks.data_dir / f"{split}.bin"
-        ).read_bytes()
+        assert read_split(whole, split) == read_split(blocks, split)
 
 
 def test_several_inputs_are_concatenated_in_order(tmp_path, text, tokenizer_file):
@@ -110,7 +112,7 @@ def test_several_inputs_are_concatenated_in_order(tmp_path, text, tokenizer_file
     b.write_text(text[9000:], encoding="utf-8")
     data = prepare_data(data_cfg(tmp_path, tokenizer_file, [a, b]), log=quiet)
     tok = data.tokenizer
-    got = tok.decode(read_bin(data.data_dir / "train.bin") + read_bin(data.data_dir / "val.bin"))
+    got = tok.decode(read_split(data, "train") + read_split(data, "val"))
     assert got == text
 
 
@@ -128,7 +130,7 @@ def test_prepare_is_cached_and_notices_changes(tmp_path, text, tokenizer_file):
     src.write_text(text.replace("the", "THE"), encoding="utf-8")  # same size, new content
     changed = prepare_data(cfg, log=lines.append)
     assert changed.meta["input_sha256"] != first.meta["input_sha256"]
-    assert "THE" in changed.tokenizer.decode(read_bin(changed.data_dir / "train.bin"))
+    assert "THE" in changed.tokenizer.decode(read_split(changed, "train"))
     assert any("changed" in line for line in lines)
 
     other_tok = tmp_path / "byte.json"
@@ -136,7 +138,7 @@ def test_prepare_is_cached_and_notices_changes(tmp_path, text, tokenizer_file):
     bytes_cfg = data_cfg(tmp_path, other_tok, [src], vocab_size=256)
     byte_level = prepare_data(bytes_cfg, log=quiet)
     assert byte_level.meta["tokenizer_fingerprint"] != changed.meta["tokenizer_fingerprint"]
-    assert read_bin(byte_level.data_dir / "train.bin") == list(
+    assert read_split(byte_level, "train") == list(
         src.read_bytes()[: byte_level.split("train")["bytes"]]
     )
 
@@ -182,9 +184,10 @@ def test_a_tokenizer_is_trained_when_missing(tmp_path, text):
 
 
 def windows_source(tmp_path: Path, tokens: np.ndarray, **kw) -> TokenWindows:
-    path = tmp_path / "train.bin"
-    tokens.astype(np.uint16).tofile(path)
-    return TokenWindows(path, np.uint16, **{"block_size": 8, "batch_size": 4, "seed": 7, **kw})
+    writer = ShardWriter(tmp_path, "train", np.uint16, shard_tokens=10**9)
+    writer.append(tokens)
+    stream = TokenStream([tmp_path / s["file"] for s in writer.close()])
+    return TokenWindows(stream, **{"block_size": 8, "batch_size": 4, "seed": 7, **kw})
 
 
 def test_batches_are_shifted_windows_of_the_data(tmp_path):
@@ -317,7 +320,8 @@ def test_examples_mask_the_prompt_and_cover_the_answer(examples_data):
 def test_examples_errors(tmp_path, tokenizer_file, examples_data):
     data, _ = examples_data
     with pytest.raises(UserError, match=r"more than model.block_size \+ 1 = 5"):
-        ExampleBatches(data.data_dir / "train.bin", data.dtype, 4, 2, 0)
+        index = np.load(data.data_dir / "train.idx.npy")
+        ExampleBatches(data.tokens("train"), index, 4, 2, 0)
     bad = tmp_path / "bad.txt"
     bad.write_text("Max(1,2)=2\nMax(3,4) 4\nMax(5,6)=6\n")
     cfg = data_cfg(tmp_path / "b", tokenizer_file, [bad], kind="examples")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -40,7 +39,8 @@ def cfg(tmp_path: Path, inputs: list[Path | str], **kw) -> DataConfig:
 
 
 def split_docs(data, split: str, eot: int) -> list[list[int]]:
-    ids = np.fromfile(data.data_dir / f"{split}.bin", dtype=data.dtype).tolist()
+    stream = data.tokens(split)
+    ids = stream[0 : len(stream)].tolist()
     assert ids[-1] == eot  # every document ends with the end-of-text token
     docs, cur = [], []
     for t in ids:

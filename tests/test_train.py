@@ -18,6 +18,7 @@ import yaml
 
 from llm_tiny.checkpoint import load_checkpoint, load_model
 from llm_tiny.config import load_config, override
+from llm_tiny.data import load_prepared
 from llm_tiny.evaluate import evaluate_tokens
 from llm_tiny.metrics import COLUMNS, MetricsLog
 from llm_tiny.train import main, train
@@ -126,7 +127,8 @@ def test_cli_run_trains_and_writes_its_files(tmp_path):
     )
     assert tok.fingerprint == ckpt["tokenizer_fingerprint"]
     meta = yaml.safe_load((tmp_path / "data" / "meta.json").read_text())
-    tokens = np.fromfile(tmp_path / "data" / "val.bin", dtype=np.uint16)
+    stream = load_prepared(tmp_path / "data", tok).tokens("val")
+    tokens = stream[0 : len(stream)]
     scored = meta["splits"]["val"]["scored_bytes"]
     got = evaluate_tokens(model, tokens, scored, cfg.model.block_size, 16, "cpu")
     assert got["loss"] == pytest.approx(val[40], rel=1e-6)

@@ -89,6 +89,8 @@ class DataConfig:
     doc_separator: str | None = None  # split plain text files into documents at this string
     on_bad_record: OnBadRecord = "error"  # a bad JSONL line or Parquet row: stop, or count and skip
     eot: str | None = "<|endoftext|>"  # special token ending every document; null: none
+    shard_tokens: int = 100_000_000  # tokens per shard file (DATA_DIR/train_000000.bin, ...)
+    workers: int | None = None  # processes that tokenize; null: one per CPU core
     kind: DataKind = "text"  # text: one token stream | examples: one example per line, masked loss
     answer_sep: str = "="  # examples: loss only on the tokens after this separator
 
@@ -278,6 +280,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         d.doc_separator != "", "data.doc_separator must not be empty (null: one document per file)"
     )
     check(d.eot != "", "data.eot must not be empty (null: no end-of-text token)")
+    check(d.shard_tokens >= 1, f"data.shard_tokens must be >= 1, got {d.shard_tokens}")
+    check(
+        d.workers is None or d.workers >= 1, f"data.workers must be >= 1 or null, got {d.workers}"
+    )
 
     check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")
     check(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr], got {o.min_lr}")

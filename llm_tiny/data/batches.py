@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from llm_tiny.data.prepare import PreparedData
+from llm_tiny.data.shards import TokenStream
 from llm_tiny.errors import UserError
 
 if TYPE_CHECKING:
@@ -106,18 +106,19 @@ class _Source:
 
     def __init__(
         self,
-        path: str | Path,
-        dtype: np.dtype | str,
+        tokens: TokenStream | InMemory,
         block_size: int,
         batch_size: int,
         seed: int,
         device: torch.device | str = "cpu",
         micro_batches: int = 1,
+        *,
+        name: str = "split",
     ) -> None:
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-        self.path = Path(path)
-        self.dtype = np.dtype(dtype)
+        self.tokens = tokens
+        self.name = name
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
@@ -175,29 +176,42 @@ class _Source:
         self._cached = None
 
 
+class InMemory:
+    """Token ids already in memory, read like a `TokenStream`."""
+
+    def __init__(self, tokens: np.ndarray) -> None:
+        self.array = tokens
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        return self.array[s]
+
+    def windows(self, starts: np.ndarray, n: int) -> np.ndarray:
+        return self.array[np.asarray(starts)[:, None] + np.arange(n)].astype(np.int64)
+
+
 class TokenWindows(_Source):
-    """data.kind `text`: random windows of `block_size + 1` tokens from a `.bin` memmap."""
+    """data.kind `text`: random windows of `block_size + 1` tokens of a split's token stream
+    (its shards, read through memory maps; a window may span two shards)."""
 
     kind = "text"
 
     def _open(self) -> None:
-        self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
+        self.n_tokens = len(self.tokens)
         if self.n_tokens < self.block_size + 1:
             raise UserError(
-                f"the {self.path.stem} split ({self.path}) has {self.n_tokens} tokens, fewer "
+                f"the {self.name} has {self.n_tokens} tokens, fewer "
                 f"than model.block_size + 1 = {self.block_size + 1}; use more text, another "
                 "data.val_fraction or a smaller model.block_size"
             )
-
-    def _tokens(self) -> np.ndarray:
-        # A fresh read-only memmap per call: cheap, and it lets the OS drop pages between calls.
-        return np.memmap(self.path, dtype=self.dtype, mode="r")
 
     def get_batch(self, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y of shape (batch_size, block_size): y is x shifted left by one token."""
         T = self.block_size
         starts = self._rows(step, micro, self.n_tokens - T)
-        windows = self._tokens()[starts[:, None] + np.arange(T + 1)].astype(np.int64)  # (B, T+1)
+        windows = self.tokens.windows(starts, T + 1)  # (B, T+1)
         return _to_device(windows[:, :-1], self.device), _to_device(windows[:, 1:], self.device)
 
     def _eval_rows(self, stride: int | None) -> tuple[Sequence[Any], np.ndarray]:
@@ -205,29 +219,25 @@ class TokenWindows(_Source):
         return windows, np.array([e - b - first for b, e, first in windows], dtype=np.int64)
 
     def _batch(self, rows: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        # Windows are copied out of the memmap one batch at a time: memory stays bounded.
-        tokens = self._tokens()
+        # Windows are copied out of the shards one batch at a time: memory stays bounded.
         width = max(e - b for b, e, _ in rows)
         x = np.zeros((len(rows), width), dtype=np.int64)
         y = np.full((len(rows), width), -1, dtype=np.int64)
         for row, (b, e, first) in enumerate(rows):
-            x[row, : e - b] = tokens[b:e]
-            y[row, first : e - b] = tokens[b + 1 + first : e + 1]
+            ids = self.tokens[b : e + 1]
+            x[row, : e - b] = ids[:-1]
+            y[row, first : e - b] = ids[1 + first :]
         return x, y
 
 
 class TokenArray(TokenWindows):
-    """Token ids already in memory (`llm_tiny eval --input FILE`) instead of a split's file."""
+    """Token ids already in memory (`llm_tiny eval --input FILE`) instead of a split's shards."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, device: torch.device | str) -> None:
-        self.array = tokens
-        super().__init__("", tokens.dtype, block_size, 1, 0, device)
+        super().__init__(InMemory(tokens), block_size, 1, 0, device)
 
     def _open(self) -> None:  # any length: evaluation scores what there is
-        self.n_tokens = len(self.array)
-
-    def _tokens(self) -> np.ndarray:
-        return self.array
+        self.n_tokens = len(self.tokens)
 
 
 class ExampleBatches(_Source):
@@ -235,14 +245,17 @@ class ExampleBatches(_Source):
 
     kind = "examples"
 
+    def __init__(self, tokens: TokenStream | InMemory, index: np.ndarray, *args, **kw) -> None:
+        self.index = index  # per example: start, prompt tokens, total tokens
+        super().__init__(tokens, *args, **kw)
+
     def _open(self) -> None:
-        self.tokens = np.fromfile(self.path, dtype=self.dtype).astype(np.int64)
-        self.index = np.load(self.path.with_suffix(".idx.npy"), allow_pickle=False)
+        self.tokens = self.tokens[0 : len(self.tokens)].astype(np.int64)  # examples are small
         longest = int(self.index[:, 2].max()) if len(self.index) else 0
         if longest > self.block_size + 1:
             row = int(self.index[:, 2].argmax())
             raise UserError(
-                f"{self.path}: example {row + 1} has {longest} tokens, more than "
+                f"{self.name}: example {row + 1} has {longest} tokens, more than "
                 f"model.block_size + 1 = {self.block_size + 1}; raise model.block_size"
             )
 
@@ -280,7 +293,10 @@ def open_split(
     """The batch source of a prepared split ("train" or "val"): `cfg.model.block_size` tokens
     per row, `batch_size` rows (default `cfg.train.batch_size`), seeded with `cfg.train.seed`;
     `micro_batches` is the number of micro-batches in one optimizer step over all processes."""
-    cls = TokenWindows if data.meta["kind"] == "text" else ExampleBatches
-    path = data.data_dir / f"{split}.bin"
     B = cfg.train.batch_size if batch_size is None else batch_size
-    return cls(path, data.dtype, cfg.model.block_size, B, cfg.train.seed, device, micro_batches)
+    args = (cfg.model.block_size, B, cfg.train.seed, device, micro_batches)
+    name = f"{split} split ({data.data_dir})"
+    if data.meta["kind"] == "text":
+        return TokenWindows(data.tokens(split), *args, name=name)
+    index = np.load(data.data_dir / f"{split}.idx.npy", allow_pickle=False)
+    return ExampleBatches(data.tokens(split), index, *args, name=name)

@@ -1,12 +1,19 @@
-"""Preparing data: input text files -> tokenizer -> `train.bin`, `val.bin` and `meta.json`.
+"""Preparing data: inputs -> tokenizer -> token shards (`train_000000.bin`, ...) and `meta.json`.
 
-`prepare_data` concatenates the input files in order and tokenizes them with the config's
-tokenizer (trained first with `tok` if its file does not exist yet, on the whole input). Token
-ids go to `train.bin` and `val.bin` as `tok.corpus.token_dtype` of the vocabulary (uint16 when
-it fits, else uint32), and `meta.json` records the input hash, the tokenizer fingerprint and
-the byte and token counts. A second call with the same input and tokenizer does nothing; a
-changed input or tokenizer is noticed by hash and prepared again. `load_prepared` opens such a
-directory without its input text (for evaluation).
+`prepare_data` reads the inputs (`sources`), tokenizes them with the config's tokenizer (trained
+first with `tok` if its file does not exist yet, on the whole input) in `data.workers`
+processes (`pipeline`), and writes the ids into shards with a header (`shards`) as
+`tok.corpus.token_dtype` of the vocabulary (uint16 when it fits, else uint32). `meta.json`
+records the input hash, the tokenizer fingerprint, the shards with their token counts and
+sha256, and the byte and token counts. A second call with the same input and tokenizer does
+nothing; a changed input or tokenizer is noticed by hash and prepared again; an interrupted
+preparation continues from its last complete shard (`progress.json`). `load_prepared` opens
+such a directory without its input text (for evaluation). `python -m llm_tiny prepare CONFIG`
+runs it on its own.
+
+**Documents** (folders, globs, JSON Lines, Parquet, compressed files, or `data.doc_separator`):
+each document ends with the end-of-text token `data.eot`, and a document is validation when a
+hash of its text falls below `data.val_fraction` (`is_validation`).
 
 **Text** (data.kind `text`): the last `val_fraction` of the bytes is the validation split, cut
 just after the first cut-safe newline at or after that point. Inputs stream through in blocks of
@@ -25,23 +32,26 @@ validation. Examples are read into memory (they are small).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.pipeline import encoded, new_counts, write_items
+from llm_tiny.data.shards import ShardWriter, TokenStream, read_header
 from llm_tiny.data.sources import BadRecords, Document, expand_inputs, file_format, iter_documents
 from llm_tiny.errors import UserError
 from tok.corpus import decode_utf8, iter_split_blocks, token_dtype
 
 META_FORMAT = "llm_tiny.data"
-META_VERSION = 1
+META_VERSION = 2  # 2: token shards with headers (1: one headerless .bin per split)
 BLOCK_BYTES = 4 << 20  # bytes of text tokenized at a time
 _HASH_CHUNK = 1 << 20
 SPLITS = ("train", "val")
@@ -170,6 +180,10 @@ class PreparedData:
     def split(self, name: str) -> dict[str, Any]:
         return self.meta["splits"][name]
 
+    def tokens(self, split: str) -> TokenStream:
+        """The split's token ids, all its shards read as one sequence."""
+        return TokenStream([self.data_dir / s["file"] for s in self.split(split)["shards"]])
+
 
 def _read_meta(path: Path) -> dict[str, Any] | None:
     try:
@@ -180,14 +194,16 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 def _files_match(data_dir: Path, meta: dict[str, Any]) -> bool:
-    """The .bin files exist with the sizes meta.json promises (no half-written leftovers)."""
-    itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
-    for name, split in meta.get("splits", {}).items():
-        path = data_dir / f"{name}.bin"
-        if not path.is_file() or path.stat().st_size != split["tokens"] * itemsize:
-            return False
-        if meta["kind"] == "examples" and not (data_dir / f"{name}.idx.npy").is_file():
-            return False
+    """The shards exist with the headers and sizes meta.json promises."""
+    try:
+        for name, split in meta.get("splits", {}).items():
+            for shard in split["shards"]:
+                if read_header(data_dir / shard["file"])[1] != shard["tokens"]:
+                    return False
+            if meta["kind"] == "examples" and not (data_dir / f"{name}.idx.npy").is_file():
+                return False
+    except (UserError, KeyError, TypeError, FileNotFoundError):
+        return False
     return bool(meta.get("splits"))
 
 
@@ -206,7 +222,7 @@ def load_prepared(data_dir: str | Path, tokenizer: Any) -> PreparedData:
             "re-run training to prepare it again, or pass --input FILE"
         )
     if not _files_match(data_dir, meta):
-        raise UserError(f"{data_dir}: the .bin files do not match meta.json; prepare again")
+        raise UserError(f"{data_dir}: the token shards do not match meta.json; prepare again")
     return PreparedData(data_dir, meta, tokenizer)
 
 
@@ -217,7 +233,8 @@ def prepare_data(
     log: Callable[[str], None] = print,
     block_bytes: int = BLOCK_BYTES,
 ) -> PreparedData:
-    """Tokenize `cfg.input` into `cfg.data_dir` (or reuse what is there); see the module doc.
+    """Tokenize `cfg.input` into shards in `cfg.data_dir` (or reuse what is there, or continue
+    an interrupted preparation); see the module doc.
 
     Text that is not UTF-8 raises `tok.errors.TokenizerError` naming the file and offset.
     """
@@ -234,6 +251,7 @@ def prepare_data(
         "input_sha256": hash_inputs(files),
         "tokenizer_fingerprint": tok.fingerprint,
         "val_fraction": cfg.val_fraction,
+        "shard_tokens": cfg.shard_tokens,
     }
     if cfg.kind == "examples":
         key["answer_sep"] = cfg.answer_sep
@@ -250,26 +268,38 @@ def prepare_data(
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"data.data_dir: cannot create {data_dir} ({e.strerror})") from None
-    if meta is not None:
-        log(f"{data_dir}: input or tokenizer changed; preparing the data again")
+    progress_path = data_dir / "progress.json"
+    resume = _read_meta(progress_path)
+    resume = resume if resume is not None and resume.get("key") == key else None
+    if resume is not None:
+        log(f"{data_dir}: continuing an interrupted preparation")
+    else:
+        if meta is not None:
+            log(f"{data_dir}: input or tokenizer changed; preparing the data again")
+        _remove_prepared(data_dir)
+    meta_path.unlink(missing_ok=True)  # from here until the end the directory is incomplete
     dtype = token_dtype(tok.vocab_size)
-    # Each split is written to `{split}.bin.tmp`, renamed only once both are complete.
-    outs = {s: (data_dir / f"{s}.bin.tmp").open("wb") for s in SPLITS}
+    writers = {
+        s: ShardWriter(data_dir, s, dtype, cfg.shard_tokens, resume and resume["writers"][s])
+        for s in SPLITS
+    }
     try:
-        if documents:
-            splits = _prepare_documents(cfg, files, tok, outs, dtype, progress, log)
-        elif cfg.kind == "text":
-            splits = _prepare_text(files, tok, outs, dtype, cfg.val_fraction, block_bytes, progress)
+        if cfg.kind == "examples":
+            splits = _prepare_examples(files, tok, writers, cfg)
         else:
-            splits = _prepare_examples(files, tok, outs, dtype, cfg)
-    except BaseException:
-        for f in outs.values():
-            f.close()
-            os.unlink(f.name)
+            splits = _prepare_stream(
+                cfg, files, tok, writers, documents, block_bytes, progress, log, key, resume
+            )
+    except BaseException as e:
+        for w in writers.values():
+            w.abort()
+        # An interruption leaves the open shards for a resumed preparation (progress.json); an
+        # error in the input leaves nothing: the input has to change, so nothing can resume.
+        if not isinstance(e, KeyboardInterrupt):
+            _remove_prepared(data_dir)
         raise
-    for s, f in outs.items():
-        f.close()
-        os.replace(f.name, data_dir / f"{s}.bin")
+    for s, w in writers.items():
+        splits[s]["shards"] = w.close()
     meta = {
         **key,
         "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in files],
@@ -280,7 +310,8 @@ def prepare_data(
     }
     tmp = meta_path.with_name("meta.json.tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, meta_path)  # written last: a meta.json means the .bin files are complete
+    os.replace(tmp, meta_path)  # written last: a meta.json means the shards are complete
+    progress_path.unlink(missing_ok=True)
     counts = ", ".join(
         f"{n} {s['tokens']:,} tokens / {s['bytes']:,} bytes" for n, s in splits.items()
     )
@@ -288,42 +319,11 @@ def prepare_data(
     return PreparedData(data_dir, meta, tok)
 
 
-def _prepare_text(
-    files: list[Path],
-    tok: Any,
-    outs: dict[str, BinaryIO],
-    dtype: np.dtype,
-    val_fraction: float,
-    block_bytes: int,
-    progress: bool,
-) -> dict[str, dict[str, int]]:
-    from tqdm import tqdm
-
-    total = sum(p.stat().st_size for p in files)
-    split_at = math.floor(total * (1.0 - val_fraction))
-    counts = {s: {"bytes": 0, "tokens": 0, "scored_bytes": 0} for s in SPLITS}
-    if not tok.cuts_are_safe:
-        block_bytes = total + 1  # one block per split: exact, at the cost of memory
-    # A line 4x longer than a block with no safe cut in it is cut at a character boundary to
-    # keep memory bounded; only there can the ids differ from tokenizing the text whole.
-    blocks = iter_split_blocks(files, [split_at], block_size=block_bytes, max_bytes=4 * block_bytes)
-    with tqdm(
-        total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress
-    ) as bar:
-        for part, text, n_bytes in blocks:
-            split = SPLITS[part]
-            ids = _encode(tok, text)
-            np.asarray(ids, dtype=dtype).tofile(outs[split])
-            c = counts[split]
-            if ids and not c["tokens"]:
-                # Evaluation scores every token but the first of a split (it has no context),
-                # so bits per byte divide by the bytes of the scored tokens only.
-                c["scored_bytes"] -= len(tok.token_bytes(ids[0]))
-            c["bytes"] += n_bytes
-            c["scored_bytes"] += n_bytes
-            c["tokens"] += len(ids)
-            bar.update(n_bytes)
-    return counts
+def _remove_prepared(data_dir: Path) -> None:
+    """Delete what an earlier preparation left (shards, old single files, progress)."""
+    for pattern in ("*_[0-9]*.bin", "*_[0-9]*.bin.tmp", "train.bin", "val.bin", "progress.json"):
+        for p in data_dir.glob(pattern):
+            p.unlink()
 
 
 def is_validation(text: str, val_fraction: float) -> bool:
@@ -335,50 +335,83 @@ def is_validation(text: str, val_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < val_fraction
 
 
-def _prepare_documents(
+def _items(
     cfg: DataConfig,
     files: list[Path],
     tok: Any,
-    outs: dict[str, BinaryIO],
-    dtype: np.dtype,
+    documents: bool,
+    block_bytes: int,
+    stats: BadRecords,
+) -> Iterator[tuple[str, str, int]]:
+    """The stream to tokenize: documents, or blocks of the one text (see the module doc)."""
+    if documents:
+        for doc in iter_texts(cfg, files, stats):
+            split = "val" if is_validation(doc.text, cfg.val_fraction) else "train"
+            yield split, doc.text, len(doc.text.encode("utf-8"))
+        return
+    total = sum(p.stat().st_size for p in files)
+    split_at = math.floor(total * (1.0 - cfg.val_fraction))
+    if not tok.cuts_are_safe:
+        block_bytes = total + 1  # one block per split: exact, at the cost of memory
+    # A line 4x longer than a block with no safe cut in it is cut at a character boundary to
+    # keep memory bounded; only there can the ids differ from tokenizing the text whole.
+    blocks = iter_split_blocks(files, [split_at], block_size=block_bytes, max_bytes=4 * block_bytes)
+    for part, text, n_bytes in blocks:
+        yield SPLITS[part], text, n_bytes
+
+
+def _prepare_stream(
+    cfg: DataConfig,
+    files: list[Path],
+    tok: Any,
+    writers: dict[str, ShardWriter],
+    documents: bool,
+    block_bytes: int,
     progress: bool,
     log: Callable[[str], None],
+    key: dict[str, Any],
+    resume: dict[str, Any] | None,
 ) -> dict[str, dict[str, int]]:
-    """Each document's ids, then the end-of-text token, into the split its text hashes to."""
+    """Text or documents through `pipeline`: tokenized in `data.workers` processes, written
+    to the shards, resumable."""
     from tqdm import tqdm
 
-    eot = [tok.special_tokens[cfg.eot]] if cfg.eot else []
-    counts = {s: {"bytes": 0, "tokens": 0, "scored_bytes": 0, "documents": 0} for s in SPLITS}
     stats = BadRecords()
-    for doc in tqdm(
-        iter_texts(cfg, files, stats), unit="doc", desc="tokenizing", disable=not progress
-    ):
-        split = "val" if is_validation(doc.text, cfg.val_fraction) else "train"
-        ids = tok.encode(doc.text) + eot  # a literal "<|endoftext|>" in a text stays text
-        np.asarray(ids, dtype=dtype).tofile(outs[split])
-        c = counts[split]
-        n_bytes = len(doc.text.encode("utf-8"))
-        if not c["tokens"]:
-            c["scored_bytes"] -= len(tok.token_bytes(ids[0]))  # the first token is not scored
-        c["bytes"] += n_bytes
-        c["scored_bytes"] += n_bytes
-        c["tokens"] += len(ids)
-        c["documents"] += 1
+    items: Iterator[tuple[str, str, int]] = _items(cfg, files, tok, documents, block_bytes, stats)
+    counts = resume["counts"] if resume else new_counts(documents)
+    done = resume["items"] if resume else 0
+    skipped = sum(n for _, _, n in itertools.islice(items, done))  # already in the shards
+    if documents:  # each document ends with the end-of-text token; a literal one stays text
+        eot, allowed = ([tok.special_tokens[cfg.eot]] if cfg.eot else []), "none"
+    else:  # a special token written in the text (e.g. <|endoftext|>) becomes its id
+        eot, allowed = [], "all"
+    workers = cfg.workers or os.cpu_count() or 1
+    total = sum(p.stat().st_size for p in files)
+    with tqdm(
+        total=total, initial=skipped, unit="B", unit_scale=True, desc="tokenizing",
+        disable=not progress,
+    ) as bar:  # fmt: skip
+        write_items(
+            encoded(items, tok, eot, allowed, workers), writers, counts,
+            lambda t: len(tok.token_bytes(t)), writers["train"].directory / "progress.json",
+            key, done, bar.update,
+        )  # fmt: skip
     if stats.count or stats.empty:
         log(f"note: {stats.summary()}")
-    for split, c in counts.items():
-        if not c["documents"]:
-            total = sum(x["documents"] for x in counts.values())
-            raise UserError(
-                f"data.input: none of its {total} documents fell in the {split} split (each "
-                f"is validation with probability data.val_fraction = {cfg.val_fraction}); use "
-                "more documents or another data.val_fraction"
-            )
+    if documents:
+        for split, c in counts.items():
+            if not c["documents"]:
+                total_docs = sum(x["documents"] for x in counts.values())
+                raise UserError(
+                    f"data.input: none of its {total_docs} documents fell in the {split} split "
+                    f"(each is validation with probability data.val_fraction = "
+                    f"{cfg.val_fraction}); use more documents or another data.val_fraction"
+                )
     return counts
 
 
 def _prepare_examples(
-    files: list[Path], tok: Any, outs: dict[str, BinaryIO], dtype: np.dtype, cfg: DataConfig
+    files: list[Path], tok: Any, writers: dict[str, ShardWriter], cfg: DataConfig
 ) -> dict[str, dict[str, int]]:
     lines: list[tuple[Path, int, str]] = []
     for p in files:
@@ -409,7 +442,7 @@ def _prepare_examples(
             n_bytes += len((line + "\n").encode("utf-8"))
             scored_bytes += len(answer.encode("utf-8"))
             scored_tokens += len(a_ids)
-        np.asarray(ids_all, dtype=dtype).tofile(outs[split])
+        writers[split].append(np.asarray(ids_all, dtype=np.uint32))
         np.save(Path(cfg.data_dir) / f"{split}.idx.npy", index)
         out[split] = {
             "bytes": n_bytes,
@@ -420,3 +453,27 @@ def _prepare_examples(
             "max_example_tokens": int(index[:, 2].max()),
         }
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llm_tiny prepare CONFIG [--section.key=value ...]`: prepare a run's data."""
+    import sys
+
+    from llm_tiny.config import load_config, split_overrides
+    from llm_tiny.errors import ArgumentParser, run_cli
+
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = ArgumentParser(
+        prog="llm_tiny prepare",
+        description="Train the tokenizer if needed and tokenize the input into shards, as "
+        "training would (it then finds them ready). Interrupted, it continues where it stopped.",
+    )
+    parser.add_argument("config", help="YAML run config, e.g. configs/tiny.yaml")
+    args = parser.parse_args(rest)
+
+    def run() -> int:
+        cfg = load_config(args.config, overrides)
+        prepare_data(cfg.run_data, progress=sys.stderr.isatty())
+        return 0
+
+    return run_cli(run, "llm_tiny prepare")

@@ -107,6 +107,15 @@ class ShardWriter:
             f = path.open("wb")
             f.write(header(self.dtype, 0))
             return f
+        # What was written after the recorded progress goes: later shards, and the open one's
+        # tail (it may even have been completed and renamed since).
+        index = self.current.index
+        for later in self.directory.glob(f"{self.split}_*.bin*"):
+            if int(later.name[len(self.split) + 1 :].split(".")[0]) > index:
+                later.unlink()
+        final = self.directory / shard_name(self.split, index)
+        if not path.is_file() and final.is_file():
+            os.replace(final, path)
         size = HEADER_BYTES + truncate_to * self.dtype.itemsize
         if not path.is_file() or path.stat().st_size < size:
             raise UserError(f"{path}: shorter than its recorded progress; prepare from scratch")
@@ -169,7 +178,11 @@ class TokenStream:
     def _map(self, i: int) -> np.ndarray:
         # A fresh read-only memmap per call: cheap, and it lets the OS drop pages between calls.
         return np.memmap(
-            self.paths[i], dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(int(self.counts[i]),)
+            self.paths[i],
+            dtype=self.dtype,
+            mode="r",
+            offset=HEADER_BYTES,
+            shape=(int(self.counts[i]),),
         )
 
     def __getitem__(self, s: slice) -> np.ndarray:
@@ -180,7 +193,10 @@ class TokenStream:
         for i in range(max(first, 0), len(self.paths)):
             if pos >= b:
                 break
-            lo, hi = pos - int(self.starts[i]), min(b, int(self.starts[i + 1])) - int(self.starts[i])
+            lo, hi = (
+                pos - int(self.starts[i]),
+                min(b, int(self.starts[i + 1])) - int(self.starts[i]),
+            )
             if hi > lo:
                 parts.append(np.array(self._map(i)[lo:hi]))
                 pos += hi - lo
