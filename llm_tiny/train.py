@@ -133,6 +133,7 @@ class Trainer:
         self.skipped = self.bad_in_row = 0
         self.meter = [0, 0.0]  # tokens and seconds of training since the last log line
         self.t0: float | None = None  # when this process's loop started
+        self.synced_elapsed = self.state.elapsed_s  # the ranks' mean, as of the last step
         self.batch = self.train_src.get_batch(self.state.step, self.first_micro)
 
         self.runner: nn.Module = self.model
@@ -175,13 +176,13 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
         norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip)
         # One small read from the device per step (plus one all-reduce with several ranks).
-        flags = torch.stack(
-            [loss_sum / A, norm.float(), torch.tensor(float(stop), device=rt.device)]
-        )
+        # The elapsed time is averaged too: every rank then schedules the same learning rate.
+        extra = torch.tensor([float(stop), self.elapsed()], device=rt.device)
+        flags = torch.cat([torch.stack([loss_sum / A, norm.float()]), extra])
         if rt.distributed:
             dist.all_reduce(flags)
-            flags[:2] /= rt.world_size
-        loss_v, norm_v, stop_v = flags.tolist()
+            flags[[0, 1, 3]] /= rt.world_size
+        loss_v, norm_v, stop_v, self.synced_elapsed = flags.tolist()
         # With float16 the GradScaler owns inf gradients (it skips the update and lowers the
         # scale); only a non-finite loss is ours to handle.
         finite = math.isfinite(loss_v) and (self.scaler.is_enabled() or math.isfinite(norm_v))
@@ -254,9 +255,10 @@ class Trainer:
         running = time.perf_counter() - self.t0 if self.t0 is not None else 0.0
         return self.state.elapsed_s + running
 
-    def schedule_position(self) -> float:
+    def schedule_position(self) -> int:
+        """Where a time budget puts the schedule (the same on every rank)."""
         t = self.cfg.train
-        return schedule_step(self.state.step, t.max_iters, self.elapsed(), t.max_seconds)
+        return schedule_step(self.state.step, t.max_iters, self.synced_elapsed, t.max_seconds)
 
     def skip(self, loss: float, norm: float, lr: float) -> None:
         """Count a skipped (non-finite) step; stop the run after `max_bad_steps` in a row."""
