@@ -129,3 +129,14 @@ def test_the_sampler_stops_at_the_end_of_text_token():
     assert eot_ids(tok, run, stop=False) == []
     ids = tok.encode("ROMEO: hi") + stops + tok.encode("never shown")
     assert text_of(tok, ids, stops) == "ROMEO: hi"
+
+
+def test_the_tokenizer_can_be_trained_on_a_sample(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in corpus_docs()))
+    whole = prepare_data(cfg(tmp_path / "a", [jsonl]), log=lambda _: None).tokenizer
+    sample = prepare_data(
+        cfg(tmp_path / "b", [jsonl], tokenizer_train_bytes=3000), log=lambda _: None
+    )
+    assert sample.tokenizer.vocab_size == whole.vocab_size == 300
+    assert sample.tokenizer.merges != whole.merges  # learnt from the first 3,000 bytes only

@@ -73,6 +73,21 @@ def test_train_options(trained):
     assert tok.pattern_name == "gpt2" and tok.vocab_size == 270
 
 
+def test_train_workers_and_max_bytes(trained):
+    proc = run(
+        "train", "--input", "corpus.txt", "--vocab-size", "300", "--workers", "2", "--max-bytes",
+        "3000", "--out", "sample/t.json", cwd=trained,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "trained on a sample of about 3000 bytes" in proc.stdout.decode()
+    tok = Tokenizer.load(trained / "sample" / "t.json")
+    expected = Tokenizer.train(trained / "corpus.txt", 300, max_bytes=3000, workers=1)
+    assert tok.merges == expected.merges
+    for flag in ("--workers", "--max-bytes"):
+        proc = run("train", "--input", "corpus.txt", "--vocab-size", "300", flag, "0", cwd=trained)
+        assert_one_line_error(proc, f"{flag[2:].replace('-', '_')} must be an integer >= 1, got 0")
+
+
 def test_encode_text_file_stdin_and_json(trained):
     tok = Tokenizer.load(trained / "tok" / "bpe.json")
     text = "Hello café 😀<|endoftext|>"

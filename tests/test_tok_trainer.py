@@ -1,10 +1,12 @@
-"""The BPE trainer: worked example, equality with the slow obvious algorithm, inputs."""
+"""The BPE trainer: worked example, equality with the slow obvious algorithm, inputs, parallel
+counting and sampling."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,19 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tok import trainer
 from tok.bpe import Tokenizer
-from tok.corpus import iter_inputs
+from tok.corpus import iter_inputs, iter_pieces, piece_text
 from tok.errors import TokenizerError
-from tok.patterns import GPT2_PATTERN, GPT4_PATTERN, resolve_pattern
-from tok.trainer import count_chunks, learn_merges, merge_pair, pair_counts
+from tok.patterns import GPT2_PATTERN, GPT4_PATTERN, next_safe_cut, resolve_pattern
+from tok.trainer import (
+    ascii_runs,
+    count_chunks,
+    count_pieces,
+    learn_merges,
+    merge_pair,
+    pair_counts,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "data" / "tiny.txt"
@@ -228,3 +238,105 @@ def test_custom_pattern_training_and_round_trip():
     # The pattern does not match punctuation: such characters become chunks of their own.
     text = "one, two! three?"
     assert tok.decode(tok.encode(text)) == text
+
+
+# Parallel counting and sampling (`tok.trainer.count_pieces`, `tok.corpus.iter_pieces`).
+
+MIXED = "".join(
+    f"Line {i}: naïve café {'日本語 ' * (i % 3 == 0)}x = {i * 37 % 101}\n    indented {i}!\n"
+    for i in range(400)
+)
+
+
+def test_parallel_counting_gives_the_same_file_as_one_worker(tmp_path, monkeypatch):
+    # Several files and texts, each cut into many pieces, counted in tasks of a few pieces:
+    # the pool is used, and the file is byte-identical to the one-worker file.
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"part{k}.txt")
+        paths[-1].write_text(MIXED[k * 9000 : (k + 1) * 9000 + 5000], encoding="utf-8")
+    inputs = [MIXED[:7000], paths[0], MIXED[20_000:], paths[1]]
+    monkeypatch.setattr("tok.trainer.TASK_BYTES", 3000)
+    pooled = []
+    real = trainer._count_in_pool
+    monkeypatch.setattr(trainer, "_count_in_pool", lambda *a: pooled.append(1) or real(*a))
+    files = {}
+    for workers in (1, 2):
+        tok = Tokenizer.train(inputs, 400, files=[paths[2]], workers=workers)
+        files[workers] = tok.save(tmp_path / f"w{workers}" / "bpe.json").read_bytes()
+    assert pooled == [1] and files[1] == files[2]
+
+
+def test_pieces_counted_in_a_pool_equal_the_whole_text(tmp_path):
+    f = tmp_path / "mixed.txt"
+    f.write_text(MIXED, encoding="utf-8")
+    for name in ("gpt2", "gpt4"):
+        pattern = resolve_pattern(name)
+        whole = Counter(regex.findall(pattern.source, MIXED))
+        for inputs in (f, MIXED):
+            pieces = list(iter_pieces(inputs, block_size=2000))
+            assert len(pieces) > 10
+            assert "".join(map(piece_text, pieces)) == MIXED
+            for workers in (1, 2):
+                counts = count_pieces(pieces, pattern, workers=workers, task_bytes=5000)
+                assert counts == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["a", "é", " ", "\n", "\t", "\x1c", ".", "日", "\r\n"])))
+def test_ascii_runs_cut_where_next_safe_cut_does(parts):
+    text = "".join(parts)
+    cuts, at = [], next_safe_cut(text, 1)
+    while at > 0:
+        cuts.append(at)
+        at = next_safe_cut(text, at)
+    assert [m.end() for m in trainer._SAFE_CUT.finditer(text)] == cuts
+    runs = list(ascii_runs(text, run=1))
+    assert "".join(runs) == text
+    kinds = [r.isascii() for r in runs]
+    assert all(x != y for x, y in pairwise(kinds))  # ASCII and not, in turn
+    ends = [len("".join(runs[: i + 1])) for i in range(len(runs) - 1)]
+    assert set(ends) <= set(cuts)
+    for name in ("gpt2", "gpt4"):
+        pattern = resolve_pattern(name)
+        assert count_chunks([text], pattern) == Counter(regex.findall(pattern.source, text))
+        split = Counter(c for r in runs for c in pattern.findall(r))
+        assert split == Counter(regex.findall(pattern.source, text))
+
+
+def test_max_bytes_takes_evenly_spaced_windows(tmp_path):
+    lines = [f"{word} {i}\n" for word in ("alpha", "bravo", "delta") for i in range(100)]
+    f = tmp_path / "three.txt"
+    f.write_text("".join(lines), encoding="utf-8")
+    pieces = list(iter_pieces(f, max_bytes=600, block_size=200))
+    assert pieces == list(iter_pieces(f, max_bytes=600, block_size=200))  # deterministic
+    texts = [piece_text(p) for p in pieces]
+    assert len(texts) == 3 and all(t.endswith("\n") for t in texts)
+    assert all(t in "".join(lines) for t in texts)
+    assert [t.split()[0] for t in texts] == ["alpha", "bravo", "delta"]
+    assert 500 <= sum(map(len, texts)) <= 700
+    # The same windows of the same text given as a str.
+    assert [
+        piece_text(p) for p in iter_pieces("".join(lines), max_bytes=600, block_size=200)
+    ] == texts
+    # A budget at least the size of the input takes it whole.
+    assert "".join(map(piece_text, iter_pieces(f, max_bytes=10**6))) == "".join(lines)
+
+
+def test_max_bytes_of_an_iterator_is_its_first_bytes():
+    docs = ["one two\nthree\n", "four five\nsix seven\neight\n", "nine\n"]
+    pieces = list(iter_pieces(iter(docs), max_bytes=20))
+    assert pieces == ["one two\nthree\n", "four five\n"]
+
+
+def test_training_on_a_sample_is_deterministic(tmp_path):
+    f = tmp_path / "mixed.txt"
+    f.write_text(MIXED, encoding="utf-8")
+    a = Tokenizer.train(f, 300, max_bytes=5000)
+    assert a.merges == Tokenizer.train(f, 300, max_bytes=5000, workers=2).merges
+    assert a.merges != Tokenizer.train(f, 300).merges
+    assert Tokenizer.train(f, 300, max_bytes=10**9).merges == Tokenizer.train(f, 300).merges
+    with pytest.raises(TokenizerError, match="max_bytes must be an integer >= 1, got 0"):
+        Tokenizer.train(f, 300, max_bytes=0)
+    with pytest.raises(TokenizerError, match="workers must be an integer >= 1, got 0"):
+        Tokenizer.train(f, 300, workers=0)

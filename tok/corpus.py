@@ -8,6 +8,10 @@ an invalid byte is reported with its file and its offset in that file. Several f
 as one text, split into consecutive parts (say train and validation) at safe cuts
 (`iter_split_blocks`).
 
+Training reads its inputs as *pieces* (`iter_pieces`): text blocks and byte ranges of files cut
+at the same safe points, each small enough to hand to a worker process, which reads a file's
+range itself (`piece_text`). With a byte budget, the pieces are an evenly spaced sample.
+
 Token ids are stored as `token_dtype(vocab_size)`: uint16 when every id fits, else uint32.
 """
 
@@ -17,6 +21,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate, pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tok.errors import TokenizerError
@@ -46,21 +51,30 @@ def iter_inputs(
     The rule: a plain ``str`` is text; a ``pathlib.Path`` (any ``os.PathLike``) is a file to
     read; an iterable may mix both; every entry of `files` is a path, ``str`` or not.
     """
+    for source in iter_sources(inputs, files):
+        if isinstance(source, str):
+            yield from iter_text_blocks(source, block_size=block_size)
+        else:
+            yield from iter_file_blocks(source, block_size=block_size)
+
+
+def iter_sources(
+    inputs: Inputs, files: Iterable[str | os.PathLike] = ()
+) -> Iterator[str | os.PathLike]:
+    """The texts (``str``) and files (``os.PathLike``) of `inputs` and `files`, in order, by
+    the rule of `iter_inputs` (a ``str`` entry of `files` comes out as a ``pathlib.Path``)."""
     if isinstance(inputs, (bytes, bytearray)):
         raise TypeError("training input must be str text or a path, not bytes")
     if inputs is None or isinstance(inputs, (str, os.PathLike)):
         inputs = () if inputs is None else [inputs]
     for item in inputs:
-        if isinstance(item, str):
-            yield from iter_text_blocks(item, block_size=block_size)
-        elif isinstance(item, os.PathLike):
-            yield from iter_file_blocks(item, block_size=block_size)
-        else:
+        if not isinstance(item, (str, os.PathLike)):
             raise TypeError(
                 f"training inputs must be str (text) or pathlib.Path (file), got {type(item)}"
             )
+        yield item
     for path in [files] if isinstance(files, (str, os.PathLike)) else files:
-        yield from iter_file_blocks(path, block_size=block_size)
+        yield Path(path) if isinstance(path, str) else path
 
 
 def iter_text_blocks(text: str, *, block_size: int = BLOCK_SIZE) -> Iterator[str]:
@@ -225,3 +239,119 @@ def read_utf8(path: str | os.PathLike, start: int = 0, end: int | None = None) -
         if start:  # a pipe (such as /dev/stdin) cannot seek, even to 0
             f.seek(start)
         return decode_utf8(f.read(-1 if end is None else end - start), path, start)
+
+
+# A piece of training text (`iter_pieces`): a text block, or the bytes ``[start, end)`` of the
+# file at a path. Pieces are what goes to worker processes: a file's range is read by the worker.
+Piece = str | tuple[str, int, int]
+
+SNAP_WINDOW = 1 << 16  # bytes searched for a safe cut when a sample window starts or ends
+
+
+def iter_pieces(
+    inputs: Inputs,
+    files: Iterable[str | os.PathLike] = (),
+    *,
+    max_bytes: int | None = None,
+    block_size: int = BLOCK_SIZE,
+) -> Iterator[Piece]:
+    """The text of `inputs` and `files` (the rule of `iter_inputs`) as pieces of about
+    `block_size` bytes (characters for texts) cut at safe newlines, in order; pieces never span
+    two inputs. Their chunks are exactly those of the whole text.
+
+    With `max_bytes`, a deterministic sample of about that many bytes: ``ceil(max_bytes /
+    block_size)`` equal windows at evenly spaced offsets of the inputs taken end to end, each
+    moved to the next safe cut (within `SNAP_WINDOW`, else to the next character) at both ends.
+    Evenly spaced, because a corpus is often made of sources laid one after the other, and its
+    beginning would stand for only the first of them. `inputs` that are an iterator (such as a
+    generator of documents) can only be read once, in order: their sample is the first
+    `max_bytes` instead. The whole text when it is no larger than `max_bytes`.
+    """
+    sources = iter_sources(inputs, files)
+    if max_bytes is None:
+        for source in sources:
+            yield from _source_pieces(source, _source_size(source), block_size)
+    elif isinstance(inputs, Iterator):
+        yield from _first_bytes(sources, max_bytes, block_size)
+    else:
+        yield from _spaced_windows(list(sources), max_bytes, block_size)
+
+
+def _first_bytes(
+    sources: Iterable[str | os.PathLike], max_bytes: int, block_size: int
+) -> Iterator[Piece]:
+    """The pieces of about the first `max_bytes` of `sources`, read once, in order."""
+    budget = max_bytes
+    for source in sources:
+        size = _source_size(source)
+        if size >= budget:
+            yield from _source_pieces(source, _snap(source, budget, size), block_size)
+            return
+        yield from _source_pieces(source, size, block_size)
+        budget -= size
+
+
+def _spaced_windows(
+    sources: list[str | os.PathLike], max_bytes: int, block_size: int
+) -> Iterator[Piece]:
+    """``ceil(max_bytes / block_size)`` windows of ``max_bytes / count`` at evenly spaced
+    offsets of `sources` taken end to end, moved to safe cuts (all of it if it is smaller)."""
+    sizes = [_source_size(s) for s in sources]
+    total = sum(sizes)
+    if total <= max_bytes:
+        for source, size in zip(sources, sizes):
+            yield from _source_pieces(source, size, block_size)
+        return
+    count = -(-max_bytes // block_size)
+    windows = [(w * total // count, w * total // count + max_bytes // count) for w in range(count)]
+    for source, size, base in zip(sources, sizes, accumulate(sizes, initial=0)):
+        done = 0  # the end of the last window taken: moved windows must not overlap
+        for a, b in windows:
+            a, b = max(a - base, 0), min(b - base, size)
+            if a >= b:
+                continue
+            a = max(_snap(source, a, size), done)
+            b = _snap(source, b, size)
+            if b > a:
+                yield source[a:b] if isinstance(source, str) else (os.fspath(source), a, b)
+                done = b
+
+
+def piece_text(piece: Piece) -> str:
+    """The text of a piece from `iter_pieces` (reading the file's range for a file piece)."""
+    return piece if isinstance(piece, str) else read_utf8(*piece)
+
+
+def piece_size(piece: Piece) -> int:
+    """The size of a piece: characters of a text block, bytes of a file range."""
+    return len(piece) if isinstance(piece, str) else piece[2] - piece[1]
+
+
+def _source_size(source: str | os.PathLike) -> int:
+    return len(source) if isinstance(source, str) else file_size(source)
+
+
+def _source_pieces(source: str | os.PathLike, end: int, block_size: int) -> Iterator[Piece]:
+    """The pieces of the first `end` characters or bytes of a text or file (`end` at a cut)."""
+    if isinstance(source, str):
+        yield from iter_text_blocks(source[:end] if end < len(source) else source,
+                                    block_size=block_size)  # fmt: skip
+        return
+    path = os.fspath(source)
+    for a, b in plan_segments(path, end, -(-end // block_size)):
+        yield path, a, b
+
+
+def _snap(source: str | os.PathLike, offset: int, size: int) -> int:
+    """The first safe cut just after a newline after `offset` (searched within `SNAP_WINDOW`)
+    in a text or file of `size`, else the first character boundary at or after `offset`."""
+    if offset <= 0 or offset >= size:
+        return min(max(offset, 0), size)
+    if isinstance(source, str):
+        at = next_safe_cut(source[offset : offset + SNAP_WINDOW], 1)
+        return offset + at if at > 0 else offset
+    with open_input(source) as f:
+        f.seek(offset)
+        data = f.read(SNAP_WINDOW)
+    at = safe_cut_in_bytes(data, 1)
+    return offset + (at if at > 0 else char_boundary(data, 0))

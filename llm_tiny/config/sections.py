@@ -91,6 +91,7 @@ class DataConfig:
     eot: str | None = "<|endoftext|>"  # special token ending every document; null: none
     shard_tokens: int = 100_000_000  # tokens per shard file (DATA_DIR/train_000000.bin, ...)
     workers: int | None = None  # processes that tokenize; null: one per CPU core
+    tokenizer_train_bytes: int | None = None  # train the tokenizer on a sample this big; null: all
     kind: DataKind = "text"  # text: one token stream | examples: one example per line, masked loss
     answer_sep: str = "="  # examples: loss only on the tokens after this separator
 
@@ -283,6 +284,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(d.shard_tokens >= 1, f"data.shard_tokens must be >= 1, got {d.shard_tokens}")
     check(
         d.workers is None or d.workers >= 1, f"data.workers must be >= 1 or null, got {d.workers}"
+    )
+    check(
+        d.tokenizer_train_bytes is None or d.tokenizer_train_bytes >= 1,
+        f"data.tokenizer_train_bytes must be >= 1 or null, got {d.tokenizer_train_bytes}",
     )
 
     check(o.lr > 0 and math.isfinite(o.lr), f"optim.lr must be > 0, got {o.lr}")

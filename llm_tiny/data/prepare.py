@@ -139,6 +139,8 @@ def load_or_train_tokenizer(
         pattern=cfg.pattern,
         special_tokens=specials,
         progress=progress,
+        workers=cfg.workers,
+        max_bytes=cfg.tokenizer_train_bytes,
     )
     if tok.vocab_size != cfg.vocab_size:
         # Training stops early when no pair is left to merge. Saving the smaller tokenizer

@@ -2,6 +2,7 @@
 
     python -m tok.bpe train --input data/tiny.txt --vocab-size 512 [--pattern gpt4]
                             [--special '<|endoftext|>'] [--out tok/bpe.json]
+                            [--workers N] [--max-bytes N]
     python -m tok.bpe encode --tokenizer tok/bpe.json --text "Hello" [--json]
     python -m tok.bpe decode --tokenizer tok/bpe.json --ids "72 101 108"
     python -m tok.bpe info --tokenizer tok/bpe.json
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--min-frequency", type=int, default=1, metavar="K")
     t.add_argument("--out", default=DEFAULT_PATH, help=f"tokenizer file (default {DEFAULT_PATH})")
     t.add_argument("--progress", action="store_true", help="show a progress bar")
+    t.add_argument(
+        "--workers", type=int, metavar="N", help="processes counting the text (default: all CPUs)"
+    )
+    t.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help="train on an evenly spaced sample of about N bytes of the input (default: all)",
+    )
     t.set_defaults(run=_train)
 
     e = sub.add_parser("encode", help="print the token ids of a text")
@@ -102,13 +112,17 @@ def _train(args) -> None:
         special_tokens=args.special,
         min_frequency=args.min_frequency,
         progress=args.progress,
+        workers=args.workers,
+        max_bytes=args.max_bytes,
     )
     seconds = time.perf_counter() - start
     out = tok.save(args.out)
-    n_tokens = sum(len(tok.encode_file(f)) for f in args.input)
+    n_tokens = sum(len(tok.encode_file(f, workers=args.workers)) for f in args.input)
+    sampled = args.max_bytes is not None and args.max_bytes < n_bytes
+    sample = f" on a sample of about {args.max_bytes} bytes" if sampled else ""
     print(
         f"vocab size {tok.vocab_size} (256 bytes + {len(tok.merges)} merges + "
-        f"{len(tok.special_tokens)} special tokens), trained in {seconds:.2f} s"
+        f"{len(tok.special_tokens)} special tokens), trained{sample} in {seconds:.2f} s"
     )
     if tok.vocab_size < args.vocab_size:
         print(
@@ -116,7 +130,8 @@ def _train(args) -> None:
             f"{args.min_frequency} times or more"
         )
     ratio = n_bytes / n_tokens if n_tokens else float("nan")
-    print(f"compression {ratio:.3f} bytes per token on the training text ({n_bytes} bytes)")
+    text = "the input files" if sampled else "the training text"
+    print(f"compression {ratio:.3f} bytes per token on {text} ({n_bytes} bytes)")
     print(f"saved {out} and {out.with_suffix('.vocab')}")
 
 

@@ -17,11 +17,18 @@ from tok.bpe.encoder import CachedEncoder
 from tok.bpe.fast_path import tiktoken_encoding
 from tok.bpe.specials import AllowedSpecial, allowed_specials, check_specials, special_regex
 from tok.bpe.workers import encode_segments
-from tok.corpus import Inputs, file_size, iter_file_blocks, iter_inputs, plan_segments, token_dtype
+from tok.corpus import (
+    Inputs,
+    file_size,
+    iter_file_blocks,
+    iter_pieces,
+    plan_segments,
+    token_dtype,
+)
 from tok.errors import TokenizerError, is_int
 from tok.patterns import DEFAULT_PATTERN, SplitPattern, resolve_pattern
 from tok.serialize import DEFAULT_PATH
-from tok.trainer import count_chunks, learn_merges
+from tok.trainer import count_pieces, learn_merges
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,6 +92,8 @@ class Tokenizer:
         min_frequency: int = 1,
         progress: bool = False,
         fast: bool | None = None,
+        workers: int | None = None,
+        max_bytes: int | None = None,
     ) -> Tokenizer:
         """Train a tokenizer of `vocab_size` tokens (256 bytes + merges + `special_tokens`).
 
@@ -93,10 +102,17 @@ class Tokenizer:
         from one to the next); every entry of `files` is a file path, ``str`` or not. Files are
         UTF-8 and read in blocks: memory grows with the number of distinct chunks.
 
+        The chunks are counted in `workers` processes (default: one per CPU) once the text
+        exceeds `tok.trainer.TASK_BYTES`; workers read their own ranges of the files. With
+        `max_bytes`, training reads a deterministic sample of about that many bytes: evenly
+        spaced windows of the inputs, or the first `max_bytes` of an iterator of texts (see
+        `tok.corpus.iter_pieces`).
+
         Training stops before `vocab_size` when no pair occurs `min_frequency` times (or at
         all): check ``tokenizer.vocab_size``. ``vocab_size=256`` gives a pure byte-level
         tokenizer (no merges). `special_tokens` get the ids after the merges, in order. The
-        result is deterministic (see `tok.trainer` for the tie-break).
+        result is deterministic, the same file whatever `workers` (see `tok.trainer` for the
+        tie-break).
         """
         if not is_int(vocab_size):
             raise TokenizerError(f"vocab size must be an integer, got {vocab_size!r}")
@@ -111,8 +127,14 @@ class Tokenizer:
             raise TokenizerError(f"min_frequency must be an integer >= 1, got {min_frequency!r}")
         if inputs is None and not files:
             raise TokenizerError("no training text: give a text, a file path or files=[...]")
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        if not is_int(workers) or workers < 1:
+            raise TokenizerError(f"workers must be an integer >= 1, got {workers!r}")
+        if max_bytes is not None and (not is_int(max_bytes) or max_bytes < 1):
+            raise TokenizerError(f"max_bytes must be an integer >= 1, got {max_bytes!r}")
         split = resolve_pattern(pattern)
-        counts = count_chunks(iter_inputs(inputs, files), split)
+        pieces = iter_pieces(inputs, files, max_bytes=max_bytes)
+        counts = count_pieces(pieces, split, workers=workers, progress=progress)
         merges = learn_merges(
             counts, vocab_size - smallest, min_frequency=min_frequency, progress=progress
         )
