@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         results = []
         for job in jobs:
+            if "data_dir" in job:  # an earlier run's shards would make `prepare` a no-op
+                shutil.rmtree(job["data_dir"], ignore_errors=True)
             r = {**job, **run_variant(job)}
             r["mb_per_s"] = r["bytes"] / 2**20 / r["seconds"]
             results.append(r)
