@@ -139,3 +139,17 @@ def test_non_utf8_input_to_the_tokenizer_benchmark(tmp_path):
     assert (
         proc.stderr.strip() == f"bench_tokenizer.py: error: --input {bad}: not UTF-8 text (byte 3)"
     )
+
+
+def test_bench_data_compares_the_encoder_and_prepare_with_1_and_2_workers(tmp_path):
+    out = tmp_path / "data.jsonl"
+    proc = bench(
+        "bench_data.py", "--size-mb", "0.5", "--vocab-size", "300", "--tokenizer-mb", "0.2",
+        "--workers", "1", "2", "--work-dir", str(tmp_path / "work"), "--json-out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json_lines(proc.stdout)
+    assert [r["variant"] for r in rows] == ["encode", "prepare w1", "prepare w2"]
+    assert rows[1]["tokens"] == rows[2]["tokens"] > 0  # the same shards whatever the workers
+    assert all(r["mb_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
+    assert json_lines(out.read_text()) == rows
