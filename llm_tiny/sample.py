@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llm_tiny.config import sampling_problem
+from llm_tiny.config import SAMPLING_RULES, sampling_problem
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 
@@ -126,23 +126,14 @@ def _sample(args) -> int:
     device = resolve_device(args.device)
     model, tokenizer, cfg, _ = load_model(args.ckpt, device)
     s = cfg.sample
-    temperature = s.temperature if args.temperature is None else args.temperature
-    top_k = s.top_k if args.top_k is None else args.top_k
-    top_p = s.top_p if args.top_p is None else args.top_p
-    max_new = s.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
-    num_samples = s.num_samples if args.num_samples is None else args.num_samples
-    seed = s.seed if args.seed is None else args.seed
-    penalty = s.repetition_penalty if args.repetition_penalty is None else args.repetition_penalty
-    ngram = s.no_repeat_ngram if args.no_repeat_ngram is None else args.no_repeat_ngram
+    # Each flag left out takes the run's `sample` value (the flags are named after its fields).
+    v = {
+        k: getattr(s, k) if getattr(args, k) is None else getattr(args, k)
+        for k in (*SAMPLING_RULES, "seed")
+    }
+    num_samples, max_new = v["num_samples"], v["max_new_tokens"]
     problem = sampling_problem(
-        lambda k: "--" + k.replace("_", "-"),
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        max_new_tokens=max_new,
-        num_samples=num_samples,
-        repetition_penalty=penalty,
-        no_repeat_ngram=ngram,
+        lambda k: "--" + k.replace("_", "-"), **{k: v[k] for k in SAMPLING_RULES}
     )
     if problem is not None:
         raise UserError(problem)
@@ -156,10 +147,10 @@ def _sample(args) -> int:
     prompt = read_prompt(args.prompt, args.prompt_file, s.prompt)
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(v["seed"])
     stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
-    repeats = {"repetition_penalty": penalty, "no_repeat_ngram": ngram, "stop_tokens": stops}
-    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "generator": generator}
+    repeats = {k: v[k] for k in ("repetition_penalty", "no_repeat_ngram")} | {"stop_tokens": stops}
+    options = {k: v[k] for k in ("temperature", "top_k", "top_p")} | {"generator": generator}
     options.update(repeats)
 
     out = sys.stdout

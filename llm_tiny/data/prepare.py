@@ -333,8 +333,12 @@ def is_validation(text: str, val_fraction: float) -> bool:
     number in [0, 1), falls below `val_fraction`. Streaming needs no document count; the same
     text always lands in the same split (duplicates never straddle it); about `val_fraction`
     of the documents are chosen, whatever their order."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < val_fraction
+    return _hashes_below(text.encode("utf-8", "surrogatepass"), val_fraction)
+
+
+def _hashes_below(raw: bytes, fraction: float) -> bool:
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
 def _items(
@@ -348,8 +352,8 @@ def _items(
     """The stream to tokenize: documents, or blocks of the one text (see the module doc)."""
     if documents:
         for doc in iter_texts(cfg, files, stats):
-            split = "val" if is_validation(doc.text, cfg.val_fraction) else "train"
-            yield split, doc.text, len(doc.text.encode("utf-8"))
+            raw = doc.text.encode("utf-8")  # once: for the split and the byte count
+            yield ("val" if _hashes_below(raw, cfg.val_fraction) else "train"), doc.text, len(raw)
         return
     total = sum(p.stat().st_size for p in files)
     split_at = math.floor(total * (1.0 - cfg.val_fraction))
