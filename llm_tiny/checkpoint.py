@@ -43,9 +43,10 @@ from llm_tiny.config import (
     config_from_dict,
     config_to_dict,
 )
-from llm_tiny.errors import UserError, first_line
+from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
+from tok.errors import first_line
 
 FORMAT = "llm_tiny.checkpoint"
 VERSION = 1

@@ -34,13 +34,6 @@ def run_cli(main: Callable[[], int | None], prog: str = "llm_tiny") -> int:
         return 130
 
 
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message (its type if it has none), cut to `limit`."""
-    text = str(e).strip().splitlines()
-    line = text[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: `prog: error: MESSAGE (see --help)`, exit status 2."""
 

@@ -31,7 +31,8 @@ import torch.distributed as dist
 from torch import nn
 
 from llm_tiny.config import TrainConfig
-from llm_tiny.errors import UserError, first_line
+from llm_tiny.errors import UserError
+from tok.errors import first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -150,7 +150,7 @@ def test_token_dtype_widens_past_uint16():
 
 def test_bad_inputs_are_one_line_user_errors(tmp_path, tokenizer_file):
     missing = tmp_path / "nope.txt"
-    with pytest.raises(UserError, match=r"nope.txt not found"):
+    with pytest.raises(TokenizerError, match=r"nope.txt not found"):
         prepare_data(data_cfg(tmp_path, tokenizer_file, [missing]), log=quiet)
     empty = tmp_path / "empty.txt"
     empty.write_text("")

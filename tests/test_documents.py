@@ -16,6 +16,7 @@ from llm_tiny.data.prepare import is_validation
 from llm_tiny.errors import UserError
 from llm_tiny.sample import eot_ids, text_of
 from tok.bpe import Tokenizer
+from tok.errors import TokenizerError
 
 EOT = "<|endoftext|>"
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "tiny.txt"
@@ -106,7 +107,7 @@ def test_bad_records_stop_with_their_place_or_are_counted_and_skipped(tmp_path):
     lines = [json.dumps({"text": d}) for d in corpus_docs()]
     lines[3] = "{not json"
     jsonl.write_text("\n".join(lines) + "\n")
-    with pytest.raises(UserError, match=r"d.jsonl:4: not JSON .*data.on_bad_record: skip"):
+    with pytest.raises(TokenizerError, match=r"d.jsonl:4: not JSON .*data.on_bad_record: skip"):
         prepare_data(cfg(tmp_path / "a", [jsonl]), log=lambda _: None)
     notes: list[str] = []
     data = prepare_data(cfg(tmp_path / "b", [jsonl], on_bad_record="skip"), log=notes.append)

@@ -88,6 +88,45 @@ def test_train_workers_and_max_bytes(trained):
         assert_one_line_error(proc, f"{flag[2:].replace('-', '_')} must be an integer >= 1, got 0")
 
 
+def test_train_reads_folders_jsonl_and_parquet_as_documents(tmp_path):
+    """The same inputs as a run config's `data.input`: a folder of text, JSONL, Parquet; the
+    merges are those of the library trained on the same documents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines = CORPUS.splitlines(keepends=True)
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "a.txt").write_bytes("".join(lines[:50]).encode("utf-8"))
+    (tmp_path / "src" / "sub" / "b.md").write_bytes("".join(lines[50:100]).encode("utf-8"))
+    records = [json.dumps({"body": line}) for line in lines[100:150]]
+    (tmp_path / "c.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"body": lines[150:]}), tmp_path / "d.parquet")
+    proc = run(
+        "train", "--input", "src", "c.jsonl", "d.parquet", "--text-field", "body",
+        "--vocab-size", "290", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    documents = ["".join(lines[:50]), "".join(lines[50:100]), *lines[100:]]
+    expected = Tokenizer.train(documents, 290)
+    assert Tokenizer.load(tmp_path / "tok" / "bpe.json").merges == expected.merges
+    assert "bytes per token on the training text" in proc.stdout.decode()
+
+    (tmp_path / "bad.jsonl").write_text('{"body": "fine"}\nnot json\n', encoding="utf-8")
+    bad = ("train", "--input", "bad.jsonl", "--text-field", "body", "--vocab-size", "260")
+    assert_one_line_error(run(*bad, cwd=tmp_path), "bad.jsonl:2: not JSON", "--on-bad-record skip")
+    proc = run(*bad, "--on-bad-record", "skip", "--out", "skip.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert_one_line_error(
+        run("train", "--input", "d.parquet", "--vocab-size", "260", cwd=tmp_path),
+        "no column 'text'",
+        "set --text-field",
+    )
+    assert_one_line_error(
+        run("train", "--input", "*.rst", "--vocab-size", "260", cwd=tmp_path),
+        "--input: no files match *.rst",
+    )
+
+
 def test_encode_text_file_stdin_and_json(trained):
     tok = Tokenizer.load(trained / "tok" / "bpe.json")
     text = "Hello café 😀<|endoftext|>"

@@ -46,9 +46,9 @@ import numpy as np
 from llm_tiny.config import DataConfig
 from llm_tiny.data.pipeline import encoded, new_counts, write_items
 from llm_tiny.data.shards import ShardWriter, TokenStream, read_header
-from llm_tiny.data.sources import BadRecords, Document, expand_inputs, file_format, iter_documents
 from llm_tiny.errors import UserError
 from tok.corpus import decode_utf8, iter_split_blocks, token_dtype
+from tok.sources import BadRecords, Document, expand_inputs, file_format, iter_documents
 
 META_FORMAT = "llm_tiny.data"
 META_VERSION = 2  # 2: token shards with headers (1: one headerless .bin per split)

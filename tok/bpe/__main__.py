@@ -1,8 +1,9 @@
 """The tokenizer's command line, ``python -m tok.bpe``.
 
-    python -m tok.bpe train --input data/tiny.txt --vocab-size 512 [--pattern gpt4]
+    python -m tok.bpe train --input PATH... --vocab-size 512 [--pattern gpt4]
                             [--special '<|endoftext|>'] [--out tok/bpe.json]
-                            [--workers N] [--max-bytes N]
+                            [--workers N] [--max-bytes N] [--text-field text]
+                            [--doc-separator STR] [--on-bad-record error|skip]
     python -m tok.bpe encode --tokenizer tok/bpe.json --text "Hello" [--json]
     python -m tok.bpe decode --tokenizer tok/bpe.json --ids "72 101 108"
     python -m tok.bpe info --tokenizer tok/bpe.json
@@ -23,6 +24,7 @@ from tok.bpe.tokenizer import Tokenizer
 from tok.corpus import decode_utf8, file_size, read_utf8
 from tok.errors import EXIT_USAGE, ArgumentParser, TokenizerError, is_int
 from tok.serialize import DEFAULT_PATH, render_token
+from tok.sources import ON_BAD_RECORD, TOKENIZER_CLI, expand_inputs, file_format, iter_documents
 
 PROG = "python -m tok.bpe"
 
@@ -43,8 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Byte-level BPE tokenizer: train, encode, decode.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    t = sub.add_parser("train", help="train a tokenizer on text files")
-    t.add_argument("--input", nargs="+", required=True, metavar="FILE", help="UTF-8 text files")
+    t = sub.add_parser("train", help="train a tokenizer on text files, folders, JSONL or Parquet")
+    t.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="files, folders (recursive) or glob patterns: text, .jsonl, .parquet, .gz, .zst",
+    )
+    t.add_argument("--text-field", default="text", help="JSONL field / Parquet column (text)")
+    t.add_argument(
+        "--doc-separator", metavar="STR", help="split plain text files into documents at STR"
+    )
+    t.add_argument(
+        "--on-bad-record",
+        default="error",
+        choices=ON_BAD_RECORD,
+        help="a bad JSONL line or Parquet row: stop (default) or count and skip",
+    )
     t.add_argument("--vocab-size", type=int, required=True, metavar="N")
     t.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 (default) or a regex")
     t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens")
@@ -100,14 +118,20 @@ def _load(args) -> Tokenizer:
 
 
 def _train(args) -> None:
-    n_bytes = sum(map(file_size, args.input))  # a missing file fails before any work
+    files = expand_inputs(args.input, TOKENIZER_CLI)  # a missing file fails before any work
+    n_bytes = sum(map(file_size, files))
     if n_bytes == 0:
         raise TokenizerError(f"{', '.join(args.input)}: empty; there is no text to train on")
+    # Plain text files are read in ranges by the counting workers; anything else (JSONL,
+    # Parquet, compressed, or split at a separator) is streamed as documents.
+    plain = args.doc_separator is None and all(
+        file_format(f)[0] in ("text", None) and not file_format(f)[1] for f in files
+    )
     start = time.perf_counter()
     tok = Tokenizer.train(
-        None,
+        None if plain else (d.text for d in _documents(args, files)),
         args.vocab_size,
-        files=args.input,
+        files=files if plain else (),
         pattern=args.pattern,
         special_tokens=args.special,
         min_frequency=args.min_frequency,
@@ -117,7 +141,10 @@ def _train(args) -> None:
     )
     seconds = time.perf_counter() - start
     out = tok.save(args.out)
-    n_tokens = sum(len(tok.encode_file(f, workers=args.workers)) for f in args.input)
+    if plain:
+        n_tokens = sum(len(tok.encode_file(f, workers=args.workers)) for f in files)
+    else:
+        n_tokens = sum(len(tok.encode(d.text)) for d in _documents(args, files))
     sampled = args.max_bytes is not None and args.max_bytes < n_bytes
     sample = f" on a sample of about {args.max_bytes} bytes" if sampled else ""
     print(
@@ -133,6 +160,16 @@ def _train(args) -> None:
     text = "the input files" if sampled else "the training text"
     print(f"compression {ratio:.3f} bytes per token on {text} ({n_bytes} bytes)")
     print(f"saved {out} and {out.with_suffix('.vocab')}")
+
+
+def _documents(args, files):
+    return iter_documents(
+        files,
+        text_field=args.text_field,
+        doc_separator=args.doc_separator,
+        on_bad_record=args.on_bad_record,
+        names=TOKENIZER_CLI,
+    )
 
 
 def _read_input(path: str | None) -> str:

@@ -23,7 +23,7 @@ time; Parquet compresses inside, so `.parquet.gz` is refused. Text and JSONL may
 be compressed with gzip (`.gz`) or zstd (`.zst`), decompressed as a stream.
 
 **Bad records** (a line that is not JSON, a missing, null or non-string text, bytes that are
-not UTF-8) are counted in `BadRecords` and either raise a one-line `UserError` naming the first
+not UTF-8) are counted in `BadRecords` and either raise a one-line `TokenizerError` naming the first
 (``on_bad_record="error"``) or are skipped (``"skip"``). Empty documents (empty or whitespace
 only) carry no tokens: they are counted apart and skipped. Rows count from 0 (as in pyarrow and
 pandas), lines from 1 (as in editors).
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from llm_tiny.errors import UserError, first_line
+from tok.errors import TokenizerError, first_line
 
 # fmt: off
 TEXT_EXTENSIONS = frozenset({
@@ -60,6 +60,24 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 ON_BAD_RECORD = ("error", "skip")
 _CHUNK = 1 << 20  # bytes read at a time when splitting a text file by its separator
 _BATCH = 1024  # Parquet rows turned into Python strings at a time
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """How the options are spelled in error messages: the run config's keys by default,
+    `TOKENIZER_CLI` for ``python -m tok.bpe train``."""
+
+    input: str = "data.input"
+    text_field: str = "data.text_field"
+    on_bad_record: str = "data.on_bad_record"
+    doc_separator: str = "data.doc_separator"
+    skip: str = "data.on_bad_record: skip"
+
+
+CONFIG_NAMES = OptionNames()
+TOKENIZER_CLI = OptionNames(
+    "--input", "--text-field", "--on-bad-record", "--doc-separator", "--on-bad-record skip"
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +139,7 @@ def _walk(folder: Path) -> list[Path]:
     return sorted(p for p in found if file_format(p)[0])
 
 
-def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+def expand_inputs(patterns: Sequence[str], names: OptionNames = CONFIG_NAMES) -> list[Path]:
     """The files that `data.input` names, in order (see the module doc).
 
     With ``docs/b.md``, ``docs/a.txt``, ``docs/.hidden.txt`` and ``docs/img.png``:
@@ -130,7 +148,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
     [PosixPath('docs/a.txt'), PosixPath('docs/b.md')]
     """
     if not patterns:
-        raise UserError("data.input: no input given")
+        raise TokenizerError(f"{names.input}: no input given")
     files: list[Path] = []
     seen: set[Path] = set()
     for entry in map(str, patterns):
@@ -139,15 +157,15 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
         elif any(c in entry for c in "*?["):
             matches = sorted(map(Path, glob.glob(entry, recursive=True)))
             if not matches:
-                raise UserError(f"data.input: no files match {entry}")
+                raise TokenizerError(f"{names.input}: no files match {entry}")
         else:
-            raise UserError(f"data.input: {entry} not found")
+            raise TokenizerError(f"{names.input}: {entry} not found")
         found = []
         for p in matches:
             found += _walk(p) if p.is_dir() else [p]
         if not found:
-            raise UserError(
-                f"data.input: no text, JSONL or Parquet files in {entry} "
+            raise TokenizerError(
+                f"{names.input}: no text, JSONL or Parquet files in {entry} "
                 "(hidden names and unknown extensions are skipped)"
             )
         for p in sorted(found):
@@ -165,7 +183,7 @@ def _require(module: str, package: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(
+        raise TokenizerError(
             f"reading {what} files needs {package}: pip install {package} "
             "(or pip install 'llm_tiny[data]')"
         ) from None
@@ -174,7 +192,7 @@ def _require(module: str, package: str, what: str):
 @contextmanager
 def _open(path: Path, compression: str | None) -> Iterator[BinaryIO]:
     """`path` opened for binary reading, decompressed as a stream; read errors (an unreadable
-    file, a corrupt or truncated stream) become one-line UserErrors."""
+    file, a corrupt or truncated stream) become one-line TokenizerErrors."""
     errors: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error)
     if compression == "zstd":
         zstd = _require("zstandard", "zstandard", ".zst")
@@ -192,9 +210,9 @@ def _open(path: Path, compression: str | None) -> Iterator[BinaryIO]:
                 yield f
     except errors as e:
         if getattr(e, "strerror", None):  # the OS refused (permission, I/O), not corruption
-            raise UserError(f"{path}: cannot read ({e.strerror})") from None
+            raise TokenizerError(f"{path}: cannot read ({e.strerror})") from None
         what = f"{compression} data" if compression else "file"
-        raise UserError(f"{path}: corrupt or truncated {what} ({first_line(e)})") from None
+        raise TokenizerError(f"{path}: corrupt or truncated {what} ({first_line(e)})") from None
 
 
 def _split_stream(chunks: Iterable[bytes], sep: bytes) -> Iterator[tuple[int, int, bytes]]:
@@ -276,7 +294,7 @@ def _check_text(
     return value, None
 
 
-def _parquet_records(path: Path, text_field: str):
+def _parquet_records(path: Path, text_field: str, names: OptionNames):
     """``(source, text or None, why)`` for each row of a Parquet file, one row group at a time
     (never the whole file: a row group is what Parquet writers size to fit in memory)."""
     pa = _require("pyarrow", "pyarrow", ".parquet")
@@ -284,19 +302,20 @@ def _parquet_records(path: Path, text_field: str):
     errors = (pa.ArrowException, OSError)
     try:
         pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
+        columns = pf.schema_arrow.names
     except errors as e:
-        raise UserError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
-    if text_field not in names:
-        raise UserError(
-            f"{path}: no column {text_field!r} (columns: {', '.join(names)}); set data.text_field"
+        raise TokenizerError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
+    if text_field not in columns:
+        raise TokenizerError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(columns)}); "
+            f"set {names.text_field}"
         )
     row = 0
     for group in range(pf.num_row_groups):
         try:
             table = pf.read_row_group(group, columns=[text_field])
         except errors as e:
-            raise UserError(
+            raise TokenizerError(
                 f"{path}: corrupt Parquet row group {group} ({first_line(e)})"
             ) from None
         for batch in table.to_batches(max_chunksize=_BATCH):
@@ -312,28 +331,35 @@ def iter_documents(
     doc_separator: str | None = None,
     on_bad_record: str = "error",
     stats: BadRecords | None = None,
+    names: OptionNames = CONFIG_NAMES,
 ) -> Iterator[Document]:
     """The documents of the files in `paths`, in order, streamed (see the module doc).
 
     Bad records and empty documents are counted in `stats` (pass one to read the counts).
-    No document at all in the input is a UserError.
+    No document at all in the input is a TokenizerError.
 
     >>> [d.source for d in iter_documents(["a.txt", "b.jsonl"])]  # b.jsonl: two records
     ['a.txt', 'b.jsonl:1', 'b.jsonl:2']
     """
     if on_bad_record not in ON_BAD_RECORD:
-        raise UserError(f"data.on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
+        raise TokenizerError(
+            f"{names.on_bad_record} must be one of {ON_BAD_RECORD}, not {on_bad_record!r}"
+        )
     if doc_separator == "":
-        raise UserError("data.doc_separator must not be empty (leave it unset for one per file)")
+        raise TokenizerError(
+            f"{names.doc_separator} must not be empty (leave it unset for one per file)"
+        )
     stats = BadRecords() if stats is None else stats
     paths = [Path(p) for p in paths]
     yielded = 0
     for path in paths:
         kind, compression = file_format(path)
         if kind == "parquet" and compression:
-            raise UserError(f"{path}: compressed Parquet is not supported (it compresses inside)")
+            raise TokenizerError(
+                f"{path}: compressed Parquet is not supported (it compresses inside)"
+            )
         if kind == "parquet":
-            records = _parquet_records(path, text_field)
+            records = _parquet_records(path, text_field, names)
         elif kind == "jsonl":
             records = _jsonl_records(path, compression, text_field)
         else:  # text, and files named explicitly whatever their extension
@@ -342,9 +368,7 @@ def iter_documents(
             if why is not None:
                 stats.add(source, why)
                 if on_bad_record == "error":
-                    raise UserError(
-                        f"{source}: {why}; set data.on_bad_record: skip to skip such records"
-                    )
+                    raise TokenizerError(f"{source}: {why}; set {names.skip} to skip such records")
             elif not text or text.isspace():
                 stats.empty += 1
             else:
@@ -352,6 +376,6 @@ def iter_documents(
                 yield Document(text, source)
     if not yielded:
         more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-        names = ", ".join(map(str, paths[:3])) + more
+        listed = ", ".join(map(str, paths[:3])) + more
         skipped = f" ({stats.summary()})" if stats.count or stats.empty else ""
-        raise UserError(f"data.input: no documents in {names}{skipped}")
+        raise TokenizerError(f"{names.input}: no documents in {listed}{skipped}")

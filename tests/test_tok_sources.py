@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from llm_tiny.data import sources
-from llm_tiny.data.sources import BadRecords, Document, expand_inputs, iter_documents
-from llm_tiny.errors import UserError
+from tok import sources
+from tok.errors import TokenizerError
+from tok.sources import BadRecords, Document, expand_inputs, iter_documents
 
 
 def write(path: Path, data: str | bytes) -> Path:
@@ -89,15 +89,15 @@ def test_globs(tree):
 
 
 def test_missing_inputs_are_user_errors(tree):
-    with pytest.raises(UserError, match=r"data.input: nope.txt not found"):
+    with pytest.raises(TokenizerError, match=r"data.input: nope.txt not found"):
         expand_inputs(["nope.txt"])
-    with pytest.raises(UserError, match=r"no files match corpus/\*\.rst"):
+    with pytest.raises(TokenizerError, match=r"no files match corpus/\*\.rst"):
         expand_inputs(["corpus/*.rst"])
     write(tree / "images/a.png", "x")
     write(tree / "images/.b.txt", "x")
-    with pytest.raises(UserError, match="no text, JSONL or Parquet files in images"):
+    with pytest.raises(TokenizerError, match="no text, JSONL or Parquet files in images"):
         expand_inputs(["images"])
-    with pytest.raises(UserError, match="no input given"):
+    with pytest.raises(TokenizerError, match="no input given"):
         expand_inputs([])
 
 
@@ -133,7 +133,7 @@ def test_not_utf8_text_is_a_bad_record(tmp_path):
     good = write(tmp_path / "good.txt", "fine")
     bad = write(tmp_path / "bad.txt", b"ok \xff here")
     with pytest.raises(
-        UserError,
+        TokenizerError,
         match=r"bad.txt: not UTF-8 text \(invalid byte at offset 3\); set data.on_bad_record: skip",
     ):
         docs([good, bad])
@@ -143,7 +143,9 @@ def test_not_utf8_text_is_a_bad_record(tmp_path):
         f"{bad}: not UTF-8 text (invalid byte at offset 3)"
     ]
     sep = write(tmp_path / "sep.txt", b"one\n--\ntw\xffo\n--\nthree")
-    with pytest.raises(UserError, match=r"sep.txt:2: not UTF-8 text \(invalid byte at offset 9\)"):
+    with pytest.raises(
+        TokenizerError, match=r"sep.txt:2: not UTF-8 text \(invalid byte at offset 9\)"
+    ):
         docs([sep], doc_separator="--")
 
 
@@ -171,7 +173,7 @@ BAD_LINES = [
 @pytest.mark.parametrize(("line", "why"), BAD_LINES)
 def test_a_bad_jsonl_line_names_file_and_line(tmp_path, line, why):
     path = write(tmp_path / "a.jsonl", b'{"text": "ok"}\n' + line + b"\n")
-    with pytest.raises(UserError) as e:
+    with pytest.raises(TokenizerError) as e:
         docs([path])
     assert str(e.value).startswith(f"{path}:2: {why}")
     assert str(e.value).endswith("set data.on_bad_record: skip to skip such records")
@@ -207,13 +209,13 @@ def test_gzip_and_zstd_text_and_jsonl(tmp_path):
 
 def test_corrupt_or_truncated_streams(tmp_path):
     not_gz = write(tmp_path / "a.txt.gz", "plain text, not gzip")
-    with pytest.raises(UserError, match=r"a.txt.gz: corrupt or truncated gzip data"):
+    with pytest.raises(TokenizerError, match=r"a.txt.gz: corrupt or truncated gzip data"):
         docs([not_gz])
     cut = write(tmp_path / "b.jsonl.gz", gzip.compress(jsonl({"text": "x" * 1000}).encode())[:-12])
-    with pytest.raises(UserError, match=r"b.jsonl.gz: corrupt or truncated gzip data"):
+    with pytest.raises(TokenizerError, match=r"b.jsonl.gz: corrupt or truncated gzip data"):
         docs([cut])
     bad_zst = write(tmp_path / "c.txt.zst", b"\x00" * 64)
-    with pytest.raises(UserError, match=r"c.txt.zst: corrupt or truncated zstd data"):
+    with pytest.raises(TokenizerError, match=r"c.txt.zst: corrupt or truncated zstd data"):
         docs([bad_zst])
 
 
@@ -221,7 +223,7 @@ def test_a_missing_optional_library_says_what_to_install(tmp_path, monkeypatch):
     path = write(tmp_path / "a.txt.zst", zstandard.ZstdCompressor().compress(b"x"))
     monkeypatch.setitem(sys.modules, "zstandard", None)  # makes `import zstandard` fail
     with pytest.raises(
-        UserError, match=r"pip install zstandard \(or pip install 'llm_tiny\[data\]'\)"
+        TokenizerError, match=r"pip install zstandard \(or pip install 'llm_tiny\[data\]'\)"
     ):
         docs([path])
 
@@ -268,7 +270,7 @@ def test_parquet_nulls_and_binary_text(tmp_path):
         f"{path}:row 2: not UTF-8 (invalid byte at offset 0)",
     ]
     with pytest.raises(
-        UserError, match=r"a.parquet:row 1: no 'body' value; set data.on_bad_record"
+        TokenizerError, match=r"a.parquet:row 1: no 'body' value; set data.on_bad_record"
     ):
         docs([path], text_field="body")
 
@@ -276,15 +278,15 @@ def test_parquet_nulls_and_binary_text(tmp_path):
 def test_parquet_without_the_column_or_corrupt(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", {"id": [1], "content": ["x"]})
     with pytest.raises(
-        UserError,
+        TokenizerError,
         match=r"a.parquet: no column 'text' \(columns: id, content\); set data.text_field",
     ):
         docs([path])
     corrupt = write(tmp_path / "b.parquet", b"PAR1 not really")
-    with pytest.raises(UserError, match=r"b.parquet: not a readable Parquet file"):
+    with pytest.raises(TokenizerError, match=r"b.parquet: not a readable Parquet file"):
         docs([corrupt])
     gz = write(tmp_path / "c.parquet.gz", gzip.compress(path.read_bytes()))
-    with pytest.raises(UserError, match="compressed Parquet is not supported"):
+    with pytest.raises(TokenizerError, match="compressed Parquet is not supported"):
         docs([gz])
 
 
@@ -304,7 +306,8 @@ def test_no_documents_at_all_is_a_user_error(tmp_path):
     a = write(tmp_path / "a.txt", "\n")
     b = write(tmp_path / "b.jsonl", "\n\n")
     with pytest.raises(
-        UserError, match=r"data.input: no documents in .*a.txt, .*b.jsonl \(1 empty document\)$"
+        TokenizerError,
+        match=r"data.input: no documents in .*a.txt, .*b.jsonl \(1 empty document\)$",
     ):
         docs([a, b])
 
@@ -312,10 +315,10 @@ def test_no_documents_at_all_is_a_user_error(tmp_path):
 def test_unreadable_input_and_bad_options(tmp_path):
     folder = tmp_path / "dir.txt"
     folder.mkdir()
-    with pytest.raises(UserError, match=r"dir.txt: cannot read \(Is a directory\)"):
+    with pytest.raises(TokenizerError, match=r"dir.txt: cannot read \(Is a directory\)"):
         docs([folder])
     a = write(tmp_path / "a.txt", "x")
-    with pytest.raises(UserError, match=r"data.on_bad_record must be one of"):
+    with pytest.raises(TokenizerError, match=r"data.on_bad_record must be one of"):
         docs([a], on_bad_record="ignore")
-    with pytest.raises(UserError, match=r"data.doc_separator must not be empty"):
+    with pytest.raises(TokenizerError, match=r"data.doc_separator must not be empty"):
         docs([a], doc_separator="")
