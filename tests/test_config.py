@@ -133,6 +133,11 @@ def test_override_helper_revalidates():
         ("train:\n  device: tpu\n", [], "train.device must be one of auto | cpu | cuda | mps"),
         ("data:\n  vocab_size: 100\n", [], "data.vocab_size must be >= 256"),
         ("data:\n  val_fraction: 1.5\n", [], "data.val_fraction must be in (0, 1)"),
+        (
+            "data:\n  kind: examples\n  val_input: [v.txt]\n",
+            [],
+            "data.val_input is for text data",
+        ),
         ("sample:\n  top_p: 0\n", [], "sample.top_p must be in (0, 1]"),
         ("model:\n  n_embd: 6\n  n_head: 2\n  pos_emb: rope\n", [], "rope needs an even head size"),
         ("model: 3\n", [], "section model must be a mapping"),

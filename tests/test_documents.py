@@ -77,6 +77,29 @@ def test_a_folder_of_mixed_formats_becomes_documents_split_by_document(tmp_path)
     assert meta["documents"]["eot"] == EOT
 
 
+def test_val_input_gives_the_validation_documents_and_trains_the_tokenizer_without_them(tmp_path):
+    docs = corpus_docs()
+    train_file, val_file = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    train_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:45]))
+    val_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[45:]))
+    c = cfg(tmp_path, [train_file], val_input=(str(val_file),))
+    data = prepare_data(c, log=lambda _: None)
+    tok = data.tokenizer
+    eot = tok.special_tokens[EOT]
+    assert list(map(tok.decode, split_docs(data, "train", eot))) == docs[:45]
+    assert list(map(tok.decode, split_docs(data, "val", eot))) == docs[45:]
+    only_train = Tokenizer.train(docs[:45], 300, special_tokens=[EOT])
+    assert tok.merges == only_train.merges
+    assert data.meta["val_inputs"] == [{"path": str(val_file), "bytes": val_file.stat().st_size}]
+    assert prepare_data(c, log=print).meta == data.meta  # cached: nothing to do
+    # A changed validation file is noticed.
+    val_file.write_text(json.dumps({"text": docs[-1]}) + "\n")
+    again = prepare_data(c, log=lambda _: None)
+    assert list(map(tok.decode, split_docs(again, "val", eot))) == [docs[-1]]
+    with pytest.raises(TokenizerError, match=r"data.val_input: nope.jsonl not found"):
+        prepare_data(cfg(tmp_path, [train_file], val_input=("nope.jsonl",)), log=print)
+
+
 def test_validation_is_chosen_by_content_about_val_fraction_of_documents():
     texts = [f"document number {i}" for i in range(4000)]
     share = sum(is_validation(t, 0.1) for t in texts) / len(texts)

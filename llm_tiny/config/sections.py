@@ -84,6 +84,8 @@ class DataConfig:
     special_tokens: tuple[str, ...] = ()
     data_dir: str | None = None  # train.bin / val.bin / meta.json; default OUT_DIR/data
     val_fraction: float = 0.1  # the last fraction of the text (or of the documents) is validation
+    # Validation from its own files instead (every document of them; val_fraction unused):
+    val_input: tuple[str, ...] = ()
     # Documents (folders, globs, JSONL, Parquet, compressed files, or doc_separator set):
     text_field: str = "text"  # JSONL field / Parquet column holding the text
     doc_separator: str | None = None  # split plain text files into documents at this string
@@ -281,6 +283,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         d.doc_separator != "", "data.doc_separator must not be empty (null: one document per file)"
     )
     check(d.eot != "", "data.eot must not be empty (null: no end-of-text token)")
+    check(
+        not (d.val_input and d.kind == "examples"),
+        "data.val_input is for text data; with data.kind: examples the validation examples are "
+        "the last data.val_fraction of the lines",
+    )
     check(d.shard_tokens >= 1, f"data.shard_tokens must be >= 1, got {d.shard_tokens}")
     check(
         d.workers is None or d.workers >= 1, f"data.workers must be >= 1 or null, got {d.workers}"

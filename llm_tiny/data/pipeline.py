@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_tiny.data.shards import ShardWriter
+from llm_tiny.data.shards import SPLITS, ShardWriter
 
 TASK_BYTES = 1 << 20  # text per task sent to a worker: big enough to amortise the pickling
 Item = tuple[str, str, int]  # (split, text, bytes of text)
@@ -84,7 +84,7 @@ def encoded(
 
 def new_counts(documents: bool) -> dict[str, dict[str, int]]:
     counts = {"bytes": 0, "tokens": 0, "scored_bytes": 0}
-    return {s: {**counts, **({"documents": 0} if documents else {})} for s in ("train", "val")}
+    return {s: {**counts, **({"documents": 0} if documents else {})} for s in SPLITS}
 
 
 def write_items(

@@ -13,7 +13,8 @@ runs it on its own.
 
 **Documents** (folders, globs, JSON Lines, Parquet, compressed files, or `data.doc_separator`):
 each document ends with the end-of-text token `data.eot`, and a document is validation when a
-hash of its text falls below `data.val_fraction` (`is_validation`).
+hash of its text falls below `data.val_fraction` (`is_validation`), or, with `data.val_input`,
+when it comes from those files (then the tokenizer is trained on `data.input` alone).
 
 **Text** (data.kind `text`): the last `val_fraction` of the bytes is the validation split, cut
 just after the first cut-safe newline at or after that point. Inputs stream through in blocks of
@@ -24,13 +25,12 @@ the whole text at once (a test checks this).
 **Examples** (data.kind `examples`): each non-empty line is one example such as `Max(3,7,5)=7`.
 The prompt (up to and including the first `answer_sep`) and the answer (the rest of the line
 plus its newline) are tokenized separately, so the boundary is always a token boundary and a
-sampler can feed exactly the prompt tokens; `{split}.idx.npy` holds each example's start,
-prompt length and total length in tokens. The last `val_fraction` of the lines are
-validation. Examples are read into memory (they are small).
+sampler can feed exactly the prompt tokens (`examples`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -44,34 +44,44 @@ from typing import Any
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.examples import prepare_examples
 from llm_tiny.data.pipeline import encoded, new_counts, write_items
-from llm_tiny.data.shards import ShardWriter, TokenStream, read_header
+from llm_tiny.data.shards import SPLITS, ShardWriter, TokenStream, read_header
 from llm_tiny.errors import UserError
-from tok.corpus import decode_utf8, iter_split_blocks, token_dtype
-from tok.sources import BadRecords, Document, expand_inputs, file_format, iter_documents
+from tok.corpus import iter_split_blocks, token_dtype
+from tok.sources import (
+    CONFIG_NAMES,
+    BadRecords,
+    Document,
+    expand_inputs,
+    file_format,
+    iter_documents,
+)
 
 META_FORMAT = "llm_tiny.data"
 META_VERSION = 2  # 2: token shards with headers (1: one headerless .bin per split)
 BLOCK_BYTES = 4 << 20  # bytes of text tokenized at a time
 _HASH_CHUNK = 1 << 20
-SPLITS = ("train", "val")
 
 
 # ----------------------------------------------------------------------------- input files
 
 
-def check_inputs(paths: tuple[str, ...] | list[str]) -> list[Path]:
+def check_inputs(paths: tuple[str, ...] | list[str], key: str = "data.input") -> list[Path]:
     """The input files (`sources.expand_inputs`); a missing or (all) empty input is a UserError."""
-    files = expand_inputs(paths)
+    files = expand_inputs(paths, dataclasses.replace(CONFIG_NAMES, input=key))
     if sum(p.stat().st_size for p in files) == 0:
         names = ", ".join(map(str, files))
-        raise UserError(f"data.input: {names} {'is' if len(files) == 1 else 'are'} empty")
+        raise UserError(f"{key}: {names} {'is' if len(files) == 1 else 'are'} empty")
     return files
 
 
 def as_documents(cfg: DataConfig, files: list[Path]) -> bool:
     """Whether the input is read as documents (each ending with `cfg.eot`, validation by
-    document) rather than as one text: anything but plain text files named one by one."""
+    document) rather than as one text: anything but plain text files named one by one, or
+    any input when the validation documents come from `data.val_input`."""
+    if cfg.val_input:
+        return True
     named = all(Path(p).is_file() for p in cfg.input) and len(files) == len(cfg.input)
     plain = all(file_format(p)[0] in ("text", None) and not file_format(p)[1] for p in files)
     return cfg.kind == "text" and not (named and plain and cfg.doc_separator is None)
@@ -158,12 +168,6 @@ def load_or_train_tokenizer(
     return tok
 
 
-def _encode(tok: Any, text: str) -> list[int]:
-    # A registered special token written in the corpus (e.g. <|endoftext|> between documents)
-    # becomes its id; without special tokens this is plain encoding.
-    return tok.encode(text, allowed_special="all")
-
-
 # ----------------------------------------------------------------------------- prepare
 
 
@@ -243,6 +247,7 @@ def prepare_data(
     if cfg.tokenizer is None or cfg.data_dir is None:
         raise ValueError("the data paths are not resolved: pass RunConfig.run_data")  # a bug
     files = check_inputs(cfg.input)
+    val_files = check_inputs(cfg.val_input, "data.val_input") if cfg.val_input else []
     documents = as_documents(cfg, files)
     tok = load_or_train_tokenizer(cfg, files, progress, log, documents)
     data_dir = Path(cfg.data_dir)
@@ -257,6 +262,8 @@ def prepare_data(
     }
     if cfg.kind == "examples":
         key["answer_sep"] = cfg.answer_sep
+    if val_files:
+        key["val_input_sha256"] = hash_inputs(val_files)
     if documents:
         key["documents"] = {
             k: getattr(cfg, k) for k in ("text_field", "doc_separator", "on_bad_record", "eot")
@@ -287,11 +294,12 @@ def prepare_data(
     }
     try:
         if cfg.kind == "examples":
-            splits = _prepare_examples(files, tok, writers, cfg)
+            splits = prepare_examples(files, tok, writers, cfg)
         else:
             splits = _prepare_stream(
-                cfg, files, tok, writers, documents, block_bytes, progress, log, key, resume
-            )
+                cfg, files, val_files, tok, writers, documents, block_bytes, progress, log, key,
+                resume,
+            )  # fmt: skip
     except BaseException as e:
         for w in writers.values():
             w.abort()
@@ -305,6 +313,7 @@ def prepare_data(
     meta = {
         **key,
         "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in files],
+        "val_inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in val_files],
         "tokenizer": str(cfg.tokenizer),
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
@@ -344,12 +353,18 @@ def _hashes_below(raw: bytes, fraction: float) -> bool:
 def _items(
     cfg: DataConfig,
     files: list[Path],
+    val_files: list[Path],
     tok: Any,
     documents: bool,
     block_bytes: int,
     stats: BadRecords,
 ) -> Iterator[tuple[str, str, int]]:
     """The stream to tokenize: documents, or blocks of the one text (see the module doc)."""
+    if val_files:  # the split is the file the document came from
+        for split, paths in (("train", files), ("val", val_files)):
+            for doc in iter_texts(cfg, paths, stats):
+                yield split, doc.text, len(doc.text.encode("utf-8"))
+        return
     if documents:
         for doc in iter_texts(cfg, files, stats):
             raw = doc.text.encode("utf-8")  # once: for the split and the byte count
@@ -369,6 +384,7 @@ def _items(
 def _prepare_stream(
     cfg: DataConfig,
     files: list[Path],
+    val_files: list[Path],
     tok: Any,
     writers: dict[str, ShardWriter],
     documents: bool,
@@ -383,7 +399,9 @@ def _prepare_stream(
     from tqdm import tqdm
 
     stats = BadRecords()
-    items: Iterator[tuple[str, str, int]] = _items(cfg, files, tok, documents, block_bytes, stats)
+    items: Iterator[tuple[str, str, int]] = _items(
+        cfg, files, val_files, tok, documents, block_bytes, stats
+    )
     counts = resume["counts"] if resume else new_counts(documents)
     done = resume["items"] if resume else 0
     skipped = sum(n for _, _, n in itertools.islice(items, done))  # already in the shards
@@ -392,7 +410,7 @@ def _prepare_stream(
     else:  # a special token written in the text (e.g. <|endoftext|>) becomes its id
         eot, allowed = [], "all"
     workers = cfg.workers or os.cpu_count() or 1
-    total = sum(p.stat().st_size for p in files)
+    total = sum(p.stat().st_size for p in files + val_files)
     with tqdm(
         total=total, initial=skipped, unit="B", unit_scale=True, desc="tokenizing",
         disable=not progress,
@@ -406,7 +424,7 @@ def _prepare_stream(
         log(f"note: {stats.summary()}")
     if documents:
         for split, c in counts.items():
-            if not c["documents"]:
+            if not c["documents"] and not val_files:
                 total_docs = sum(x["documents"] for x in counts.values())
                 raise UserError(
                     f"data.input: none of its {total_docs} documents fell in the {split} split "
@@ -414,51 +432,6 @@ def _prepare_stream(
                     f"{cfg.val_fraction}); use more documents or another data.val_fraction"
                 )
     return counts
-
-
-def _prepare_examples(
-    files: list[Path], tok: Any, writers: dict[str, ShardWriter], cfg: DataConfig
-) -> dict[str, dict[str, int]]:
-    lines: list[tuple[Path, int, str]] = []
-    for p in files:
-        text = decode_utf8(p.read_bytes(), p, 0)
-        lines += [(p, i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
-    n_val = max(1, round(len(lines) * cfg.val_fraction))
-    if len(lines) - n_val < 1:
-        raise UserError(
-            f"data.input has {len(lines)} example line(s); need at least 2 to have both a "
-            "train and a validation split"
-        )
-    sep = cfg.answer_sep
-    out: dict[str, dict[str, int]] = {}
-    for split, chunk in zip(SPLITS, (lines[:-n_val], lines[-n_val:])):
-        ids_all: list[int] = []
-        index = np.zeros((len(chunk), 3), dtype=np.int64)  # start, prompt tokens, total tokens
-        n_bytes = scored_bytes = scored_tokens = 0
-        for row, (path, lineno, line) in enumerate(chunk):
-            cut = line.find(sep)
-            if cut < 0:
-                raise UserError(f"{path}:{lineno}: no answer separator {sep!r} in {line[:60]!r}")
-            prompt, answer = line[: cut + len(sep)], line[cut + len(sep) :] + "\n"
-            p_ids, a_ids = _encode(tok, prompt), _encode(tok, answer)
-            if not p_ids or not a_ids:
-                raise UserError(f"{path}:{lineno}: empty prompt in {line[:60]!r}")
-            index[row] = (len(ids_all), len(p_ids), len(p_ids) + len(a_ids))
-            ids_all += p_ids + a_ids
-            n_bytes += len((line + "\n").encode("utf-8"))
-            scored_bytes += len(answer.encode("utf-8"))
-            scored_tokens += len(a_ids)
-        writers[split].append(np.asarray(ids_all, dtype=np.uint32))
-        np.save(Path(cfg.data_dir) / f"{split}.idx.npy", index)
-        out[split] = {
-            "bytes": n_bytes,
-            "tokens": len(ids_all),
-            "examples": len(chunk),
-            "scored_bytes": scored_bytes,
-            "scored_tokens": scored_tokens,
-            "max_example_tokens": int(index[:, 2].max()),
-        }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ MAGIC = 0x6C6C6D5F74696E79  # "llm_tiny" in ASCII
 VERSION = 1
 HEADER_INTS = 128  # 1 KiB
 HEADER_BYTES = HEADER_INTS * 8
+SPLITS = ("train", "val")  # the shard sets of a data directory: train_000000.bin, val_...
 
 
 def shard_name(split: str, index: int) -> str:
