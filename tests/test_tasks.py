@@ -13,10 +13,14 @@ from llm_tiny.errors import UserError
 from llm_tiny.tasks import (
     OPERATIONS,
     confusion,
+    depth,
+    evaluate,
+    example_depth,
     generate_examples,
     make_example,
     ordinal,
     parse_example,
+    parse_expr,
     predict,
     read_examples,
     score,
@@ -56,6 +60,45 @@ def test_generator_is_seeded_distinct_and_in_range():
     assert ops == set(OPERATIONS)
     wide = generate_examples(500, 99, seed=0)
     assert max(max(parse_example(line)[1]) for line in wide) > 9
+
+
+def reference_value(text: str) -> int:
+    """The value of an expression by Python itself: the operations as functions of *args."""
+    env = {
+        "First": lambda *a: a[0],
+        "Second": lambda *a: a[1],
+        "Last": lambda *a: a[-1],
+        "Max": lambda *a: max(a),
+        "Min": lambda *a: min(a),
+    }
+    return eval(text, {"__builtins__": {}}, env)  # our own generated text, never user input
+
+
+def test_nested_examples_from_the_issue_and_their_depths():
+    line = "Max(First(2,8),Second(5,1))=2"  # the issue wrote =5; Max(2, 1) is 2
+    assert parse_example(line) == ("Max", [2, 1], "2")
+    assert evaluate(parse_expr("Max(First(2,8),Second(5,1))")) == 2  # Max(2, 1)
+    assert example_depth("Max(3,7)=7") == 1 and example_depth("Last(3,Min(7,Max(4,1)))=4") == 3
+    for bad in ("Max(First(2,8)", "Max()", "Max(3)", "Foo(1,2)", "Max(1,2)x", "3"):
+        with pytest.raises(ValueError):
+            parse_expr(bad)
+
+
+def test_nested_generator_answers_are_right_depths_mixed_and_lines_short():
+    lines = generate_examples(3000, 9, seed=3, max_depth=2)
+    assert lines == generate_examples(3000, 9, seed=3, max_depth=2)
+    assert len(set(lines)) == len(lines)
+    depths = [example_depth(line) for line in lines]
+    # Half are drawn at each depth; repeats of the 5,500 distinct depth-1 lines are dropped.
+    assert set(depths) == {1, 2} and 0.4 < depths.count(2) / len(depths) < 0.7
+    for line in lines:
+        head, answer = line.split("=")
+        assert int(answer) == reference_value(head) == evaluate(parse_expr(head))
+        assert depth(parse_expr(head)) <= 2 and len(line) <= 51
+    deep = generate_examples(200, 99, seed=0, max_depth=3)
+    assert max(map(example_depth, deep)) == 3
+    result = score(lines[:4], [line.split("=")[1] for line in lines[:4]])
+    assert sum(r["n"] for r in result["per_depth"].values()) == 4 and result["accuracy"] == 1
 
 
 def test_splits_do_not_overlap():
@@ -122,6 +165,10 @@ def test_cli_writes_disjoint_splits(tmp_path):
     files = {name: (tmp_path / "d" / f"{name}.txt").read_text().splitlines() for name in SPLITS}
     assert sum(len(v) for v in files.values()) == 500
     assert not set(files["train"]) & set(files["test"])
+    result = cli("digits", "--out", str(tmp_path / "n"), "--n", "300", "--depth", "2")
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "n" / "train.txt").read_text().splitlines()
+    assert {example_depth(line) for line in lines} == {1, 2}
 
 
 SPLITS = ("train", "val", "test")
@@ -133,6 +180,7 @@ SPLITS = ("train", "val", "test")
         ("digits", "--range", "7"),
         ("digits", "--n", "3"),
         ("digits", "--n", "999999999"),
+        ("digits", "--depth", "0"),
         ("eval", "--ckpt", "nowhere", "--data", "nowhere.txt"),
         ("frobnicate",),
     ],
