@@ -1,4 +1,4 @@
-"""The metrics log of a run: `out_dir/metrics.csv`, and TensorBoard if asked for.
+"""The logs of a run: `out_dir/metrics.csv`, TensorBoard if asked for, and `dynamics.csv`.
 
 One row per step at which something was measured, with the columns in `COLUMNS`; a cell is
 empty when its value was not measured at that step (validation only runs every
@@ -8,6 +8,10 @@ a crash loses no logged row.
 
 On resume, rows past the resumed step (logged after the checkpoint the run restarts from) are
 dropped first, so the file never holds two rows for one step.
+
+`dynamics.csv` (with `train.log_dynamics: true`) holds one row per weight matrix per logged
+step, `DYNAMICS_COLUMNS`: its norm and the update-to-weight ratio of that step
+(`llm_tiny.dynamics`); `read_dynamics` is its one reader, for `viz training`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ COLUMNS = (
     "tokens_per_s",
     "elapsed_s",
 )
+DYNAMICS_COLUMNS = ("step", "param", "weight_norm", "update_ratio")
 
 
 def _cell(value: Any) -> str:
@@ -70,20 +75,55 @@ def final_metrics(rows: list[dict[str, float | None]]) -> dict[str, float]:
     }
 
 
-def _truncate_after(path: Path, step: int) -> None:
+def read_dynamics(path: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """The rows of a dynamics.csv by parameter: name -> [(step, weight_norm, update_ratio)],
+    in file order (the model's order, input to output)."""
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            point = (int(row["step"]), float(row["weight_norm"]), float(row["update_ratio"]))
+            out.setdefault(row["param"], []).append(point)
+    return out
+
+
+def _truncate_after(path: Path, step: int, columns: tuple[str, ...]) -> None:
     """Keep the header and the rows with `step <= step` (rewritten atomically)."""
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         rows = [r for r in reader if r and float(r[0]) <= step]
-    if header != list(COLUMNS):
+    if header != list(columns):
         raise UserError(f"{path}: unexpected columns {header}; move the file away to resume")
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+class CsvFile:
+    """A CSV file of `columns` that rows are appended to, each flushed as it is written.
+    `resume_step=None` starts a new file; an int keeps the existing rows up to that step."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], resume_step: int | None) -> None:
+        self.path, self.columns = path, columns
+        resuming = resume_step is not None and path.exists()
+        if resuming:
+            _truncate_after(path, resume_step, columns)
+        self._file = path.open("a" if resuming else "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        if not resuming:
+            self._writer.writerow(columns)
+            self._file.flush()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self._writer.writerows([_cell(r.get(c)) for c in self.columns] for r in rows)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
 
 
 def tensorboard_available() -> bool:
@@ -105,15 +145,7 @@ class MetricsLog:
         self, out_dir: str | Path, resume_step: int | None = None, tensorboard: bool = False
     ) -> None:
         self.path = Path(out_dir) / "metrics.csv"
-        if resume_step is not None and self.path.exists():
-            _truncate_after(self.path, resume_step)
-            self._file = self.path.open("a", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
-        else:
-            self._file = self.path.open("w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._file)
-            self._writer.writerow(COLUMNS)
-            self._file.flush()
+        self._csv = CsvFile(self.path, COLUMNS, resume_step)
         self._tb = None
         if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
@@ -125,17 +157,14 @@ class MetricsLog:
         unknown = set(values) - set(COLUMNS)
         if unknown:
             raise KeyError(f"unknown metrics columns: {sorted(unknown)}")
-        row = {"step": step, **values}
-        self._writer.writerow([_cell(row.get(c)) for c in COLUMNS])
-        self._file.flush()
+        self._csv.write([{"step": step, **values}])
         if self._tb is not None:
             for name, value in values.items():
                 if isinstance(value, float) and math.isfinite(value) and name != "elapsed_s":
                     self._tb.add_scalar(name, value, step)
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        self._csv.close()
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -157,6 +186,7 @@ class RunLog:
         self._print = print_fn
         self._bar: Any = None
         self._metrics: MetricsLog | None = None
+        self._dynamics: CsvFile | None = None
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
@@ -177,9 +207,25 @@ class RunLog:
             self._bar.update(1)
             self._bar.set_postfix_str(postfix, refresh=False)
 
-    def open_metrics(self, out_dir: str | Path, resume_step: int | None, tensorboard: bool) -> None:
+    def open_metrics(
+        self,
+        out_dir: str | Path,
+        resume_step: int | None,
+        tensorboard: bool,
+        dynamics: bool = False,
+    ) -> None:
         if self.enabled:
             self._metrics = MetricsLog(out_dir, resume_step=resume_step, tensorboard=tensorboard)
+            if dynamics:
+                path = Path(out_dir) / "dynamics.csv"
+                self._dynamics = CsvFile(path, DYNAMICS_COLUMNS, resume_step)
+
+    def dynamics(self, step: int, rows: list[tuple[str, float, float]]) -> None:
+        """Rows of (param, weight_norm, update_ratio) for `step`, when dynamics.csv is open."""
+        if self._dynamics is not None:
+            self._dynamics.write(
+                [dict(zip(DYNAMICS_COLUMNS, (step, *r), strict=True)) for r in rows]
+            )
 
     def row(self, step: int, **values: Any) -> None:
         if self._metrics is not None:
@@ -199,3 +245,5 @@ class RunLog:
                 self._bar = None
             if self._metrics is not None:
                 self._metrics.close()
+            if self._dynamics is not None:
+                self._dynamics.close()

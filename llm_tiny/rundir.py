@@ -74,7 +74,12 @@ def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
         if stale:  # train.overwrite is on (`resume_path` refused otherwise)
             out(f"note: starting a new run in {out_dir}; its old {' and '.join(stale)} go")
             (out_dir / "best.pt").unlink(missing_ok=True)
-    out.open_metrics(out_dir, resume_step=resumed_at, tensorboard=cfg.train.tensorboard)
+    out.open_metrics(
+        out_dir,
+        resume_step=resumed_at,
+        tensorboard=cfg.train.tensorboard,
+        dynamics=cfg.train.log_dynamics,
+    )
 
 
 def run_files(out_dir: str | Path) -> list[Path]:

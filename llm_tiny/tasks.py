@@ -168,6 +168,7 @@ def generate_examples(n: int, max_value: int, seed: int, max_depth: int = 1) -> 
             if line not in seen:
                 seen.add(line)
                 out.append(line)
+        rng.shuffle(out)  # the depth-1 lines run out early: spread them over the splits
         return out
     capacity = len(OPERATIONS) * sum((max_value + 1) ** k for k in range(MIN_ARGS, MAX_ARGS + 1))
     if n > capacity:

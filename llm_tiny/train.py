@@ -56,6 +56,7 @@ from llm_tiny.checkpoint import (
 )
 from llm_tiny.config import RunConfig, load_config, split_overrides
 from llm_tiny.data import PreparedData, open_split, prepare_data
+from llm_tiny.dynamics import measure, snapshot
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 from llm_tiny.evaluate import evaluate_split
 from llm_tiny.metrics import RunLog
@@ -208,10 +209,14 @@ class Trainer:
                 started = time.perf_counter()
                 lr = lr_for(self.cfg.optim, t.max_iters, s.step, self.schedule_position())
                 over_time = t.max_seconds is not None and self.elapsed() > t.max_seconds
+                watch = t.log_dynamics and (s.step + 1) % t.log_interval == 0
+                before = snapshot(self.model) if watch else None
                 loss, norm, finite, stop_all = self.optimizer_step(
                     lr, stopper.signum is not None or over_time
                 )
                 s.step += 1
+                if before is not None:
+                    self.log.dynamics(s.step, measure(self.model, before))
                 s.tokens_seen += self.tokens_per_step
                 self.meter = [
                     self.meter[0] + self.tokens_per_step,

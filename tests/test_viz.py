@@ -45,6 +45,8 @@ def run(tmp_path_factory) -> Path:
                 "batch_size": 8,
                 "eval_interval": 3,
                 "eval_iters": 2,
+                "log_interval": 2,
+                "log_dynamics": True,
                 "threads": 1,
                 "device": "cpu",
                 "sample_at_end": False,
@@ -285,6 +287,71 @@ def test_cli_grad_flow(run):
     assert image_size(run / "grad_flow.png") == expected(viz.grad_flow_figsize(n_weights))
 
 
+def test_tsne_keeps_clusters_apart_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 16, generator=g) * 0.1
+    b = torch.randn(20, 16, generator=g) * 0.1 + 5.0
+    coords = viz.tsne_2d(torch.cat([a, b]), seed=1)
+    assert coords.shape == (40, 2)
+    ca, cb = coords[:20], coords[20:]
+    gap = (ca.mean(0) - cb.mean(0)).norm()
+    assert gap > 3 * max(ca.std(0).norm(), cb.std(0).norm())  # two clusters stay two clusters
+    assert torch.equal(coords, viz.tsne_2d(torch.cat([a, b]), seed=1))
+
+
+def test_cli_embeddings_tsne(run, tmp_path):
+    out = tmp_path / "tsne.png"
+    assert viz.main(["embeddings", "--ckpt", str(run), "--method", "tsne", "--out", str(out)]) == 0
+    assert image_size(out) == expected(viz.embeddings_figsize())
+
+
+def test_weight_histograms_against_numpy_and_cli(run, capsys):
+    model, _, _, _ = load_model(run)
+    hists = viz.weight_histograms(model)
+    matrices = [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
+    assert [h["name"] for h in hists] == [n.removesuffix(".weight") for n, _ in matrices]
+    for h, (_, p) in zip(hists, matrices):
+        w = p.detach().numpy().ravel()
+        assert h["counts"].sum() == w.size
+        assert h["std"] == pytest.approx(float(w.std()), rel=1e-5)
+    assert viz.main(["weights", "--ckpt", str(run)]) == 0
+    assert "wte" in capsys.readouterr().out
+    assert image_size(run / "weights.png")[0] > 0
+
+
+def test_dynamics_are_logged_at_log_interval_and_drawn(run, capsys):
+    from llm_tiny.metrics import read_dynamics
+
+    series = read_dynamics(run / "dynamics.csv")
+    model, _, _, _ = load_model(run)
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    assert list(series) == names
+    for points in series.values():
+        assert [p[0] for p in points] == [2, 4, 6]
+        assert all(w > 0 and 0 < r < 1 for _, w, r in points)
+    assert viz.main(["training", str(run)]) == 0
+    assert "update/weight" in capsys.readouterr().out
+    assert image_size(run / "dynamics.png")[0] > 0
+
+
+def test_update_ratio_of_one_real_adamw_step():
+    from llm_tiny.dynamics import measure, snapshot
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    w0 = [model[0].weight.detach().clone(), model[1].weight.detach().clone()]
+    before = snapshot(model)
+    model(torch.randn(5, 4)).pow(2).mean().backward()
+    opt.step()
+    rows = measure(model, before)
+    assert [r[0] for r in rows] == ["0.weight", "1.weight"]
+    after = (model[0].weight.detach(), model[1].weight.detach())
+    for (_, norm, ratio), old, new in zip(rows, w0, after):
+        assert norm == pytest.approx(float(new.norm()))
+        assert ratio == pytest.approx(float((new - old).norm() / old.norm()), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -299,6 +366,12 @@ def test_user_errors_are_one_line(run, capsys, args, message):
     assert viz.main([*args[:1], "--ckpt", str(run), *args[1:]]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_picture_without_a_dynamics_log_is_one_line(tmp_path, capsys):
+    assert viz.main(["training", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--train.log_dynamics=true" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_error_exits_2_without_traceback(tmp_path):

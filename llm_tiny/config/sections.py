@@ -141,6 +141,7 @@ class TrainConfig:
     eval_iters: int | None = None  # None: the full validation split
     eval_batch_size: int = 32
     log_interval: int = 10
+    log_dynamics: bool = False  # weight norms and update ratios per matrix -> dynamics.csv
     ckpt_interval: int = 250
     device: Device = "auto"
     dtype: Dtype = "float32"
