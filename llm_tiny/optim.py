@@ -24,11 +24,13 @@ from llm_tiny.config import OptimConfig
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, device_type: str = "cpu"
 ) -> torch.optim.AdamW:
-    """AdamW with `model.param_groups(cfg.weight_decay)`; fused kernels on CUDA."""
+    """AdamW with `model.param_groups(cfg.weight_decay)`; fused kernels on CUDA, or wherever
+    `cfg.fused` asks for them (torch supports them on the CPU too)."""
     groups = model.param_groups(cfg.weight_decay)
     extra = {}
     # One fused kernel for all parameters instead of a handful per tensor: fewer launches.
-    if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+    fused = device_type == "cuda" if cfg.fused is None else cfg.fused
+    if fused and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         extra["fused"] = True
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 

@@ -62,6 +62,7 @@ from llm_tiny.evaluate import evaluate_split
 from llm_tiny.metrics import RunLog
 from llm_tiny.model import TinyGPT
 from llm_tiny.optim import build_optimizer, clip_grad_norm, set_lr
+from llm_tiny.profiling import StepProfiler
 from llm_tiny.rundir import resume_path, run_files, start_files
 from llm_tiny.runtime import (
     Runtime,
@@ -202,7 +203,10 @@ class Trainer:
         train_loss: float | None = None
         stopped = "max_iters"
         self.t0 = time.perf_counter()
-        with StopSignal(self.log) as stopper, self.log.running(t.max_iters, s.step):
+        profiler = StepProfiler(
+            t.profile_steps if self.log.enabled else 0, self.out_dir, self.rt.device_type, self.log
+        )
+        with StopSignal(self.log) as stopper, self.log.running(t.max_iters, s.step), profiler:
             if not self.resumed and t.eval_at_start:
                 last_val = self.evaluate_and_log(row={"tokens": 0})
             while s.step < t.max_iters:
@@ -215,6 +219,7 @@ class Trainer:
                     lr, stopper.signum is not None or over_time
                 )
                 s.step += 1
+                profiler.step()
                 if before is not None:
                     self.log.dynamics(s.step, measure(self.model, before))
                 s.tokens_seen += self.tokens_per_step

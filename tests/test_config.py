@@ -138,6 +138,7 @@ def test_override_helper_revalidates():
             [],
             "data.val_input is for text data",
         ),
+        ("train:\n  profile_steps: -1\n", [], "train.profile_steps must be >= 0"),
         ("sample:\n  top_p: 0\n", [], "sample.top_p must be in (0, 1]"),
         ("model:\n  n_embd: 6\n  n_head: 2\n  pos_emb: rope\n", [], "rope needs an even head size"),
         ("model: 3\n", [], "section model must be a mapping"),

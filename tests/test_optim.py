@@ -43,10 +43,12 @@ def test_groups_cover_every_parameter_once_with_the_configured_values():
         assert g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6
 
 
-def test_two_steps_match_the_reference_update():
+@pytest.mark.parametrize("fused", [None, True, False])
+def test_two_steps_match_the_reference_update(fused):
     model = tiny_model()
-    cfg = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    cfg = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, fused=fused)
     opt = build_optimizer(model, cfg)
+    assert bool(opt.defaults.get("fused")) == bool(fused)  # None: fused on CUDA only
     wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     gen = torch.Generator().manual_seed(1)
     params = list(model.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -292,6 +293,19 @@ def test_eval_at_start_false_skips_only_the_step_0_evaluation(tmp_path):
     assert evals_on == [0, 10, 20] and evals_off == [10, 20]
     # Evaluating does not touch the training state: the same weights at the end.
     assert r_off.val_loss == r_on.val_loss
+
+
+@pytest.mark.parametrize("max_iters", [12, 7])  # 7: the run ends inside the profiled steps
+def test_profile_steps_writes_a_table_and_a_chrome_trace(tmp_path, max_iters):
+    train_cfg = {"max_iters": max_iters, "profile_steps": 3, "eval_interval": 100}
+    cfg = load_config(write_config(tmp_path, train=train_cfg))
+    train(cfg, progress=False, log=quiet)
+    table = (tmp_path / "run" / "profile.txt").read_text(encoding="utf-8")
+    assert table.startswith("3 optimizer steps after 5 of warm-up")
+    assert "aten::mm" in table or "aten::addmm" in table
+    trace = json.loads((tmp_path / "run" / "trace.json").read_text(encoding="utf-8"))
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert any(str(n).startswith("aten::") for n in names)
 
 
 def test_accumulation_4_by_2_equals_batch_8(tmp_path):

@@ -121,6 +121,7 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    fused: bool | None = None  # one fused AdamW kernel for all parameters; None: on CUDA only
 
     def decay_iters(self, max_iters: int) -> int:
         """Step at which the decay reaches `min_lr`: `lr_decay_iters`, else `max_iters`."""
@@ -142,6 +143,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     log_interval: int = 10
     log_dynamics: bool = False  # weight norms and update ratios per matrix -> dynamics.csv
+    profile_steps: int = 0  # profile this many steps after warm-up -> profile.txt, trace.json
     ckpt_interval: int = 250
     device: Device = "auto"
     dtype: Dtype = "float32"
@@ -290,6 +292,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         "the last data.val_fraction of the lines",
     )
     check(d.shard_tokens >= 1, f"data.shard_tokens must be >= 1, got {d.shard_tokens}")
+    check(t.profile_steps >= 0, f"train.profile_steps must be >= 0, got {t.profile_steps}")
     check(
         d.workers is None or d.workers >= 1, f"data.workers must be >= 1 or null, got {d.workers}"
     )
