@@ -85,7 +85,7 @@ def test_n_choices_use_consecutive_seeds(client):
     assert [c.index for c in r.choices] == [0, 1, 2]
     for j, choice in enumerate(r.choices):
         assert choice.text == complete(client, seed=5 + j).choices[0].text
-    streamed = {i: "" for i in range(3)}
+    streamed = dict.fromkeys(range(3), "")
     for chunk in complete(client, seed=5, n=3, stream=True):
         streamed[chunk.choices[0].index] += chunk.choices[0].text
     assert [streamed[i] for i in range(3)] == [c.text for c in r.choices]

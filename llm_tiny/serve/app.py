@@ -16,6 +16,7 @@ take the run's `sample` settings, as the CLI's flags do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -330,10 +331,9 @@ class _Run:
 
         def emitter(i: int):
             def emit(ev: Event) -> None:
-                try:
+                # RuntimeError: the event loop has closed (the server is shutting down).
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
-                except RuntimeError:  # the event loop has closed (server shutting down)
-                    pass
 
             return emit
 

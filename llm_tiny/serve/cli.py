@@ -58,7 +58,9 @@ def _serve(args) -> int:
 
         from llm_tiny.serve.app import Server, create_app
     except ImportError as e:
-        raise UserError(f"serve needs the serve extra ({e.name}): pip install 'llm_tiny[serve]'")
+        raise UserError(
+            f"serve needs the serve extra ({e.name}): pip install 'llm_tiny[serve]'"
+        ) from None
     from llm_tiny.checkpoint import load_model
     from llm_tiny.runtime import resolve_device
     from llm_tiny.serve.engine import Engine
