@@ -172,17 +172,50 @@ def test_unknown_model_malformed_and_oversized_bodies(client, url):
     assert client.models.list().data[0].id == "tiny"  # still answering
 
 
-def test_api_key_is_required_when_set(run_dir):
-    with live_server(run_dir, "--api-key", "sesame") as url:
-        good = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+def preflight_allows(url: str) -> str | None:
+    """The Access-Control-Allow-Origin answer to a browser's preflight from example.org."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("OPTIONS", "/v1/completions", headers={
+        "Origin": "http://example.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})  # fmt: skip
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.getheader("access-control-allow-origin")
+
+
+def test_api_key_and_cors(run_dir, url):
+    assert preflight_allows(url) is None  # CORS is off unless asked for
+    with live_server(run_dir, "--api-key", "sesame", "--cors", "http://example.org") as keyed:
+        good = openai.OpenAI(base_url=keyed + "/v1", api_key="sesame", max_retries=0)
         assert good.models.list().data[0].id == "tiny"
         for key in ("wrong", ""):
-            bad = openai.OpenAI(base_url=url + "/v1", api_key=key or "x", max_retries=0)
+            bad = openai.OpenAI(base_url=keyed + "/v1", api_key=key or "x", max_retries=0)
             if not key:
                 bad = bad.with_options(default_headers={"Authorization": ""})
             with pytest.raises(openai.AuthenticationError):
                 bad.completions.create(model="tiny", prompt="x", max_tokens=1)
-        assert request(url, "GET", "/health")[0] == 200  # open: it says nothing about the model
+        assert request(keyed, "GET", "/health")[0] == 200  # open: it says nothing about the model
+        assert preflight_allows(keyed) == "http://example.org"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ckpt", "no/such/run"], "not found"),
+        (["--ckpt", "RUN", "--max-batch", "0"], "--max-batch must be >= 1"),
+        (["--ckpt", "RUN", "--port", "70000"], "--port must be in"),
+    ],
+)
+def test_serve_command_errors_are_one_line(run_dir, capsys, args, message):
+    from llm_tiny.serve import main
+
+    assert main([str(run_dir) if a == "RUN" else a for a in args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("llm_tiny serve: error:")
 
 
 def test_16_concurrent_streams_equal_a_sequential_run(client, url):

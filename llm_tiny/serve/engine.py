@@ -22,7 +22,7 @@ import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -71,7 +71,6 @@ class Sequence:
     produced: int = 0
     cancelled: bool = False
     done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def cancel(self) -> None:
         """Stop generating (a client went away); takes effect at the next step."""
@@ -93,6 +92,7 @@ class Engine:
             collections.deque()
         )
         self._active: list[Sequence] = []  # row i of the cache belongs to _active[i]
+        self._joining: list[Sequence] = []  # taken from the queue by the step under way
         self._cache: KVCache | None = None
         self._wake = threading.Condition()
         self._stopping = False
@@ -167,9 +167,9 @@ class Engine:
                 try:
                     self._step()
                 except Exception as e:  # a bug must not take the server down: fail the batch
-                    for seq in [*self._active]:
+                    for seq in [*self._active, *self._joining]:
                         self._finish(seq, f"error: {type(e).__name__}: {e}")
-                    self._active, self._cache = [], None
+                    self._active, self._joining, self._cache = [], [], None
         for seq in [*self._active, *self._waiting]:
             self._finish(seq, "cancelled")
 
@@ -182,7 +182,7 @@ class Engine:
         if sliding:
             self._keep_rows([i for i, s in enumerate(self._active) if s not in sliding])
         rows = list(self._active)  # row i of the cache belongs to rows[i]
-        joining = sliding
+        joining = self._joining = sliding
         with self._wake:
             while self._waiting and len(rows) + len(joining) < self.max_batch:
                 joining.append(self._waiting.popleft())
@@ -209,6 +209,7 @@ class Engine:
             else:
                 self._cache.append(cache)
         self._active = [s for s, _ in logits]  # decoded rows first, then the joined ones
+        self._joining = []
         self.counters["steps"] += 1
         for seq, row in logits:
             self._sample(seq, row)
