@@ -243,7 +243,7 @@ class LayerCache:
 
     def store(self, k: Tensor, v: Tensor, start: Start) -> tuple[Tensor, Tensor]:
         """Write k, v (B, nkv, T, hs) at positions start.. and return all keys/values so far
-        (with per-row starts: up to the longest row; `mask_for` hides the rest)."""
+        (with per-row starts: up to the longest row; the per-row mask hides the rest)."""
         if isinstance(start, Tensor):
             pos = row_positions(start, k.size(2))  # (B, T)
             rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
