@@ -72,6 +72,20 @@ def test_seeded_completions_equal_the_sample_cli(client, run_dir, capsys):
     assert complete(client, seed=1).choices[0].text != complete(client, seed=3).choices[0].text
 
 
+def test_a_prompt_longer_than_the_context_keeps_its_end_as_the_cli_does(client, run_dir, capsys):
+    from llm_tiny.sample import main
+
+    prompt = "ROMEO: " + "What say you, my lord? " * 12  # well over the 48-token context
+    r = complete(client, prompt=prompt, seed=1, max_tokens=8)
+    assert r.usage.prompt_tokens == 48
+    argv = ["--ckpt", str(run_dir), "--prompt", prompt, "--temperature", "0.9", "--top-p",
+            "0.95", "--max-new-tokens", "8", "--seed", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "keeping its last 48 tokens" in out.err
+    assert out.out.endswith(r.choices[0].text + "\n")
+
+
 def test_streamed_completion_equals_the_whole_one(client):
     whole = complete(client, seed=2)
     chunks = list(complete(client, seed=2, stream=True))
@@ -247,6 +261,27 @@ def test_a_disconnect_stops_the_generation(client, url):
     assert health["active"] == 0 and health["cancelled"] >= 1
     time.sleep(0.3)
     assert request(url, "GET", "/health")[1]["generated_tokens"] == health["generated_tokens"]
+
+
+def test_an_abandoned_request_that_is_not_streamed_stops_too(url):
+    import socket
+
+    body = json.dumps({"model": "tiny", "prompt": "ROMEO:", "max_tokens": CAP}).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 10
+        while not request(url, "GET", "/health")[1]["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cancelled = request(url, "GET", "/health")[1]["cancelled"]
+    deadline = time.monotonic() + 10
+    while (health := request(url, "GET", "/health")[1])["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert health["active"] == 0 and health["cancelled"] == cancelled + 1
 
 
 def test_playground_helpers_tokenize_and_attention(url, run_dir):
