@@ -97,6 +97,12 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         err = ApiError(e.status_code, message if e.status_code in (404, 405) else str(e.detail))
         return JSONResponse(err.body(), status_code=e.status_code)
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        # A bug: the traceback goes to the server's log, the client gets OpenAI's shape.
+        err = ApiError(500, f"internal error: {type(e).__name__}", type="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
         page = resources.files("llm_tiny.serve").joinpath("static/playground.html")
