@@ -22,11 +22,13 @@ RUN ?= out/tiny
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: help install format lint test test-all train smoke sample sweep bench speedrun digits clean
+.PHONY: serve install-browser
 
 help:
 	@echo "make train    train the default model on data/tiny.txt (DATA=my.txt, CONFIG=..., ARGS=...)"
 	@echo "make smoke    the whole path in about 30 s: tokenizer, data, 60 steps, eval, sample"
 	@echo "make sample   sample from the default run (RUN=out/tiny, ARGS=...)"
+	@echo "make serve    OpenAI-compatible server + playground at http://127.0.0.1:8000/ (RUN=...)"
 	@echo "make test     lint, then the test suite with coverage"
 	@echo "make sweep    hyperparameter sweep (configs/sweep_tiny.yaml)"
 	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
@@ -52,10 +54,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+test: lint install-browser
 	$(PY) -m pytest -m "not slow" --cov --cov-report=term -q
 
-test-all: lint
+test-all: lint install-browser
 	$(PY) -m pytest --cov --cov-report=term -q
 
 train: $(STAMP)
@@ -73,6 +75,20 @@ smoke: $(STAMP)
 
 sample: $(STAMP)
 	$(PY) -m llm_tiny sample --ckpt $(RUN) $(ARGS)
+
+serve: $(STAMP)
+	$(PY) -m llm_tiny serve --ckpt $(RUN) $(ARGS)
+
+# The playground's browser test drives the OS Chromium (Playwright never downloads one). As root
+# with apt (CI) a missing one is installed; anyone else gets a message and the test skips.
+install-browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser test (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "note: /usr/bin/chromium not found and not root with apt-get: the browser test will skip (apt-get install chromium)"; \
+	fi
 
 sweep: $(STAMP)
 	$(PY) -m llm_tiny sweep configs/sweep_tiny.yaml $(ARGS)

@@ -24,6 +24,7 @@ COMMANDS = {
     "sweep": ("llm_tiny.sweep", "search hyperparameters"),
     "viz": ("llm_tiny.viz", "attention, embedding and gradient-flow pictures"),
     "tasks": ("llm_tiny.tasks", "synthetic tasks (digit operations)"),
+    "serve": ("llm_tiny.serve", "OpenAI-compatible server and web playground"),
 }
 
 USAGE = "usage: llm_tiny COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(

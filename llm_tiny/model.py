@@ -38,8 +38,17 @@ from torch.utils.checkpoint import checkpoint
 
 from llm_tiny.config import ModelConfig
 
+# Where new tokens start: one position for every row, or one per row (B,) when the rows of a
+# batched KV cache hold different lengths (a server decoding many requests at once).
+Start = int | Tensor
 # A position module's `rotate(t, start)`: applies positions to queries/keys (B, h, T, hs).
-Rotate = Callable[[Tensor, int], Tensor]
+Rotate = Callable[[Tensor, Start], Tensor]
+
+
+def row_positions(start: Tensor, T: int) -> Tensor:
+    """Positions (B, T) of T new tokens per row after start (B,) cached ones: [2, 5], 2 ->
+    [[2, 3], [5, 6]]."""
+    return start[:, None] + torch.arange(T, device=start.device)
 
 
 # ----------------------------------------------------------------------------- linear layers
@@ -149,10 +158,12 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
 
-    def embed(self, x: Tensor, start: int) -> Tensor:
+    def embed(self, x: Tensor, start: Start) -> Tensor:
+        if isinstance(start, Tensor):
+            return x + self.wpe(row_positions(start, x.size(1)))  # (B, T, C) + (B, T, C)
         return x + self.wpe.weight[start : start + x.size(1)]  # (B, T, C) + (T, C)
 
-    def rotate(self, t: Tensor, start: int) -> Tensor:
+    def rotate(self, t: Tensor, start: Start) -> Tensor:
         return t  # positions already travel in the residual stream
 
 
@@ -171,10 +182,13 @@ class RotaryPositions(nn.Module):
         self.register_buffer("cos", cos, persistent=False)  # (block_size, hs/2)
         self.register_buffer("sin", sin, persistent=False)
 
-    def embed(self, x: Tensor, start: int) -> Tensor:
+    def embed(self, x: Tensor, start: Start) -> Tensor:
         return x
 
-    def rotate(self, t: Tensor, start: int) -> Tensor:
+    def rotate(self, t: Tensor, start: Start) -> Tensor:
+        if isinstance(start, Tensor):
+            pos = row_positions(start, t.size(-2))  # (B, T)
+            return apply_rope(t, self.cos[pos][:, None], self.sin[pos][:, None])  # (B, 1, T, hs/2)
         end = start + t.size(-2)
         return apply_rope(t, self.cos[start:end], self.sin[start:end])
 
@@ -186,7 +200,8 @@ POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": Ro
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) with False entries of `mask` (T, S) excluded: (B, nh, T, S)."""
+    """softmax(q k^T / sqrt(hs)) with False entries of `mask` (T, S) or (B, 1, T, S) excluded:
+    (B, nh, T, S)."""
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
     return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
@@ -200,6 +215,8 @@ def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: f
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
     """The same computation by PyTorch's fused kernel."""
     T, S = q.size(-2), k.size(-2)
+    if mask.dim() > 2:  # one mask per row: rows of a batched cache end at different positions
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if T == S:  # no cached prefix: `is_causal` lets PyTorch pick FlashAttention on CUDA
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     if T == 1:  # one new token after a cache: it may see every key, no mask needed
@@ -224,8 +241,16 @@ class LayerCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (B, nkv, block_size, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
-    def store(self, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, nkv, T, hs) at positions start.. and return all keys/values so far."""
+    def store(self, k: Tensor, v: Tensor, start: Start) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, nkv, T, hs) at positions start.. and return all keys/values so far
+        (with per-row starts: up to the longest row; the per-row mask hides the rest)."""
+        if isinstance(start, Tensor):
+            pos = row_positions(start, k.size(2))  # (B, T)
+            rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
+            self.k[rows, :, pos] = k.transpose(1, 2)  # indexed view is (B, T, nkv, hs)
+            self.v[rows, :, pos] = v.transpose(1, 2)
+            end = int(pos[:, -1].max()) + 1
+            return self.k[:, :, :end], self.v[:, :, :end]
         end = start + k.size(2)
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -233,7 +258,9 @@ class LayerCache:
 
 
 class KVCache:
-    """Per-layer key/value caches plus how many positions they hold (`length`)."""
+    """Per-layer key/value caches plus how many positions they hold (`length`): an int, or a
+    (B,) tensor when each row holds its own number (`append` and `reorder` let rows join and
+    leave, as a server's requests do)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
         shape = (batch_size, cfg.kv_heads, cfg.block_size, cfg.head_dim)
@@ -249,6 +276,21 @@ class KVCache:
         for layer in self.layers:
             layer.k = layer.k.index_select(0, index)
             layer.v = layer.v.index_select(0, index)
+        if isinstance(self.length, Tensor):
+            self.length = self.length.index_select(0, index)
+
+    def append(self, other: KVCache) -> None:
+        """Add the rows of `other` after this cache's rows; lengths become per row (B,)."""
+        self.length = torch.cat([self.row_lengths(), other.row_lengths()])
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.k, mine.v = torch.cat([mine.k, theirs.k]), torch.cat([mine.v, theirs.v])
+
+    def row_lengths(self) -> Tensor:
+        """Positions held per row (B,)."""
+        if isinstance(self.length, Tensor):
+            return self.length
+        k = self.layers[0].k
+        return torch.full((k.size(0),), self.length, dtype=torch.long, device=k.device)
 
 
 class CausalSelfAttention(nn.Module):
@@ -268,7 +310,7 @@ class CausalSelfAttention(nn.Module):
         mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool).tril()
         self.register_buffer("mask", mask, persistent=False)
 
-    def heads(self, x: Tensor, rotate: Rotate, start: int) -> tuple[Tensor, Tensor, Tensor]:
+    def heads(self, x: Tensor, rotate: Rotate, start: Start) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), positions applied."""
         B, T, _ = x.shape
         kv_width = self.n_kv_head * self.head_dim
@@ -279,7 +321,7 @@ class CausalSelfAttention(nn.Module):
         return rotate(q, start), rotate(k, start), v
 
     def forward(
-        self, x: Tensor, rotate: Rotate, start: int = 0, cache: LayerCache | None = None
+        self, x: Tensor, rotate: Rotate, start: Start = 0, cache: LayerCache | None = None
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x, rotate, start)
@@ -287,7 +329,10 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.store(k, v, start)  # (B, nkv, S, hs) with S = start + T
         n_rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, S, hs)
-        mask = self.mask[start : start + T, : start + T]  # (T, S)
+        if isinstance(start, Tensor):  # row b's query t sees keys up to its own position
+            mask = self.mask[row_positions(start, T)][:, None, :, : k.size(2)]  # (B, 1, T, S)
+        else:
+            mask = self.mask[start : start + T, : start + T]  # (T, S)
         y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_drop(self.proj(y))
@@ -354,7 +399,7 @@ class Block(nn.Module):
         self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(
-        self, x: Tensor, rotate: Rotate, start: int = 0, cache: LayerCache | None = None
+        self, x: Tensor, rotate: Rotate, start: Start = 0, cache: LayerCache | None = None
     ) -> Tensor:
         x = x + self.attn(self.norm1(x), rotate, start, cache)  # (B, T, C)
         return x + self.mlp(self.norm2(x))
@@ -407,9 +452,13 @@ class TinyGPT(nn.Module):
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy against
         `targets` (B, T) when given (positions with target -1 are ignored).
 
-        With a `cache`, idx continues the `cache.length` positions already stored there.
+        With a `cache`, idx continues the `cache.length` positions already stored there (per
+        row when `cache.length` is a tensor; rows that all hold the same length take the plain
+        path, so a batch of one computes exactly what an unbatched cache does).
         """
         start = 0 if cache is None else cache.length
+        if isinstance(start, Tensor) and bool((start == start[0]).all()):
+            start = int(start[0])
         self._check_inputs(idx, targets, start)
         x = self.drop(self.pos.embed(self.wte(idx), start))  # (B, T, C)
         caches = [None] * len(self.blocks) if cache is None else cache.layers
@@ -427,7 +476,7 @@ class TinyGPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def _check_inputs(self, idx: Tensor, targets: Tensor | None, start: int) -> None:
+    def _check_inputs(self, idx: Tensor, targets: Tensor | None, start: Start) -> None:
         """Turn the usual input mistakes into one clear ValueError instead of an index error
         deep inside the embedding (or a device-side assert on CUDA)."""
         cfg = self.config
@@ -439,7 +488,7 @@ class TinyGPT(nn.Module):
         T = idx.size(1)
         if T == 0:
             raise ValueError("idx is empty: give at least one token per row")
-        if start + T > cfg.block_size:
+        if (start if isinstance(start, int) else int(start.max())) + T > cfg.block_size:
             where = f" after {start} cached positions" if start else ""
             raise ValueError(
                 f"sequence of {T} tokens{where} exceeds block_size {cfg.block_size}; "

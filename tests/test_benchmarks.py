@@ -153,3 +153,23 @@ def test_bench_data_compares_the_encoder_and_prepare_with_1_and_2_workers(tmp_pa
     assert rows[1]["tokens"] == rows[2]["tokens"] > 0  # the same shards whatever the workers
     assert all(r["mb_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in rows)
     assert json_lines(out.read_text()) == rows
+
+
+def test_bench_serve_compares_concurrent_streams_with_one_at_a_time(tmp_path):
+    pytest.importorskip("fastapi")
+    out = tmp_path / "serve.json"
+    proc = bench(
+        "bench_serve.py",
+        "--n-layer", "1", "--n-embd", "32", "--block-size", "16", "--vocab-size", "280",
+        "--requests", "4", "--new-tokens", "20", "--streams", "1,4", "--threads", "1",
+        "--json-out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json_lines(proc.stdout)
+    assert json.loads(out.read_text()) == result
+    assert result["same_tokens"] is True and result["largest_batch"] == 4
+    assert list(result["variants"]) == [
+        "generate, one at a time", "server, 1 concurrent", "server, 4 concurrent",
+    ]  # fmt: skip
+    assert all(v["tokens"] > 0 and v["tokens_per_s"] > 0 for v in result["variants"].values())
+    assert bench("bench_serve.py", "--streams", "0").returncode == 2

@@ -145,6 +145,36 @@ def test_cache_reset_and_overflow():
     torch.testing.assert_close(logits, model(tokens(1, 8))[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_cache_rows_at_their_own_positions_equal_separate_runs(attn_impl, pos_emb, n_kv_head):
+    """A server's batch: rows join (`append`) with prompts of different lengths, decode two
+    tokens together each at its own position, one leaves (`reorder`); every row's logits are
+    those of its own full forward pass."""
+    model = build(attn_impl=attn_impl, pos_emb=pos_emb, n_kv_head=n_kv_head)
+    seqs = [tokens(1, n, seed=n)[0] for n in (5, 3, 4)]  # each holds its two next tokens too
+    cache = model.new_cache(1)
+    model(seqs[0][None, :-2], cache=cache)
+    for s in seqs[1:]:
+        row = model.new_cache(1)
+        model(s[None, :-2], cache=row)
+        cache.append(row)
+    assert cache.length.tolist() == [3, 1, 2]
+    for step in (2, 1):  # feed each row its next token, all in one (3, 1) batch
+        logits, _ = model(torch.stack([s[-step] for s in seqs])[:, None], cache=cache)
+        for s, row in zip(seqs, logits):
+            full, _ = model(s[None, : len(s) - step + 1])
+            torch.testing.assert_close(row[-1], full[0, -1], atol=1e-5, rtol=0)
+    cache.reorder(torch.tensor([0, 2]))  # the second sequence leaves
+    assert cache.length.tolist() == [5, 4]
+    nxt = tokens(2, 1, seed=9)
+    logits, _ = model(nxt, cache=cache)
+    for s, t, row in zip([seqs[0], seqs[2]], nxt, logits):
+        full, _ = model(torch.cat([s, t])[None])
+        torch.testing.assert_close(row[-1], full[0, -1], atol=1e-5, rtol=0)
+
+
 # ----------------------------------------------------------------------------- RoPE
 
 

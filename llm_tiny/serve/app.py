@@ -1,0 +1,460 @@
+"""The FastAPI application: OpenAI-compatible routes, the playground page and its helpers.
+
+    GET  /                      the playground (static/playground.html)
+    GET  /health                status and the engine's counters (active sequences, ...)
+    GET  /v1/models             the one model this server holds
+    POST /v1/completions        text completion, streamed (server-sent events) or not
+    POST /v1/chat/completions   chat, through the template in `protocol`
+    POST /api/tokenize          a text's token ids and their text
+    POST /api/attention         attention weights of the last of some ids, every layer and head
+
+Choice j of a request with `seed` s samples with seed s + j, so choice j gives the text of
+`python -m llm_tiny sample --seed s+j` with the same settings; values a request leaves out
+take the run's `sample` settings, as the CLI's flags do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llm_tiny.errors import UserError
+from llm_tiny.sample import eot_ids, prompt_ids
+from llm_tiny.serve.engine import Engine, Event, Sequence, Settings
+from llm_tiny.serve.protocol import (
+    CHAT_STOP,
+    MAX_LOGPROBS,
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    TextStream,
+    check_values,
+    parse_json,
+    parse_request,
+    render_chat,
+    stop_strings,
+)
+from tok.bpe import StreamDecoder
+
+
+@dataclass
+class Server:
+    """What the routes share: the engine, the tokenizer and run config, and the options."""
+
+    engine: Engine
+    tokenizer: Any
+    cfg: Any
+    model_id: str
+    api_key: str | None = None
+    max_tokens_cap: int = 1024
+    max_body_bytes: int = 1 << 20
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    prompt: str
+
+
+class AttentionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    ids: list[int] = Field(min_length=1)
+
+
+def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
+    app = FastAPI(title="llm_tiny", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=cors, allow_methods=["*"], allow_headers=["*"]
+        )
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = f"Unknown request URL: {request.method} {request.url.path}"
+        err = ApiError(e.status_code, message if e.status_code in (404, 405) else str(e.detail))
+        return JSONResponse(err.body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception) -> JSONResponse:
+        # A bug: the traceback goes to the server's log, the client gets OpenAI's shape.
+        err = ApiError(500, f"internal error: {type(e).__name__}", type="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        page = resources.files("llm_tiny.serve").joinpath("static/playground.html")
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": server.model_id, **server.engine.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        _check_key(server, request)
+        return {"object": "list", "data": [_model_card(server)]}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        _check_key(server, request)
+        _check_model(server, model_id)
+        return _model_card(server)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = await _read(server, request, CompletionRequest)
+        check_values(req, req.max_tokens, server.max_tokens_cap)
+        if req.logprobs is not None and not 0 <= req.logprobs <= MAX_LOGPROBS:
+            raise ApiError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}", "logprobs")
+        if req.echo:
+            raise ApiError(400, "echo is not supported", param="echo")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise ApiError(400, "prompt must not be an empty list", param="prompt")
+        ids = [_prompt_ids(server, p) for p in prompts]
+        jobs = [
+            (p, _settings(server, req, req.max_tokens, j, req.logprobs))
+            for p in ids
+            for j in range(req.n)
+        ]
+        run = _Run(server, request, jobs, stop_strings(req.stop), "text_completion")
+        run.prompt_tokens = sum(map(len, ids))
+        run.token_ids = req.return_token_ids
+        return await run.respond(req.stream)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        req = await _read(server, request, ChatRequest)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        check_values(req, max_tokens, server.max_tokens_cap)
+        if req.logprobs:
+            raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
+        ids = _prompt_ids(server, render_chat(req.messages))
+        jobs = [(ids, _settings(server, req, max_tokens, j, None)) for j in range(req.n)]
+        run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
+        run.prompt_tokens = len(ids)
+        return await run.respond(req.stream)
+
+    @app.post("/api/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        req = await _read(server, request, TokenizeRequest, check_model=False)
+        ids = server.tokenizer.encode(req.prompt)
+        return {
+            "ids": ids,
+            "tokens": [server.token_text(t) for t in ids],
+            "block_size": server.cfg.model.block_size,
+        }
+
+    @app.post("/api/attention")
+    async def attention(request: Request) -> dict[str, Any]:
+        req = await _read(server, request, AttentionRequest, check_model=False)
+        model = server.engine.model
+        ids = req.ids[-model.config.block_size :]  # the context the model can see
+        if not all(0 <= t < model.config.vocab_size for t in ids):
+            raise ApiError(400, f"ids must be in [0, {model.config.vocab_size})", param="ids")
+
+        def last_row() -> list:  # (n_layer, n_head, T): what the last token attends to
+            maps = model.attention_maps(torch.tensor([ids], device=server.engine.device))
+            return torch.stack([m[0, :, -1, :] for m in maps]).float().cpu().tolist()
+
+        weights = await asyncio.wrap_future(server.engine.call(last_row))
+        return {
+            "ids": ids,
+            "tokens": [server.token_text(t) for t in ids],
+            "n_layer": len(weights),
+            "n_head": len(weights[0]),
+            "weights": [[[round(w, 5) for w in head] for head in layer] for layer in weights],
+        }
+
+    return app
+
+
+# ----------------------------------------------------------------------------- request helpers
+
+
+def _check_key(server: Server, request: Request) -> None:
+    if server.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(
+        token.strip().encode(), server.api_key.encode()
+    ):
+        raise ApiError(
+            401, "Incorrect or missing API key: send the header 'Authorization: Bearer KEY'",
+            code="invalid_api_key",
+        )  # fmt: skip
+
+
+def _check_model(server: Server, model_id: str) -> None:
+    if model_id != server.model_id:
+        raise ApiError(
+            404, f"The model '{model_id}' does not exist; this server has '{server.model_id}'",
+            param="model", code="model_not_found",
+        )  # fmt: skip
+
+
+def _model_card(server: Server) -> dict[str, Any]:
+    return {"id": server.model_id, "object": "model", "created": server.created,
+            "owned_by": "llm_tiny", "max_model_len": server.cfg.model.block_size}  # fmt: skip
+
+
+async def _read(server: Server, request: Request, cls: type, check_model: bool = True) -> Any:
+    """The request's body, size-limited, parsed and validated as `cls`."""
+    _check_key(server, request)
+    limit = server.max_body_bytes
+    too_big = ApiError(413, f"The request body is larger than {limit} bytes", code="too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    data = parse_json(bytes(body))
+    if cls in (CompletionRequest, ChatRequest):
+        req = parse_request(cls, data)
+        if check_model:
+            _check_model(server, req.model)
+        return req
+    return parse_request(cls, data)
+
+
+def _prompt_ids(server: Server, prompt: str) -> list[int]:
+    """The CLI's prompt rule (`sample.prompt_ids`): longer than the context keeps its end."""
+    try:
+        return prompt_ids(server.tokenizer, prompt, server.cfg.model.block_size, lambda m: None)
+    except UserError:
+        raise ApiError(400, "prompt must not be empty", param="prompt") from None
+
+
+def _settings(server: Server, req: Any, max_tokens: int | None, j: int, logprobs: int | None):
+    s = server.cfg.sample
+    base = req.seed if req.seed is not None else secrets.randbits(62)
+
+    def pick(name: str) -> Any:
+        value = getattr(req, name)
+        return getattr(s, name) if value is None else value
+
+    return Settings(
+        max_tokens=max_tokens or max(1, min(s.max_new_tokens, server.max_tokens_cap)),
+        temperature=pick("temperature"), top_k=pick("top_k"), top_p=pick("top_p"),
+        repetition_penalty=pick("repetition_penalty"), no_repeat_ngram=pick("no_repeat_ngram"),
+        seed=base + j, stop_tokens=tuple(eot_ids(server.tokenizer, server.cfg)),
+        logprobs=logprobs,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+class _Choice:
+    """The text, tokens and finish reason of one choice as its events arrive."""
+
+    def __init__(self, server: Server, stops: list[str]) -> None:
+        self.server = server
+        self.decoder = StreamDecoder(server.tokenizer)
+        self.text = TextStream(stops)
+        self.finish: str | None = None
+        self.tokens: list[int] = []  # those that are text (not a stop token)
+        self.generated = 0  # every token sampled, for the usage counts
+        self.logprobs: dict[str, list] = {
+            "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [],
+            "top_tokens": [],
+        }  # fmt: skip
+        self.offset = 0
+
+    def add(self, ev: Event) -> tuple[str, int]:
+        """Take one event; return the new text and how many tokens it added."""
+        delta, added = "", 0
+        self.generated += ev.token is not None
+        if ev.token is not None and ev.finish != "stop":  # a stop token is not text
+            added = 1
+            self.tokens.append(ev.token)
+            delta = self.text.push(self.decoder.push(ev.token))
+            if ev.logprob is not None:
+                self._log(ev)
+        if self.text.stopped:
+            self.finish = "stop"
+        elif ev.finish is not None:
+            delta += self.text.push(self.decoder.flush(), final=True)
+            self.finish = ev.finish
+        return delta, added
+
+    def _log(self, ev: Event) -> None:
+        text = self.server.token_text(ev.token)
+        top = ev.top or []
+        lp = self.logprobs
+        lp["tokens"].append(text)
+        lp["token_logprobs"].append(ev.logprob)
+        lp["top_logprobs"].append({self.server.token_text(t): v for t, v in top})
+        lp["top_tokens"].append([[t, self.server.token_text(t), v] for t, v in top])
+        lp["text_offset"].append(self.offset)
+        self.offset += len(text)
+
+
+class _Run:
+    """One request's sequences in the engine, answered as one JSON body or as a stream."""
+
+    def __init__(self, server, request, jobs, stops: list[str], kind: str) -> None:
+        self.server, self.request, self.jobs, self.stops, self.kind = (
+            server, request, jobs, stops, kind,
+        )  # fmt: skip
+        self.token_ids = False
+        self.prompt_tokens = 0
+        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.choices = [_Choice(server, stops) for _ in jobs]
+        self.seqs: list[Sequence] = []
+
+    async def respond(self, stream: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+        def emitter(i: int):
+            def emit(ev: Event) -> None:
+                # RuntimeError: the event loop has closed (the server is shutting down).
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
+
+            return emit
+
+        engine = self.server.engine
+        self.seqs = [engine.submit(ids, st, emitter(i)) for i, (ids, st) in enumerate(self.jobs)]
+        if stream:
+            return StreamingResponse(self._sse(), media_type="text/event-stream")
+        try:
+            return JSONResponse(await self._collect())
+        finally:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        """Stop every sequence still generating (the client left, or a stop string matched)."""
+        for seq in self.seqs:
+            if not seq.done:
+                seq.cancel()
+        self.server.engine.wake()
+
+    async def _events(self) -> AsyncIterator[tuple[int, str, int]]:
+        """(choice, new text, tokens added) until every choice has finished."""
+        left = len(self.choices)
+        while left:
+            i, ev = await self.queue.get()
+            choice = self.choices[i]
+            if choice.finish is not None:
+                continue  # events after a stop string matched
+            delta, added = choice.add(ev)
+            if choice.finish is not None:
+                left -= 1
+                self.seqs[i].cancel()
+                if choice.finish.startswith("error"):
+                    raise ApiError(500, f"generation failed: {choice.finish}", type="server_error")
+            yield i, delta, added
+
+    async def _collect(self) -> dict[str, Any]:
+        texts = [""] * len(self.choices)
+        watcher = asyncio.create_task(self._watch_disconnect())
+        try:
+            async for i, delta, _ in self._events():
+                texts[i] += delta
+        finally:
+            watcher.cancel()
+        prompt_tokens = self.prompt_tokens
+        completion = sum(c.generated for c in self.choices)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}  # fmt: skip
+        choices = [self._choice_body(i, texts[i], full=True) for i in range(len(self.choices))]
+        return self._envelope(choices, chunk=False) | {"usage": usage}
+
+    async def _watch_disconnect(self) -> None:
+        while not await self.request.is_disconnected():
+            await asyncio.sleep(0.25)
+        self._cancel()
+
+    async def _sse(self) -> AsyncIterator[str]:
+        try:
+            if self.kind == "chat":  # the first chunk of each choice names the role
+                for i in range(len(self.choices)):
+                    delta = {"role": "assistant", "content": ""}
+                    yield _sse(self._envelope([self._chunk(i, delta, None)], chunk=True))
+            try:
+                async for i, delta, added in self._events():
+                    finish = self.choices[i].finish
+                    if self.kind == "chat" and delta:
+                        body = self._chunk(i, {"content": delta}, None)
+                        yield _sse(self._envelope([body], chunk=True))
+                    elif self.kind != "chat" and (delta or added):
+                        body = self._choice_body(i, delta, full=False, last=added)
+                        yield _sse(self._envelope([body], chunk=True))
+                    if finish is not None:
+                        body = self._chunk(i, {}, _reason(finish)) if self.kind == "chat" else (
+                            {"index": i, "text": "", "logprobs": None,
+                             "finish_reason": _reason(finish)}
+                        )  # fmt: skip
+                        yield _sse(self._envelope([body], chunk=True))
+            except ApiError as e:
+                yield _sse(e.body())
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client disconnects: the server cancels this generator
+            self._cancel()
+
+    def _chunk(self, i: int, delta: dict, finish: str | None) -> dict[str, Any]:
+        return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def _choice_body(self, i: int, text: str, full: bool, last: int = 0) -> dict[str, Any]:
+        c = self.choices[i]
+        if self.kind == "chat":
+            message = {"role": "assistant", "content": text}
+            return {"index": i, "message": message, "logprobs": None,
+                    "finish_reason": _reason(c.finish)}  # fmt: skip
+        logprobs = None
+        if self.jobs[i][1].logprobs is not None:
+            n = len(c.logprobs["tokens"]) if full else last
+            logprobs = {k: v[len(v) - n :] for k, v in c.logprobs.items()}
+            if not self.token_ids:
+                logprobs.pop("top_tokens")  # [id, text, logprob] per alternative: an extra
+        body = {"index": i, "text": text, "logprobs": logprobs,
+                "finish_reason": _reason(c.finish) if full else None}  # fmt: skip
+        if self.token_ids:
+            body["token_ids"] = c.tokens if full else c.tokens[len(c.tokens) - last :]
+        return body
+
+    def _envelope(self, choices: list[dict], chunk: bool) -> dict[str, Any]:
+        obj = "text_completion"
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        return {"id": self.id, "object": obj, "created": self.created,
+                "model": self.server.model_id, "choices": choices}  # fmt: skip
+
+
+def _reason(finish: str | None) -> str | None:
+    """OpenAI's finish reasons: "stop" (end of text or a stop string) or "length"."""
+    return finish if finish in (None, "length") else "stop"
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

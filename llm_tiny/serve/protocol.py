@@ -1,0 +1,194 @@
+"""The OpenAI wire format: request schemas, errors, the chat template and stop strings.
+
+Requests are validated by pydantic models and the project's own sampling rules
+(`config.SAMPLING_RULES`); every problem becomes an `ApiError`, sent in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+
+The chat template (for base models, which know no roles) writes each message as a paragraph,
+`System`/`User`/`Assistant` then a colon, and ends with `Assistant:` for the model to continue:
+
+    You are terse.            (a system message: its text alone)
+
+    User: Hi!
+
+    Assistant:
+
+Generation of a chat reply also stops at "\\nUser:" (the model starting the next turn).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llm_tiny.config import sampling_problem
+
+MAX_N = 16  # choices per request
+MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions endpoint allows
+CHAT_LABELS = {"system": "", "user": "User: ", "assistant": "Assistant: "}
+CHAT_STOP = "\nUser:"
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status and OpenAI's error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = (
+            status, message, param, code, type,
+        )  # fmt: skip
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {"message": self.message, "type": self.type, "param": self.param,
+                      "code": self.code}
+        }  # fmt: skip
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as clients send optional OpenAI fields we do not use.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None  # not OpenAI's: an extra field, as vLLM accepts it
+    repetition_penalty: float | None = None  # extra (vLLM's name)
+    no_repeat_ngram: int | None = None  # extra
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool = False
+    return_token_ids: bool = False  # extra: each choice also lists its token ids (playground)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or a 400."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            400, "We could not parse the JSON body of your request: it is not valid JSON."
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return data
+
+
+def parse_request(cls: type[_Request], data: dict[str, Any]) -> Any:
+    """`data` validated as `cls`; the first problem becomes a 400 naming its field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
+
+
+def check_values(req: _Request, max_tokens: int | None, cap: int) -> None:
+    """The checks a schema cannot make: the sampling rules, the token cap, unsupported fields."""
+    values = {
+        "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p,
+        "repetition_penalty": req.repetition_penalty, "no_repeat_ngram": req.no_repeat_ngram,
+    }  # fmt: skip
+    for key, value in values.items():
+        problem = value is not None and sampling_problem(**{key: value})
+        if problem:
+            raise ApiError(400, problem, param=key)
+    if max_tokens is not None and not 1 <= max_tokens <= cap:
+        raise ApiError(
+            400, f"max_tokens must be between 1 and {cap} (this server's cap), got {max_tokens}",
+            param="max_tokens",
+        )  # fmt: skip
+    if not 1 <= req.n <= MAX_N:
+        raise ApiError(400, f"n must be between 1 and {MAX_N}, got {req.n}", param="n")
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, name):
+            raise ApiError(
+                400, f"{name} is not supported; use repetition_penalty (> 1 discourages "
+                "repeats) or no_repeat_ngram", param=name,
+            )  # fmt: skip
+    if req.seed is not None and not 0 <= req.seed < 2**63:
+        raise ApiError(400, f"seed must be in [0, 2**63), got {req.seed}", param="seed")
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4 or any(s == "" for s in stops):
+        raise ApiError(400, "stop must be up to 4 non-empty strings", param="stop")
+    return stops
+
+
+def render_chat(messages: list[ChatMessage]) -> str:
+    """The prompt for a conversation (the template in the module docstring)."""
+    return "".join(CHAT_LABELS[m.role] + m.content + "\n\n" for m in messages) + "Assistant:"
+
+
+class TextStream:
+    """Text of one choice, token by token, cut before the first stop string.
+
+    `push(text)` returns the text that is safe to send: text that might be the beginning of a
+    stop string is held back until the next push settles it. `stopped` turns True once a stop
+    string appeared (the text before it has been returned; nothing after it ever is).
+
+    >>> t = TextStream(["\\nUser:"]); t.push("Hi\\nUs"), t.push("er: x"), t.stopped
+    ('Hi', '', True)
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str, final: bool = False) -> str:
+        if self.stopped:
+            return ""
+        self.pending += text
+        cuts = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.stopped = True
+            out, self.pending = self.pending[: min(cuts)], ""
+            return out
+        held = 0 if final else _held_back(self.pending, self.stops)
+        out = self.pending[: len(self.pending) - held]
+        self.pending = self.pending[len(out) :]
+        return out
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that begins some stop string: "ab\\nUs" -> 3."""
+    return max(
+        (k for s in stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])),
+        default=0,
+    )
