@@ -264,7 +264,8 @@ def _settings(server: Server, req: Any, max_tokens: int | None, j: int, logprobs
         max_tokens=max_tokens or max(1, min(s.max_new_tokens, server.max_tokens_cap)),
         temperature=pick("temperature"), top_k=pick("top_k"), top_p=pick("top_p"),
         repetition_penalty=pick("repetition_penalty"), no_repeat_ngram=pick("no_repeat_ngram"),
-        seed=base + j, stop_tokens=tuple(eot_ids(server.tokenizer, server.cfg)),
+        seed=base + j,
+        stop_tokens=() if req.ignore_eos else tuple(eot_ids(server.tokenizer, server.cfg)),
         logprobs=logprobs,
     )  # fmt: skip
 

@@ -65,6 +65,7 @@ class _Request(BaseModel):
     top_k: int | None = None  # not OpenAI's: an extra field, as vLLM accepts it
     repetition_penalty: float | None = None  # extra (vLLM's name)
     no_repeat_ngram: int | None = None  # extra
+    ignore_eos: bool = False  # extra (vLLM's): go on past the end-of-text token
     n: int = 1
     stop: str | list[str] | None = None
     seed: int | None = None
