@@ -417,7 +417,14 @@ def after_training(cfg: RunConfig, model: nn.Module, tokenizer: Any, rt: Runtime
     from llm_tiny.plots import plot_runs
     from llm_tiny.sample import sample_text
 
-    plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
+    try:
+        plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
+    except ModuleNotFoundError as e:
+        # NOTE: matplotlib is a dependency, but a GPU machine's Python may have only torch and
+        # the core libraries; the trained run is worth keeping without its picture.
+        if e.name != "matplotlib":
+            raise
+        log("loss.png not drawn: matplotlib is not installed (pip install matplotlib)")
     if cfg.train.sample_at_end and cfg.sample.max_new_tokens > 0:
         with preserved_rng(rt.device), rt.autocast():
             log("sample:\n" + sample_text(model, tokenizer, cfg, rt.device, note=log))
