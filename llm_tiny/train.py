@@ -165,7 +165,9 @@ class Trainer:
             # must cover the forward pass too; that is where DDP decides.
             with self.runner.no_sync() if rt.distributed and not last else contextlib.nullcontext():
                 with rt.autocast():
-                    _, loss = self.runner(x, y)
+                    # Label smoothing shapes the training objective only; evaluation (and so
+                    # the validation loss and bits per byte) calls the model without it.
+                    _, loss = self.runner(x, y, label_smoothing=self.cfg.optim.label_smoothing)
                 # Fetch the next micro-batch on the CPU while the device computes this one.
                 nxt = (step + 1, self.first_micro) if last else (step, self.first_micro + m + 1)
                 self.batch = self.train_src.get_batch(*nxt)
