@@ -17,6 +17,9 @@ Variants, compared side by side at each size (the speedup column is relative to 
 - `compile`: `sdpa` under `torch.compile` (the first call compiles; warm-up absorbs it)
 - `bf16`:    `sdpa` with the forward pass under bfloat16 autocast
 
+Variants combine with `+`: `bf16+compile` is the compiled model under bfloat16 autocast,
+`bf16+manual` the written-out attention under it (benchmarks/gpu_check.py measures those).
+
 Each variant runs in a fresh subprocess so that its peak memory (peak RSS on CPU,
 `torch.cuda.max_memory_allocated` on CUDA) is its own, and a variant that crashes or hangs
 (torch.compile on a CPU without a compiler) is reported as failed while the others go on.
@@ -53,6 +56,16 @@ VARIANTS = ("sdpa", "manual", "compile", "bf16")
 BASELINE = "sdpa"
 
 
+def variant_features(variant: str) -> set[str]:
+    """The parts of a variant name: `"bf16+compile"` -> {"bf16", "compile"}; `sdpa` is the
+    plain baseline and adds nothing. A UserError for an unknown part or an empty name."""
+    parts = [p.strip() for p in variant.split("+")]
+    for part in parts:
+        if part not in VARIANTS:
+            raise UserError(f"unknown variant {part!r}; choose from {', '.join(VARIANTS)}")
+    return set(parts) - {BASELINE}
+
+
 # ----------------------------------------------------------------------------- one measurement
 # Runs in the child process: imports torch, builds the model, trains, prints one JSON line.
 
@@ -72,26 +85,30 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     device = resolve_device(job["device"])
     base = load_config(job["config"]).model if job["config"] else ModelConfig()
     L, H, C, T, B = job["shape"]
-    variant = job["variant"]
+    features = variant_features(job["variant"])
     cfg = dataclasses.replace(
         base,
-        vocab_size=256,
+        # Bytes are ids < 256; a larger vocabulary (GPT-2's 50,304) only widens the embedding
+        # and the LM head, which is what a run with that tokenizer computes.
+        vocab_size=job.get("vocab_size", 256),
         n_layer=L,
         n_head=H,
         n_kv_head=None,
         n_embd=C,
         block_size=T,
         dropout=0.0,
-        attn_impl="manual" if variant == "manual" else "sdpa",
+        attn_impl="manual" if "manual" in features else "sdpa",
     )
     model = TinyGPT(cfg).to(device)
     raw_model = model
     optimizer = torch.optim.AdamW(
         raw_model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
-    if variant == "compile":
-        model = torch.compile(model)
-    autocast_dtype = torch.bfloat16 if variant == "bf16" else None
+    if "compile" in features:
+        # `compile_backend: eager` traces the graph without generating code: a quick check of
+        # the compile path on a CPU (benchmarks/gpu_check.py --dry-run).
+        model = torch.compile(model, backend=job.get("compile_backend", "inductor"))
+    autocast_dtype = torch.bfloat16 if "bf16" in features else None
 
     data = np.frombuffer(Path(job["input"]).read_bytes(), dtype=np.uint8)
     if len(data) <= T + 1:
@@ -191,9 +208,11 @@ def child_main(job_json: str) -> int:
 # ----------------------------------------------------------------------------- the driver
 
 
-def run_job(job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Measure one (size, variant) in a fresh Python process."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+def run_job(job: dict[str, Any], timeout: float, script: Path | None = None) -> dict[str, Any]:
+    """Measure one (size, variant) in a fresh Python process: `script --child JOB_JSON`, which
+    prints one JSON line (this file's `child_main`, or another script's of the same kind)."""
+    script = script or Path(__file__).resolve()
+    cmd = [sys.executable, str(script), "--child", json.dumps(job)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -283,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="tiny,small", help=f"presets: {', '.join(SIZES)}")
     for flag in ("n-layer", "n-head", "n-embd", "block-size", "batch-size"):
         parser.add_argument(f"--{flag}", type=int, help="custom size (replaces --sizes)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=", ".join(VARIANTS) + "; combine with +"
+    )
+    parser.add_argument("--vocab-size", type=int, default=256, help="e.g. 50304 for GPT-2")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument(
@@ -308,8 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = parse_sizes(args)
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for v in variants:
-            if v not in VARIANTS:
-                raise UserError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+            variant_features(v)
+        if args.vocab_size < 256:
+            raise UserError(
+                f"--vocab-size must be >= 256 (the text is bytes), got {args.vocab_size}"
+            )
         print(
             f"bench_train: median of {args.iters} timed iterations after {args.warmup} warm-up, "
             f"best of {args.repeats} repeat(s), device {args.device}, {os.cpu_count()} CPU cores; "
@@ -332,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         "warmup": args.warmup,
                         "threads": args.threads,
                         "peak_flops": args.peak_flops,
+                        "vocab_size": args.vocab_size,
                     }
                     t0 = time.perf_counter()
                     result = run_job(job, args.timeout)
@@ -357,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                     "n_embd": C,
                     "block_size": T,
                     "batch_size": B,
+                    "vocab_size": args.vocab_size,
                     "iters": args.iters,
                     "warmup": args.warmup,
                     "repeats": args.repeats,

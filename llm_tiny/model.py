@@ -5,7 +5,8 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 
 - `pos_emb`: `learned` adds a trained vector per position to the input (GPT-2, Radford et al.
   2019); `rope` instead rotates queries and keys by position-dependent angles (RoFormer, Su et
-  al. 2021), with base wavelength `rope_theta`.
+  al. 2021), with base wavelength `rope_theta`; `alibi` adds nothing and lowers each attention
+  score by a fixed per-head slope times the distance to the key (Press et al. 2022).
 - `norm`: `layernorm` (Ba et al. 2016), or `rmsnorm`, which rescales without centring (Zhang &
   Sennrich 2019).
 - `mlp`: `gelu`, 4x wide (GPT-2), or `swiglu`, a gated unit about 8/3x wide (Shazeer 2020, "GLU
@@ -13,13 +14,16 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `n_kv_head`: fewer key/value heads than query heads, each shared by a group of query heads:
   grouped-query attention (Ainslie et al. 2023). `None` gives every query head its own.
 - `attn_impl`: `sdpa` calls `F.scaled_dot_product_attention`, which runs FlashAttention or the
-  memory-efficient kernel on CUDA; `manual` writes softmax(QK^T / sqrt(hs)) V out.
+  memory-efficient kernel on CUDA; `manual` writes softmax(QK^T / sqrt(hs)) V out; `tiled` is
+  FlashAttention's online softmax in plain PyTorch (the kernels are in `llm_tiny.attention`).
+- `norm_position`: `pre` normalises each sub-layer's input, x + f(norm(x)) (GPT-2); `post`
+  normalises after the residual add, norm(x + f(x)), as the original Transformer (Vaswani et
+  al. 2017) did, and then needs no final norm.
 - `tie_weights`: the LM head reuses the token embedding matrix (Press & Wolf 2017).
 - `bias`: biases in the linear layers and LayerNorms. `grad_checkpointing`: keep only each
   block's input and recompute its activations during the backward pass (Chen et al. 2016).
 
-Every block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)), as in GPT-2. Weights are
-initialised as in GPT-2 (normal, std 0.02; residual projections scaled by 1/sqrt(2 n_layer)).
+Weights are initialised as in GPT-2 (normal, std 0.02; residual projections scaled by 1/sqrt(2 n_layer)).
 
 Shapes: B batch, T time (tokens), C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size,
 V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.sampling`).
@@ -36,19 +40,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from llm_tiny.attention import ATTENTION, alibi_slopes, attention_weights
 from llm_tiny.config import ModelConfig
+from llm_tiny.kvcache import KVCache, LayerCache, Start, repeat_kv, row_positions
 
-# Where new tokens start: one position for every row, or one per row (B,) when the rows of a
-# batched KV cache hold different lengths (a server decoding many requests at once).
-Start = int | Tensor
-# A position module's `rotate(t, start)`: applies positions to queries/keys (B, h, T, hs).
-Rotate = Callable[[Tensor, Start], Tensor]
-
-
-def row_positions(start: Tensor, T: int) -> Tensor:
-    """Positions (B, T) of T new tokens per row after start (B,) cached ones: [2, 5], 2 ->
-    [[2, 3], [5, 6]]."""
-    return start[:, None] + torch.arange(T, device=start.device)
+# A position module (`POSITIONS`), after `start` cached positions (an int, or one per row
+# (B,) when the rows of a batched KV cache hold different lengths): `embed(x, start)` adds
+# positions to the input (B, T, C), `rotate(t, start)` to queries/keys (B, h, T, hs), and
+# `bias(mask, start)` turns the causal mask (T, S) or (B, 1, T, S) into the kernels' mask or
+# ALiBi's bias.
+Positions = nn.Module
 
 
 # ----------------------------------------------------------------------------- linear layers
@@ -166,6 +167,9 @@ class LearnedPositions(nn.Module):
     def rotate(self, t: Tensor, start: Start) -> Tensor:
         return t  # positions already travel in the residual stream
 
+    def bias(self, mask: Tensor, start: Start) -> Tensor:
+        return mask
+
 
 class RotaryPositions(nn.Module):
     """RoPE: nothing is added to the input; queries and keys are rotated inside attention.
@@ -192,105 +196,45 @@ class RotaryPositions(nn.Module):
         end = start + t.size(-2)
         return apply_rope(t, self.cos[start:end], self.sin[start:end])
 
+    def bias(self, mask: Tensor, start: Start) -> Tensor:
+        return mask
 
-POSITIONS: dict[str, type[nn.Module]] = {"learned": LearnedPositions, "rope": RotaryPositions}
+
+class ALiBiPositions(nn.Module):
+    """ALiBi: no position vectors; head h's score for a key d positions back is lowered by
+    slope_h * d. Steep heads look close, shallow ones far; nothing is learned."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        # Not persistent: derived from the config, so checkpoints do not carry them.
+        self.register_buffer("slopes", alibi_slopes(cfg.n_head)[:, None, None], persistent=False)
+
+    def embed(self, x: Tensor, start: Start) -> Tensor:
+        return x
+
+    def rotate(self, t: Tensor, start: Start) -> Tensor:
+        return t
+
+    def bias(self, mask: Tensor, start: Start) -> Tensor:
+        """-slope_h * (i - j) where query i may see key j, -inf elsewhere: (nh, T, S), or
+        (B, nh, T, S) for per-row starts."""
+        T, S = mask.shape[-2:]
+        if isinstance(start, Tensor):
+            i = row_positions(start, T)[:, None, :, None]  # query positions (B, 1, T, 1)
+        else:
+            i = torch.arange(start, start + T, device=mask.device)[:, None]  # (T, 1)
+        distance = (i - torch.arange(S, device=mask.device)).float()  # (T, S)
+        return (-self.slopes * distance).masked_fill(~mask, float("-inf"))
+
+
+POSITIONS: dict[str, type[nn.Module]] = {
+    "learned": LearnedPositions,
+    "rope": RotaryPositions,
+    "alibi": ALiBiPositions,
+}
 
 
 # ----------------------------------------------------------------------------- attention
-
-
-def attention_weights(q: Tensor, k: Tensor, mask: Tensor) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) with False entries of `mask` (T, S) or (B, 1, T, S) excluded:
-    (B, nh, T, S)."""
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
-    return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-
-
-def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
-    """Attention written out: weights, dropout on the weights, weighted sum of values."""
-    att = F.dropout(attention_weights(q, k, mask), p=dropout_p)  # (B, nh, T, S)
-    return att @ v  # (B, nh, T, hs)
-
-
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
-    """The same computation by PyTorch's fused kernel."""
-    T, S = q.size(-2), k.size(-2)
-    if mask.dim() > 2:  # one mask per row: rows of a batched cache end at different positions
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    if T == S:  # no cached prefix: `is_causal` lets PyTorch pick FlashAttention on CUDA
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if T == 1:  # one new token after a cache: it may see every key, no mask needed
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    # NOTE: with fewer queries than keys `is_causal` would align the mask to the top left
-    # (query 0 sees key 0 only), which is wrong after a cache; pass the offset mask instead.
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
-ATTENTION: dict[str, Callable[..., Tensor]] = {"sdpa": sdpa_attention, "manual": manual_attention}
-
-
-def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """(B, nkv, S, hs) -> (B, nkv * n_rep, S, hs): each key/value head serves n_rep query heads."""
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
-class LayerCache:
-    """Keys and values of one layer for the positions seen so far, preallocated to block_size."""
-
-    def __init__(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> None:
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (B, nkv, block_size, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-
-    def store(self, k: Tensor, v: Tensor, start: Start) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, nkv, T, hs) at positions start.. and return all keys/values so far
-        (with per-row starts: up to the longest row; the per-row mask hides the rest)."""
-        if isinstance(start, Tensor):
-            pos = row_positions(start, k.size(2))  # (B, T)
-            rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
-            self.k[rows, :, pos] = k.transpose(1, 2)  # indexed view is (B, T, nkv, hs)
-            self.v[rows, :, pos] = v.transpose(1, 2)
-            end = int(pos[:, -1].max()) + 1
-            return self.k[:, :, :end], self.v[:, :, :end]
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nkv, start + T, hs)
-
-
-class KVCache:
-    """Per-layer key/value caches plus how many positions they hold (`length`): an int, or a
-    (B,) tensor when each row holds its own number (`append` and `reorder` let rows join and
-    leave, as a server's requests do)."""
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch_size, cfg.kv_heads, cfg.block_size, cfg.head_dim)
-        self.layers = [LayerCache(shape, device, dtype) for _ in range(cfg.n_layer)]
-        self.length = 0
-
-    def reset(self) -> None:
-        """Forget every position (the buffers are reused)."""
-        self.length = 0
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows `index` (B',): beam search follows the beams it keeps."""
-        for layer in self.layers:
-            layer.k = layer.k.index_select(0, index)
-            layer.v = layer.v.index_select(0, index)
-        if isinstance(self.length, Tensor):
-            self.length = self.length.index_select(0, index)
-
-    def append(self, other: KVCache) -> None:
-        """Add the rows of `other` after this cache's rows; lengths become per row (B,)."""
-        self.length = torch.cat([self.row_lengths(), other.row_lengths()])
-        for mine, theirs in zip(self.layers, other.layers):
-            mine.k, mine.v = torch.cat([mine.k, theirs.k]), torch.cat([mine.v, theirs.v])
-
-    def row_lengths(self) -> Tensor:
-        """Positions held per row (B,)."""
-        if isinstance(self.length, Tensor):
-            return self.length
-        k = self.layers[0].k
-        return torch.full((k.size(0),), self.length, dtype=torch.long, device=k.device)
 
 
 class CausalSelfAttention(nn.Module):
@@ -310,7 +254,7 @@ class CausalSelfAttention(nn.Module):
         mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool).tril()
         self.register_buffer("mask", mask, persistent=False)
 
-    def heads(self, x: Tensor, rotate: Rotate, start: Start) -> tuple[Tensor, Tensor, Tensor]:
+    def heads(self, x: Tensor, pos: Positions, start: Start) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), positions applied."""
         B, T, _ = x.shape
         kv_width = self.n_kv_head * self.head_dim
@@ -318,30 +262,32 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        return rotate(q, start), rotate(k, start), v
+        return pos.rotate(q, start), pos.rotate(k, start), v
 
     def forward(
-        self, x: Tensor, rotate: Rotate, start: Start = 0, cache: LayerCache | None = None
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
     ) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.heads(x, rotate, start)
+        q, k, v = self.heads(x, pos, start)
         if cache is not None:
             k, v = cache.store(k, v, start)  # (B, nkv, S, hs) with S = start + T
         n_rep = self.n_head // self.n_kv_head
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, nh, S, hs)
         if isinstance(start, Tensor):  # row b's query t sees keys up to its own position
-            mask = self.mask[row_positions(start, T)][:, None, :, : k.size(2)]  # (B, 1, T, S)
+            causal = self.mask[row_positions(start, T)][:, None, :, : k.size(2)]  # (B, 1, T, S)
         else:
-            mask = self.mask[start : start + T, : start + T]  # (T, S)
+            causal = self.mask[start : start + T, : start + T]  # (T, S)
+        mask = pos.bias(causal, start)  # the same, or ALiBi's bias (nh, T, S) / (B, nh, T, S)
         y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_drop(self.proj(y))
 
-    def weights(self, x: Tensor, rotate: Rotate) -> Tensor:
+    def weights(self, x: Tensor, pos: Positions) -> Tensor:
         """Attention weights (B, nh, T, T) for x (B, T, C), whatever `attend` is: for pictures."""
         T = x.size(1)
-        q, k, _ = self.heads(x, rotate, 0)
-        return attention_weights(q, repeat_kv(k, self.n_head // self.n_kv_head), self.mask[:T, :T])
+        q, k, _ = self.heads(x, pos, 0)
+        k = repeat_kv(k, self.n_head // self.n_kv_head)
+        return attention_weights(q, k, pos.bias(self.mask[:T, :T], 0))
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -389,7 +335,10 @@ MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU}
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block (GPT-2): x + attn(norm1(x)), then x + mlp(norm2(x)). The
+    residual stream itself is never normalised, so gradients reach early layers unchanged."""
+
+    final_norm = True  # the stream needs a norm before the LM head
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -399,10 +348,33 @@ class Block(nn.Module):
         self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(
-        self, x: Tensor, rotate: Rotate, start: Start = 0, cache: LayerCache | None = None
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
     ) -> Tensor:
-        x = x + self.attn(self.norm1(x), rotate, start, cache)  # (B, T, C)
+        x = x + self.attn(self.norm1(x), pos, start, cache)  # (B, T, C)
         return x + self.mlp(self.norm2(x))
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        return self.norm1(x)
+
+
+class PostNormBlock(Block):
+    """Post-norm block (the original Transformer): norm1(x + attn(x)), then norm2(x + mlp(x)).
+    Its output is already normalised: no final norm. Every gradient passes through the norms,
+    which is why post-norm stacks need a learning-rate warmup (Xiong et al. 2020)."""
+
+    final_norm = False
+
+    def forward(
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
+    ) -> Tensor:
+        x = self.norm1(x + self.attn(x, pos, start, cache))  # (B, T, C)
+        return self.norm2(x + self.mlp(x))
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        return x
+
+
+BLOCKS: dict[str, type[Block]] = {"pre": Block, "post": PostNormBlock}
 
 
 # ----------------------------------------------------------------------------- model
@@ -419,8 +391,9 @@ class TinyGPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos = POSITIONS[cfg.pos_emb](cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = NORMS[cfg.norm](cfg)
+        block = BLOCKS[cfg.norm_position]
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = NORMS[cfg.norm](cfg) if block.final_norm else nn.Identity()
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             # One Parameter in two places: it is trained once, saved under both names and
@@ -447,10 +420,17 @@ class TinyGPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        cache: KVCache | None = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, V) for token ids idx (B, T), and the mean cross-entropy against
         `targets` (B, T) when given (positions with target -1 are ignored).
+
+        `label_smoothing` e (training only, `optim.label_smoothing`): the target distribution is
+        1 - e on the right token plus e spread evenly over all V (Szegedy et al. 2016).
 
         With a `cache`, idx continues the `cache.length` positions already stored there (per
         row when `cache.length` is a tensor; rows that all hold the same length take the plain
@@ -465,15 +445,16 @@ class TinyGPT(nn.Module):
         for block, layer_cache in zip(self.blocks, caches):
             if self.config.grad_checkpointing and torch.is_grad_enabled():
                 # Keep only the block's input; recompute its activations in backward.
-                x = checkpoint(block, x, self.pos.rotate, start, layer_cache, use_reentrant=False)
+                x = checkpoint(block, x, self.pos, start, layer_cache, use_reentrant=False)
             else:
-                x = block(x, self.pos.rotate, start, layer_cache)
+                x = block(x, self.pos, start, layer_cache)
         if cache is not None:
             cache.length += idx.size(1)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        flat = logits.flatten(0, 1), targets.flatten()  # (B * T, V), (B * T,)
+        loss = F.cross_entropy(*flat, ignore_index=-1, label_smoothing=label_smoothing)
         return logits, loss
 
     def _check_inputs(self, idx: Tensor, targets: Tensor | None, start: Start) -> None:
@@ -540,8 +521,8 @@ class TinyGPT(nn.Module):
         x = self.drop(self.pos.embed(self.wte(idx), 0))  # (B, T, C)
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.weights(block.norm1(x), self.pos.rotate))
-            x = block(x, self.pos.rotate)
+            maps.append(block.attn.weights(block.attention_input(x), self.pos))
+            x = block(x, self.pos)
         return maps
 
     # ------------------------------------------------------------------------- accounting

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from llm_tiny.checkpoint import unwrap_model
 from llm_tiny.config import sampling_problem
-from llm_tiny.model import KVCache, TinyGPT, decode_layout
+from llm_tiny.kvcache import KVCache
+from llm_tiny.model import TinyGPT, decode_layout
 
 # ----------------------------------------------------------------------------- logits processing
 

@@ -167,7 +167,9 @@ class Trainer:
             # must cover the forward pass too; that is where DDP decides.
             with self.runner.no_sync() if rt.distributed and not last else contextlib.nullcontext():
                 with rt.autocast():
-                    _, loss = self.runner(x, y)
+                    # Label smoothing shapes the training objective only; evaluation (and so
+                    # the validation loss and bits per byte) calls the model without it.
+                    _, loss = self.runner(x, y, label_smoothing=self.cfg.optim.label_smoothing)
                 # Fetch the next micro-batch on the CPU while the device computes this one.
                 nxt = (step + 1, self.first_micro) if last else (step, self.first_micro + m + 1)
                 self.batch = self.train_src.get_batch(*nxt)
@@ -427,7 +429,14 @@ def after_training(cfg: RunConfig, model: nn.Module, tokenizer: Any, rt: Runtime
     from llm_tiny.plots import plot_runs
     from llm_tiny.sample import sample_text
 
-    plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
+    try:
+        plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
+    except ModuleNotFoundError as e:
+        # NOTE: matplotlib is a dependency, but a GPU machine's Python may have only torch and
+        # the core libraries; the trained run is worth keeping without its picture.
+        if e.name != "matplotlib":
+            raise
+        log("loss.png not drawn: matplotlib is not installed (pip install matplotlib)")
     if cfg.train.sample_at_end and cfg.sample.max_new_tokens > 0:
         with preserved_rng(rt.device), rt.autocast():
             log("sample:\n" + sample_text(model, tokenizer, cfg, rt.device, note=log))

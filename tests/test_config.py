@@ -122,12 +122,14 @@ def test_override_helper_revalidates():
         ("train:\n  batch_size: 0\n", [], "train.batch_size must be >= 1"),
         ("model:\n  dropout: 1.0\n", [], "model.dropout must be in [0, 1)"),
         ("model:\n  dropout: -0.1\n", [], "model.dropout must be in [0, 1)"),
+        ("optim:\n  label_smoothing: 1.0\n", [], "optim.label_smoothing must be in [0, 1)"),
+        ("model:\n  norm_position: middle\n", [], "model.norm_position must be one of pre | post"),
         ("optim:\n  warmup_iters: 20\ntrain:\n  max_iters: 10\n", [], "must be <= train.max_iters"),
         ("model:\n  block_size: 0\n", [], "model.block_size must be >= 1"),
         (
             "model:\n  pos_emb: rop\n",
             [],
-            "must be one of learned | rope, got 'rop' (did you mean rope?)",
+            "must be one of learned | rope | alibi, got 'rop' (did you mean rope?)",
         ),
         ("model:\n  norm: batchnorm\n", [], "model.norm must be one of layernorm | rmsnorm"),
         ("train:\n  device: tpu\n", [], "train.device must be one of auto | cpu | cuda | mps"),
@@ -203,6 +205,7 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
         Dtype,
         Mlp,
         Norm,
+        NormPosition,
         PosEmb,
         Schedule,
         architecture_fields,
@@ -213,13 +216,14 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
     assert set(model.POSITIONS) == set(choices(PosEmb))
     assert set(model.ATTENTION) == set(choices(AttnImpl))
     assert set(model.MLPS) == set(choices(Mlp))
+    assert set(model.BLOCKS) == set(choices(NormPosition))
     for name in choices(Schedule):  # every schedule the config allows is implemented
         assert schedule.lr_at(0, lr=1.0, min_lr=0.0, warmup_iters=0, decay_iters=2, schedule=name)
     assert set(runtime.DTYPES) == set(choices(Dtype)) - {"auto"}
     # The fields that fix the parameters' shapes: resuming across a change of one is refused.
     assert architecture_fields() == (
         "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
-        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp",
+        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "norm_position",
     )  # fmt: skip
 
 

@@ -13,8 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llm_tiny import attention
+from llm_tiny.attention import (
+    alibi_slopes,
+    manual_attention,
+    sdpa_attention,
+    tiled_attention,
+)
 from llm_tiny.config import ModelConfig
 from llm_tiny.model import (
+    ALiBiPositions,
+    PostNormBlock,
     RMSNorm,
     RotaryPositions,
     TinyGPT,
@@ -35,6 +44,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    """Tiles of 3 queries by 2 keys: the tiled kernel then walks several tiles (and skips the
+    causal future) even in these 8-token models, where its 64 x 64 tiles would be one."""
+    monkeypatch.setattr(attention, "TILE_Q", 3)
+    monkeypatch.setattr(attention, "TILE_K", 2)
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -64,16 +81,17 @@ FLAG_GRID = [
         "mlp": mlp,
         "attn_impl": impl,
         "n_kv_head": kv,
-        # these three do not interact with the rest or each other: vary them together
+        # these four do not interact with the rest or each other: vary them together
         "tie_weights": tied,
         "bias": tied,
         "grad_checkpointing": tied,
+        "norm_position": "pre" if tied else "post",
     }
     for pos, norm, mlp, impl, kv, tied in itertools.product(
-        ["learned", "rope"],
+        ["learned", "rope", "alibi"],
         ["layernorm", "rmsnorm"],
         ["gelu", "swiglu"],
-        ["sdpa", "manual"],
+        ["sdpa", "manual", "tiled"],
         [None, 2, 1],
         [True, False],
     )
@@ -102,10 +120,11 @@ def test_future_tokens_never_change_earlier_logits(flags):
 # ----------------------------------------------------------------------------- sdpa vs manual
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("impl", ["manual", "tiled"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("n_kv_head", [None, 2, 1])
-def test_sdpa_equals_manual_attention(pos_emb, n_kv_head):
-    manual = build(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_impl="manual")
+def test_sdpa_equals_manual_and_tiled_attention(impl, pos_emb, n_kv_head):
+    manual = build(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_impl=impl)
     sdpa = build(pos_emb=pos_emb, n_kv_head=n_kv_head, attn_impl="sdpa")
     sdpa.load_state_dict(manual.state_dict())
     idx, targets = tokens(3, 8), tokens(3, 8, seed=1)
@@ -121,11 +140,14 @@ def test_sdpa_equals_manual_attention(pos_emb, n_kv_head):
 # ----------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("n_kv_head", [None, 2])
-def test_cache_in_chunks_equals_one_full_forward(attn_impl, pos_emb, n_kv_head):
-    model = build(attn_impl=attn_impl, pos_emb=pos_emb, n_kv_head=n_kv_head)
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_cache_in_chunks_equals_one_full_forward(attn_impl, pos_emb, n_kv_head, norm_position):
+    model = build(
+        attn_impl=attn_impl, pos_emb=pos_emb, n_kv_head=n_kv_head, norm_position=norm_position
+    )
     idx = tokens(2, 8)
     full, _ = model(idx)
     cache = model.new_cache(batch_size=2)
@@ -145,8 +167,8 @@ def test_cache_reset_and_overflow():
     torch.testing.assert_close(logits, model(tokens(1, 8))[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
 @pytest.mark.parametrize("n_kv_head", [None, 2])
 def test_cache_rows_at_their_own_positions_equal_separate_runs(attn_impl, pos_emb, n_kv_head):
     """A server's batch: rows join (`append`) with prompts of different lengths, decode two
@@ -205,6 +227,133 @@ def test_rope_scores_depend_only_on_relative_position():
     torch.testing.assert_close(scores[1], scores[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(scores[2], scores[0], atol=1e-5, rtol=0)
     assert not torch.allclose(scores[0], q @ k.transpose(-2, -1), atol=1e-3)  # it does rotate
+
+
+# ----------------------------------------------------------------------------- ALiBi
+
+
+def test_alibi_slopes_are_the_papers():
+    # Press et al. 2022, section 3: "for 8 heads, the slopes are 1/2, 1/2^2, ..., 1/2^8".
+    assert alibi_slopes(8).tolist() == [2.0**-i for i in range(1, 9)]
+    # 16 heads: 1/sqrt(2), 1/2, ..., 1/2^8, each step a factor 1/sqrt(2)
+    torch.testing.assert_close(alibi_slopes(16), 2 ** (-0.5 * torch.arange(1.0, 17)))
+    # Not a power of 2: the 4-head slopes, then every other 8-head slope.
+    assert alibi_slopes(6).tolist() == [2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8, 2.0**-1, 2.0**-3]
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_follows_the_cache():
+    alibi = ALiBiPositions(tiny(pos_emb="alibi", n_head=2))  # slopes 1/16, 1/256
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()
+    bias = alibi.bias(mask, 0)
+    inf = float("inf")
+    expected = -torch.tensor([[0, inf, inf], [1, 0, inf], [2, 1, 0]])  # -(i - j), -inf above
+    torch.testing.assert_close(bias[0], expected / 16)
+    torch.testing.assert_close(bias[1], expected / 256)
+    # Two new queries after 3 cached positions: rows 3 and 4 of the full 5 x 5 bias.
+    full = alibi.bias(torch.ones(5, 5, dtype=torch.bool).tril(), 0)
+    later = alibi.bias(torch.ones(5, 5, dtype=torch.bool).tril()[3:], 3)
+    torch.testing.assert_close(later, full[:, 3:])
+
+
+def test_alibi_adds_no_parameters():
+    alibi, learned = build(pos_emb="alibi"), build(pos_emb="learned")
+    assert alibi.num_params(non_embedding=False) == learned.num_params(non_embedding=False) - 8 * 16
+    assert not any("pos" in name for name, _ in alibi.named_parameters())
+    assert alibi.state_dict().keys() == {k for k in learned.state_dict() if "wpe" not in k}
+
+
+# ----------------------------------------------------------------------------- tiled attention
+
+
+def random_qkv(T: int, S: int, seed: int = 0) -> list[torch.Tensor]:
+    """q (2, 3, T, 4), k and v (2, 3, S, 4)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, n, 4, generator=g) for n in (T, S, S)]
+
+
+@pytest.mark.parametrize("tiles", [(64, 64), (3, 2), (1, 5), (4, 4)])
+@pytest.mark.parametrize("start", [0, 4])  # 4: after 4 cached positions (fewer queries than keys)
+@pytest.mark.parametrize("alibi", [False, True])
+def test_tiled_attention_equals_sdpa_and_manual(monkeypatch, tiles, start, alibi):
+    monkeypatch.setattr(attention, "TILE_Q", tiles[0])
+    monkeypatch.setattr(attention, "TILE_K", tiles[1])
+    T, S = 7, 7 + start
+    q, k, v = random_qkv(T, S)
+    for t in (q, k, v):
+        t.requires_grad_()
+    mask = torch.ones(S, S, dtype=torch.bool).tril()[start:]  # (T, S): query t sees keys <= start+t
+    if alibi:
+        mask = ALiBiPositions(tiny(pos_emb="alibi", n_head=3)).bias(mask, start)  # (3, T, S)
+    outs, grads = [], []
+    for kernel in (sdpa_attention, manual_attention, tiled_attention):
+        out = kernel(q, k, v, mask, 0.0)
+        g = torch.autograd.grad((out * out.detach().cos()).sum(), (q, k, v))
+        outs.append(out)
+        grads.append(g)
+    for out, g in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(out, outs[0], atol=1e-5, rtol=0)
+        for a, b in zip(g, grads[0]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_tiled_attention_skips_the_tiles_the_causal_mask_hides(monkeypatch):
+    """With 4 x 4 tiles over 16 causal positions, 6 of the 16 tiles lie wholly in the future."""
+    monkeypatch.setattr(attention, "TILE_Q", 4)
+    monkeypatch.setattr(attention, "TILE_K", 4)
+    q, k, v = random_qkv(16, 16)
+    calls = []
+    real = attention.apply_mask
+
+    def counting(scores, mask):
+        calls.append(scores.shape[-2:])
+        return real(scores, mask)
+
+    monkeypatch.setattr(attention, "apply_mask", counting)
+    out = tiled_attention(q, k, v, torch.ones(16, 16, dtype=torch.bool).tril(), 0.0)
+    assert len(calls) == 10 and all(shape == (4, 4) for shape in calls)  # never a 16 x 16
+    monkeypatch.setattr(attention, "apply_mask", real)
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    torch.testing.assert_close(out, manual_attention(q, k, v, mask, 0.0), atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- post-norm
+
+
+def test_post_norm_block_is_the_original_transformer_formula():
+    block = build(norm_position="post").blocks[0]
+    assert isinstance(block, PostNormBlock)
+    pos = build(norm_position="post").pos
+    x = torch.randn(2, 8, 16)
+    h = block.norm1(x + block.attn(x, pos))  # Vaswani et al. 2017: LayerNorm(x + Sublayer(x))
+    torch.testing.assert_close(block(x, pos), block.norm2(h + block.mlp(h)))
+
+
+def test_post_norm_model_has_no_final_norm():
+    pre, post = build(), build(norm_position="post")
+    assert isinstance(post.norm_f, nn.Identity) and isinstance(pre.norm_f, nn.LayerNorm)
+    assert post.num_params() == pre.num_params() - 2 * 16  # the final LayerNorm's gain and bias
+    # Every block's output is normalised: mean 0 and variance 1 per position (gains 1, biases 0).
+    model = TinyGPT(tiny(norm_position="post"))
+    h = model.blocks[0](model.wte(tokens(2, 8)) + model.pos.wpe.weight, model.pos)
+    torch.testing.assert_close(h.mean(-1), torch.zeros(2, 8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.var(-1, correction=0), torch.ones(2, 8), atol=1e-3, rtol=0)
+
+
+# ----------------------------------------------------------------------------- label smoothing
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy_and_off_by_default():
+    model, idx = build(), tokens(2, 8)
+    targets = tokens(2, 8, seed=1)
+    targets[0, :3] = -1  # ignored positions stay ignored
+    logits, plain = model(idx, targets)
+    _, smoothed = model(idx, targets, label_smoothing=0.2)
+    logp = logits.log_softmax(-1)[targets != -1]  # (n, V) over the scored positions
+    nll = -logp.gather(1, targets[targets != -1][:, None]).squeeze(1)
+    uniform = -logp.mean(-1)  # cross-entropy against the uniform distribution over V
+    torch.testing.assert_close(plain, nll.mean())
+    torch.testing.assert_close(smoothed, (0.8 * nll + 0.2 * uniform).mean())
+    assert smoothed.item() != pytest.approx(plain.item(), rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -427,8 +576,12 @@ def test_param_groups_cover_every_parameter_once():
 
 @pytest.mark.parametrize(
     "flags",
-    [{}, {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1}],
-    ids=["gpt2", "rope-rms-swiglu-gqa"],
+    [
+        {},
+        {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1},
+        {"pos_emb": "alibi", "norm_position": "post", "attn_impl": "tiled"},
+    ],
+    ids=["gpt2", "rope-rms-swiglu-gqa", "alibi-post-tiled"],
 )
 def test_gradcheck_tiny_float64_model(flags):
     cfg = tiny(n_embd=4, n_head=2, n_layer=1, block_size=4, vocab_size=5, **flags)

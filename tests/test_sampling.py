@@ -279,8 +279,9 @@ def test_slide_start_worked_examples():
         {"pos_emb": "rope"},
         {"pos_emb": "rope", "n_kv_head": 2, "attn_impl": "manual"},
         {"pos_emb": "learned", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1},
+        {"pos_emb": "alibi", "norm_position": "post", "attn_impl": "tiled"},
     ],
-    ids=["learned", "rope", "rope-gqa-manual", "learned-mqa-swiglu"],
+    ids=["learned", "rope", "rope-gqa-manual", "learned-mqa-swiglu", "alibi-post-tiled"],
 )
 @pytest.mark.parametrize("prompt_len", [1, 5, 11])  # 11 > block_size 8
 def test_kv_cache_greedy_equals_full_recomputation(flags, prompt_len):
@@ -292,7 +293,7 @@ def test_kv_cache_greedy_equals_full_recomputation(flags, prompt_len):
     assert torch.equal(generate(model, idx, 21, temperature=0, use_cache=False), expected)
 
 
-@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
 def test_kv_cache_sampling_equals_full_recomputation(pos_emb):
     # Greedy decoding of a random model soon repeats itself; sampling gives varied sequences,
     # so a token fed at the wrong position or twice would show.

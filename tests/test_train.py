@@ -321,6 +321,44 @@ def test_accumulation_4_by_2_equals_batch_8(tmp_path):
     assert r4.tokens == r1.tokens == 8 * 8 * 32
 
 
+def test_label_smoothing_shapes_the_training_loss_only(tmp_path):
+    """optim.label_smoothing: a step's loss is the smoothed cross-entropy of its batch, while the
+    trainer's evaluation of the same model is the plain cross-entropy, computed here by hand."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from llm_tiny.data import prepare_data
+    from llm_tiny.metrics import RunLog
+    from llm_tiny.runtime import setup_runtime
+    from llm_tiny.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, optim={"label_smoothing": 0.5}))
+    data = prepare_data(cfg.run_data, log=quiet)
+    vocab = data.tokenizer.vocab_size
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    trainer = Trainer(cfg, setup_runtime(cfg.train), data, RunLog(print_fn=quiet))
+    x, y = trainer.batch  # the first step's batch (no dropout)
+    with torch.no_grad():
+        # GPT-2's initialisation predicts nearly uniformly, where smoothing changes little;
+        # larger output weights make the two losses far apart.
+        trainer.model.lm_head.weight.mul_(50)
+        logits, plain = trainer.model(x, y)
+    smoothed = F.cross_entropy(logits.flatten(0, 1), y.flatten(), label_smoothing=0.5)
+    loss, *_ = trainer.optimizer_step(lr=1e-3, stop=False)
+    assert loss == pytest.approx(smoothed.item(), rel=1e-6)
+    assert abs(loss - plain.item()) > 0.01, (loss, plain.item())
+
+    val = trainer.evaluate_and_log(row={"tokens": 0})
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for vx, vy in trainer.val_src.iter_eval_batches(cfg.train.eval_batch_size, None):
+            out, _ = trainer.model(vx)
+            ce = F.cross_entropy(out.flatten(0, 1), vy.flatten(), ignore_index=-1, reduction="sum")
+            total, n = total + ce.item(), n + int((vy != -1).sum())
+    assert val["loss"] == pytest.approx(total / n, rel=1e-5)
+
+
 def test_examples_kind_trains(tmp_path):
     rng = np.random.default_rng(0)
     lines = [f"Max({a},{b},{c})={max(a, b, c)}" for a, b, c in rng.integers(0, 10, size=(300, 3))]

@@ -36,6 +36,7 @@ from llm_tiny.config.sections import (
     Mlp,
     ModelConfig,
     Norm,
+    NormPosition,
     OptimConfig,
     PosEmb,
     Resume,

@@ -25,10 +25,11 @@ class ConfigError(UserError):
 # `arch(default)` marks a model field that changes the parameters' shapes or meaning: resuming
 # across a change of one is an error (`architecture_fields`).
 
-PosEmb = Literal["learned", "rope"]
+PosEmb = Literal["learned", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
+NormPosition = Literal["pre", "post"]
 Mlp = Literal["gelu", "swiglu"]
-AttnImpl = Literal["sdpa", "manual"]
+AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples"]
 OnBadRecord = Literal["error", "skip"]
 Schedule = Literal["cosine", "constant", "wsd"]
@@ -59,6 +60,7 @@ class ModelConfig:
     tie_weights: bool = arch(True)
     norm: Norm = arch("layernorm")
     mlp: Mlp = arch("gelu")
+    norm_position: NormPosition = arch("pre")  # pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x))
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
 
@@ -122,6 +124,7 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: bool | None = None  # one fused AdamW kernel for all parameters; None: on CUDA only
+    label_smoothing: float = 0.0  # training loss only; evaluation is always the plain loss
 
     def decay_iters(self, max_iters: int) -> int:
         """Step at which the decay reaches `min_lr`: `lr_decay_iters`, else `max_iters`."""
@@ -315,6 +318,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
     check(o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {o.grad_clip}")
+    check(
+        0 <= o.label_smoothing < 1,
+        f"optim.label_smoothing must be in [0, 1), got {o.label_smoothing}",
+    )
 
     check(t.max_iters >= 1, f"train.max_iters must be >= 1, got {t.max_iters}")
     check(

@@ -1,7 +1,7 @@
 """Continuous batching: one background thread decodes every active request together.
 
 Each step of the loop runs one forward pass over all the sequences being decoded, each with its
-own position in a batched KV cache (`model.KVCache` with per-row lengths), then samples each
+own position in a batched KV cache (`kvcache.KVCache` with per-row lengths), then samples each
 row's next token with that request's own settings and random generator. Requests join the
 batch between steps (their prompt is processed alone, into a one-row cache that is appended to
 the batch) and leave it when they finish or are cancelled (their row is dropped).
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_tiny.model import KVCache, TinyGPT, decode_layout
+from llm_tiny.kvcache import KVCache
+from llm_tiny.model import TinyGPT, decode_layout
 from llm_tiny.sampling import discourage_repeats, sample_next, slide_start
 
 
