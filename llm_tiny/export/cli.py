@@ -65,9 +65,8 @@ def export(args: Any) -> int:
         check_gguf_exportable(cfg.model)
     eot = _eot(tokenizer, cfg)
     state = model.state_dict()
-    eps = model.norm_f.eps  # the models' norms share one epsilon (see `hf.model_config_from_hf`)
     if args.format == "hf":
-        write_hf(out, cfg, state, tokenizer, eps=eps, eot=eot, dtype=args.dtype)
+        write_hf(out, cfg, state, tokenizer, eot=eot, dtype=args.dtype)
         what = f"{ARCHITECTURES[shape]} folder"
     else:
         need("gguf")
@@ -76,7 +75,7 @@ def export(args: Any) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         name = Path(args.ckpt).resolve().name if Path(args.ckpt).is_dir() else out.stem
         write_gguf(
-            out, cfg.model, state, tokenizer, eps=eps, eot=eot, dtype=args.dtype, name=name
+            out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name
         )
         what = f"GGUF file (llama, {args.dtype})"
     print(f"wrote {out}: {what} in {time.perf_counter() - t0:.1f} s")
@@ -100,7 +99,6 @@ def write_hf(
     state: dict[str, torch.Tensor],
     tokenizer: Any,
     *,
-    eps: float,
     eot: int | None,
     dtype: str = "f32",
 ) -> None:
@@ -109,7 +107,7 @@ def write_hf(
     from llm_tiny.export.hf_tokenizer import tokenizer_config, tokenizer_json
 
     save_file = need("safetensors.torch").save_file
-    config = hf_config(cfg.model, eps, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
+    config = hf_config(cfg.model, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
     tensors = {k: v.to(TORCH_DTYPES[dtype]) for k, v in to_hf(state, cfg.model).items()}
     eot_name = tokenizer.decode([eot]) if eot is not None else None
     generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from llm_tiny.config import ModelConfig
 from llm_tiny.errors import UserError
-from llm_tiny.export.hf import hf_shape, to_hf
+from llm_tiny.export.hf import hf_shape, norm_eps, to_hf
 from llm_tiny.export.hf_tokenizer import spell
 from llm_tiny.model import swiglu_hidden
 
@@ -79,7 +79,6 @@ def write_gguf(
     state: dict[str, Tensor],
     tok: Any,
     *,
-    eps: float,
     eot: int | None,
     dtype: str,
     name: str,
@@ -107,7 +106,7 @@ def write_gguf(
         w.add_head_count_kv(cfg.kv_heads)
         w.add_rope_dimension_count(cfg.head_dim)
         w.add_rope_freq_base(cfg.rope_theta)
-        w.add_layer_norm_rms_eps(eps)
+        w.add_layer_norm_rms_eps(norm_eps())
         _add_tokenizer(w, tok, cfg.vocab_size, eot)
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.n_layer)
         for hf_name, t in to_hf(state, cfg).items():

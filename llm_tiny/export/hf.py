@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from llm_tiny.config import ModelConfig
 from llm_tiny.errors import UserError
-from llm_tiny.model import swiglu_hidden
+from llm_tiny.model import RMSNorm, swiglu_hidden
 
 # What each HF shape needs of our flags; the first one that fits is used.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -30,9 +30,18 @@ SHAPES: dict[str, dict[str, Any]] = {
     "gpt2": {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "n_kv_head": None},
 }
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
-# NOTE: TinyGPT's norms use PyTorch's default epsilon (RMSNorm and nn.LayerNorm: 1e-5); export
-# reads it off the built model, import refuses any other value rather than change the function.
 GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU's tanh approximation
+
+
+def norm_eps() -> float:
+    """The epsilon of TinyGPT's norms, read off the modules themselves.
+
+    NOTE: both norms use PyTorch's default (1e-5), which `config.json` states; import refuses a
+    model with another value rather than compute a slightly different function.
+    """
+    eps = {RMSNorm(1).eps, nn.LayerNorm(1).eps}
+    assert len(eps) == 1, "TinyGPT's two norms are expected to share one epsilon"
+    return eps.pop()
 
 
 def hf_shape(cfg: ModelConfig) -> str:
@@ -61,11 +70,9 @@ def _fmt(flags: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- config.json
 
 
-def hf_config(
-    cfg: ModelConfig, eps: float, bos_id: int | None, eos_id: int | None
-) -> dict[str, Any]:
-    """The `config.json` of the HF model for `cfg` (`eps`: the model's norm epsilon)."""
-    shape = hf_shape(cfg)
+def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[str, Any]:
+    """The `config.json` of the HF model for `cfg`."""
+    shape, eps = hf_shape(cfg), norm_eps()
     common = {
         "architectures": [ARCHITECTURES[shape]],
         "model_type": shape,
@@ -107,9 +114,10 @@ def hf_config(
     }
 
 
-def model_config_from_hf(hf: dict[str, Any], eps: float, source: str) -> ModelConfig:
-    """The `ModelConfig` of an HF `config.json` (Llama family or GPT-2); a UserError for an
+def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
+    """The `ModelConfig` of an HF `config.json` (Llama or GPT-2); a UserError for an
     architecture or a setting TinyGPT cannot reproduce exactly."""
+    eps = norm_eps()
     kind = hf.get("model_type")
     arch = (hf.get("architectures") or ["?"])[0]
     tie = bool(hf.get("tie_word_embeddings", True))
