@@ -15,17 +15,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 pytest.importorskip("safetensors")
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llm_tiny.checkpoint import FORMAT, VERSION, load_model, save_checkpoint  # noqa: E402
-from llm_tiny.config import ModelConfig, RunConfig, config_to_dict  # noqa: E402
-from llm_tiny.export import cli, importer  # noqa: E402
-from llm_tiny.export.gguf import interleave_rope_rows  # noqa: E402
-from llm_tiny.export.hf_tokenizer import tokenizer_json  # noqa: E402
-from llm_tiny.model import TinyGPT  # noqa: E402
-from llm_tiny.sampling import generate  # noqa: E402
-from tok.bpe import Tokenizer  # noqa: E402
+from llm_tiny.checkpoint import FORMAT, VERSION, load_model, save_checkpoint
+from llm_tiny.config import ModelConfig, RunConfig, config_to_dict
+from llm_tiny.export import cli, importer
+from llm_tiny.export.gguf import interleave_rope_rows
+from llm_tiny.export.hf_tokenizer import tokenizer_json
+from llm_tiny.model import TinyGPT
+from llm_tiny.sampling import generate
+from tok.bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000]
@@ -38,15 +38,14 @@ def tok() -> Tokenizer:
     return Tokenizer.train(TEXT, 400, special_tokens=[EOT], workers=1)
 
 
+LLAMA = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
 SHAPES = {
-    "llama_gqa_untied": dict(
-        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head=2,
-        tie_weights=False, rope_theta=500.0,
-    ),
-    "llama_tied_bias": dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=True),
-    "gpt2_tied": dict(),
-    "gpt2_untied_no_bias": dict(bias=False, tie_weights=False),
-}  # fmt: skip
+    "llama_gqa_untied": LLAMA
+    | {"bias": False, "n_kv_head": 2, "tie_weights": False, "rope_theta": 500.0},
+    "llama_tied_bias": LLAMA | {"bias": True},
+    "gpt2_tied": {},
+    "gpt2_untied_no_bias": {"bias": False, "tie_weights": False},
+}
 
 
 def tiny_model(vocab: int, noise: float = 0.05, **flags) -> TinyGPT:
@@ -133,9 +132,11 @@ def test_tied_matrix_is_stored_once(tok, tmp_path):
     from safetensors import safe_open
 
     model = tiny_model(tok.vocab_size, **SHAPES["llama_tied_bias"])
-    cli.main(["--ckpt", str(write_checkpoint(tmp_path / "r", model, tok)), "--out", str(tmp_path / "o")])
+    cli.main(
+        ["--ckpt", str(write_checkpoint(tmp_path / "r", model, tok)), "--out", str(tmp_path / "o")]
+    )
     with safe_open(tmp_path / "o" / "model.safetensors", "pt") as f:
-        assert "lm_head.weight" not in f.keys() and "model.embed_tokens.weight" in f.keys()
+        assert "lm_head.weight" not in f.keys() and "model.embed_tokens.weight" in f.keys()  # noqa: SIM118
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -164,7 +165,9 @@ def test_tokenizer_json_gives_our_ids(pattern, tmp_path):
 
     check()
     model = tiny_model(tok.vocab_size)
-    cli.main(["--ckpt", str(write_checkpoint(tmp_path / "r", model, tok)), "--out", str(tmp_path / "o")])
+    cli.main(
+        ["--ckpt", str(write_checkpoint(tmp_path / "r", model, tok)), "--out", str(tmp_path / "o")]
+    )
     auto = AutoTokenizer.from_pretrained(tmp_path / "o")
     for text in (TEXT, TRICKY):
         ids = tok.encode(text, allowed_special="all")
@@ -192,7 +195,9 @@ def test_gguf_export_reads_back_in_transformers(tok, tmp_path, dtype):
     model = tiny_model(tok.vocab_size, noise=0.0, **SHAPES["llama_gqa_untied"])
     run = write_checkpoint(tmp_path / "run", model, tok)
     out = tmp_path / f"model-{dtype}.gguf"
-    assert cli.main(["--ckpt", str(run), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
+    assert (
+        cli.main(["--ckpt", str(run), "--format", "gguf", "--dtype", dtype, "--out", str(out)]) == 0
+    )
     reader = gguf.GGUFReader(out)
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
     types = {t.name: t.tensor_type.name for t in reader.tensors}

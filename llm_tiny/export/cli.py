@@ -74,9 +74,7 @@ def export(args: Any) -> int:
 
         out.parent.mkdir(parents=True, exist_ok=True)
         name = Path(args.ckpt).resolve().name if Path(args.ckpt).is_dir() else out.stem
-        write_gguf(
-            out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name
-        )
+        write_gguf(out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name)
         what = f"GGUF file (llama, {args.dtype})"
     print(f"wrote {out}: {what} in {time.perf_counter() - t0:.1f} s")
     return 0

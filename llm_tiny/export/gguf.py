@@ -56,7 +56,9 @@ def interleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
     [0.0, 2.0, 1.0, 3.0]
     """
     rows = w.shape[0]
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    )
 
 
 def _tensor_for(name: str, t: Tensor, dtype: str) -> tuple[np.ndarray, Any]:
@@ -94,8 +96,11 @@ def write_gguf(
         w = gguf.GGUFWriter(str(writer_path), "llama")
         w.add_name(name)
         w.add_file_type(
-            {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]  # fmt: skip
+            {
+                "f32": gguf.LlamaFileType.ALL_F32,
+                "f16": gguf.LlamaFileType.MOSTLY_F16,
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            }[dtype]
         )
         w.add_vocab_size(cfg.vocab_size)
         w.add_context_length(cfg.block_size)

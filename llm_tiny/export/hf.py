@@ -128,11 +128,15 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
 
     if kind == "gpt2":
         C = hf["n_embd"]
-        need(hf.get("activation_function", "gelu_new") in GELU_NAMES,
-             f"activation_function {hf.get('activation_function')!r} is not GELU's tanh form")
+        need(
+            hf.get("activation_function", "gelu_new") in GELU_NAMES,
+            f"activation_function {hf.get('activation_function')!r} is not GELU's tanh form",
+        )
         need(hf.get("n_inner") in (None, 4 * C), f"n_inner {hf.get('n_inner')} is not 4 * n_embd")
-        need(abs(hf.get("layer_norm_epsilon", 1e-5) - eps) < 1e-12,
-             f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} is not {eps}")
+        need(
+            abs(hf.get("layer_norm_epsilon", 1e-5) - eps) < 1e-12,
+            f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} is not {eps}",
+        )
         for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
             need(not hf.get(flag, False), f"{flag} is set")
         return ModelConfig(
@@ -143,16 +147,24 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
     if kind == "llama":
         C, nh = hf["hidden_size"], hf["num_attention_heads"]
         need(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r}")
-        need(hf.get("head_dim") in (None, C // nh) and C % nh == 0,
-             f"head_dim {hf.get('head_dim')} is not hidden_size / num_attention_heads")
-        need(hf["intermediate_size"] == swiglu_hidden(C),
-             f"intermediate_size {hf['intermediate_size']} is not TinyGPT's SwiGLU width "
-             f"{swiglu_hidden(C)} (8/3 hidden_size rounded up to a multiple of 64)")
-        need(abs(hf.get("rms_norm_eps", 1e-6) - eps) < 1e-12,
-             f"rms_norm_eps {hf.get('rms_norm_eps')} is not {eps}")
+        need(
+            hf.get("head_dim") in (None, C // nh) and C % nh == 0,
+            f"head_dim {hf.get('head_dim')} is not hidden_size / num_attention_heads",
+        )
+        need(
+            hf["intermediate_size"] == swiglu_hidden(C),
+            f"intermediate_size {hf['intermediate_size']} is not TinyGPT's SwiGLU width "
+            f"{swiglu_hidden(C)} (8/3 hidden_size rounded up to a multiple of 64)",
+        )
+        need(
+            abs(hf.get("rms_norm_eps", 1e-6) - eps) < 1e-12,
+            f"rms_norm_eps {hf.get('rms_norm_eps')} is not {eps}",
+        )
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        need(rope.get("rope_type", rope.get("type", "default")) == "default",
-             f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is set")
+        need(
+            rope.get("rope_type", rope.get("type", "default")) == "default",
+            f"RoPE scaling {rope.get('rope_type', rope.get('type'))!r} is set",
+        )
         bias = bool(hf.get("attention_bias", False))
         need(bool(hf.get("mlp_bias", False)) == bias, "attention_bias and mlp_bias differ")
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
@@ -210,7 +222,11 @@ def _splits(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
     `c_attn` is fused like ours)."""
     if hf_shape(cfg) != "llama":
         return {}
-    q, kv, hidden = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, swiglu_hidden(cfg.n_embd)
+    q, kv, hidden = (
+        cfg.n_head * cfg.head_dim,
+        cfg.kv_heads * cfg.head_dim,
+        swiglu_hidden(cfg.n_embd),
+    )
     out = {}
     for i in range(cfg.n_layer):
         ours, hf = f"blocks.{i}.", f"model.layers.{i}."

@@ -88,23 +88,42 @@ def tokenizer_json(tok: Any) -> dict[str, Any]:
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True}  # fmt: skip
+            {
+                "id": i,
+                "content": name,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for name, i in specials
         ],
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
-                 "invert": False},  # fmt: skip
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                 "use_regex": False},  # fmt: skip
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": regex},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": True,
+                    "use_regex": False,
+                },
             ],
         },
         "post_processor": None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                    "use_regex": False},  # fmt: skip
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": True,
+            "use_regex": False,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -120,9 +139,7 @@ def tokenizer_json(tok: Any) -> dict[str, Any]:
     }
 
 
-def tokenizer_config(
-    bos: str | None, eos: str | None, max_length: int
-) -> dict[str, Any]:
+def tokenizer_config(bos: str | None, eos: str | None, max_length: int) -> dict[str, Any]:
     """`tokenizer_config.json`: the class AutoTokenizer builds and the special token names."""
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",

@@ -56,7 +56,9 @@ def read_weights(folder: Path) -> dict[str, Tensor]:
     """All tensors of an HF folder as float32: safetensors (one file or an index of shards),
     else `pytorch_model.bin` read with `weights_only=True` (no code runs)."""
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(read_json(index, "an index")["weight_map"].values())) if index.exists() else []
+    files = (
+        sorted(set(read_json(index, "an index")["weight_map"].values())) if index.exists() else []
+    )
     if not files and (folder / "model.safetensors").exists():
         files = ["model.safetensors"]
     out: dict[str, Tensor] = {}
