@@ -85,7 +85,8 @@ def ids_of(tok: Tokenizer, text: str) -> torch.Tensor:
 def test_hf_export_loads_in_transformers_with_our_logits_and_round_trips(tok, tmp_path, shape):
     from transformers import AutoModelForCausalLM
 
-    model = tiny_model(tok.vocab_size, **SHAPES[shape])
+    extra = 5 if shape == "gpt2_untied_no_bias" else 0  # embedding rows beyond the tokenizer
+    model = tiny_model(tok.vocab_size + extra, **SHAPES[shape])
     run = write_checkpoint(tmp_path / "run", model, tok)
     assert cli.main(["--ckpt", str(run), "--out", str(tmp_path / "hf")]) == 0
     hf, info = AutoModelForCausalLM.from_pretrained(
@@ -126,6 +127,21 @@ def test_hf_config_states_the_llama_details(tok, tmp_path):
 
     with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
         assert f.metadata() == {"format": "pt"}
+
+
+def test_hf_export_in_half_precision(tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(tok.vocab_size, **SHAPES["llama_tied_bias"])
+    run = write_checkpoint(tmp_path / "run", model, tok)
+    assert cli.main(["--ckpt", str(run), "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf.dtype == torch.bfloat16
+    ids = ids_of(tok, TEXT[:300])
+    with torch.no_grad():
+        diff = (model(ids)[0] - hf(ids).logits.float()).abs().max().item()
+    assert diff < 0.1, diff  # bfloat16 keeps 8 bits of mantissa
 
 
 def test_tied_matrix_is_stored_once(tok, tmp_path):
@@ -192,7 +208,7 @@ def test_gguf_export_reads_back_in_transformers(tok, tmp_path, dtype):
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = tiny_model(tok.vocab_size, noise=0.0, **SHAPES["llama_gqa_untied"])
+    model = tiny_model(tok.vocab_size + 3, noise=0.0, **SHAPES["llama_gqa_untied"])
     run = write_checkpoint(tmp_path / "run", model, tok)
     out = tmp_path / f"model-{dtype}.gguf"
     assert (
@@ -227,7 +243,7 @@ def one_line_error(capsys, code: int) -> str:
 def test_export_errors_are_one_line_exit_2(tok, tmp_path, capsys):
     run = write_checkpoint(tmp_path / "r", tiny_model(tok.vocab_size, pos_emb="rope"), tok)
     err = one_line_error(capsys, cli.main(["--ckpt", str(run), "--out", str(tmp_path / "o")]))
-    assert "model.pos_emb=rope has no Hugging Face counterpart" in err
+    assert "model.pos_emb=rope: no Hugging Face counterpart" in err
     gpt2 = write_checkpoint(tmp_path / "g", tiny_model(tok.vocab_size), tok)
     args = ["--ckpt", str(gpt2), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]
     assert "GGUF export writes Llama-shaped" in one_line_error(capsys, cli.main(args))

@@ -206,3 +206,23 @@ def _rows(run: Path) -> list[dict]:
     from llm_tiny.metrics import read_metrics
 
     return read_metrics(run / "metrics.csv")
+
+
+def test_init_from_fills_the_model_and_refuses_another_tokenizer(tmp_path, hf_tokenizer):
+    from llm_tiny.checkpoint import start_from
+    from llm_tiny.config import load_config
+    from llm_tiny.errors import UserError
+    from tok.bpe import Tokenizer
+
+    hf_folder(tmp_path / "hf", "llama", hf_tokenizer)
+    importer.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "base")])
+    flags = [f"--train.init_from={tmp_path / 'base'}", f"--train.out_dir={tmp_path / 'new'}"]
+    cfg, weights = start_from(load_config(None, flags))
+    assert (cfg.model.n_kv_head, cfg.model.tie_weights, cfg.model.mlp) == (2, False, "swiglu")
+    assert cfg.data.vocab_size == 400 and weights["wte.weight"].shape == (408, 64)
+    copied = Tokenizer.load(tmp_path / "new" / "tok" / "bpe.json")  # the run trains with it
+    assert copied.fingerprint == Tokenizer.load(tmp_path / "base" / "tok" / "bpe.json").fingerprint
+    other = tmp_path / "other.json"
+    Tokenizer.train(TEXT, 300, workers=1).save(other)
+    with pytest.raises(UserError, match="its tokenizer differs"):
+        start_from(load_config(None, [*flags, f"--data.tokenizer={other}"]))

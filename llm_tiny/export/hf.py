@@ -45,26 +45,27 @@ def norm_eps() -> float:
 
 
 def hf_shape(cfg: ModelConfig) -> str:
-    """`"llama"` or `"gpt2"`, the HF shape of `cfg`; a UserError naming the flags with no
-    counterpart otherwise."""
-    misses = {}
-    for shape, wanted in SHAPES.items():
-        bad = {k: getattr(cfg, k) for k, v in wanted.items() if getattr(cfg, k) != v}
-        if not bad:
-            return shape
-        misses[shape] = bad
+    """`"llama"` or `"gpt2"`, the HF shape of `cfg`; a UserError naming the flags that have no
+    counterpart otherwise (those that differ from the nearest shape)."""
+    flags = {
+        "pos_emb": cfg.pos_emb,
+        "norm": cfg.norm,
+        "mlp": cfg.mlp,
+        "n_kv_head": None if cfg.kv_heads == cfg.n_head else cfg.n_kv_head,
+    }
+    misses = {
+        shape: {k: flags[k] for k, v in wanted.items() if flags[k] != v}
+        for shape, wanted in SHAPES.items()
+    }
     shape = min(misses, key=lambda s: len(misses[s]))
-    flags = ", ".join(f"model.{k}={v}" for k, v in misses[shape].items())
-    need = ", ".join(f"{k}={v}" for k, v in SHAPES[shape].items())
-    raise UserError(
-        f"{flags} has no Hugging Face counterpart: export writes Llama ({_fmt(SHAPES['llama'])}) "
-        f"or GPT-2 ({_fmt(SHAPES['gpt2'])}) models; the nearest here is "
-        f"{ARCHITECTURES[shape]} ({need})"
+    if not misses[shape]:
+        return shape
+    bad = ", ".join(f"model.{k}={v}" for k, v in misses[shape].items())
+    shapes = "; ".join(
+        f"{ARCHITECTURES[s]} ({', '.join(f'{k}={v}' for k, v in wanted.items())})"
+        for s, wanted in SHAPES.items()
     )
-
-
-def _fmt(flags: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in flags.items())
+    raise UserError(f"{bad}: no Hugging Face counterpart (export writes {shapes})")
 
 
 # ----------------------------------------------------------------------------- config.json
