@@ -272,3 +272,32 @@ def test_unsupported_flags_are_all_named(tok, tmp_path, capsys):
     run = write_checkpoint(tmp_path / "r", model, tok)
     err = one_line_error(capsys, cli.main(["--ckpt", str(run), "--out", str(tmp_path / "o")]))
     assert "model.mlp=gelu" in err and "LlamaForCausalLM" in err
+
+
+@pytest.mark.slow
+def test_llama_cpp_reads_the_gguf_with_our_tokens_and_greedy_text(tok, tmp_path):
+    """llama.cpp itself (through `llama-cpp-python`, built from source: not in the extras)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+
+    model = tiny_model(tok.vocab_size, **SHAPES["llama_gqa_untied"])
+    run = write_checkpoint(tmp_path / "run", model, tok)
+    out = tmp_path / "model.gguf"
+    assert cli.main(["--ckpt", str(run), "--format", "gguf", "--out", str(out)]) == 0
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, n_threads=1, verbose=False)
+    for text in (TEXT[:2000], "héllo 世界 🙂 \r\n\r\n  x\t y 1234567 it's"):
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+    assert llm.tokenize(EOT.encode(), add_bos=False, special=True) == [tok.special_tokens[EOT]]
+    prompt = tok.encode(TEXT[:40])[:5]
+    llm.eval(prompt)
+    theirs = torch.tensor(llm.scores[len(prompt) - 1])
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt]))[0][0, -1]
+    assert (ours - theirs).abs().max().item() < 1e-3
+    llm.reset()
+    greedy = []
+    for t in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        greedy.append(t)
+        if len(greedy) == 50:
+            break
+    expected = generate(model, torch.tensor([prompt]), 50, temperature=0.0)[0, 5:].tolist()
+    assert greedy == expected

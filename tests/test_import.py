@@ -226,3 +226,19 @@ def test_init_from_fills_the_model_and_refuses_another_tokenizer(tmp_path, hf_to
     Tokenizer.train(TEXT, 300, workers=1).save(other)
     with pytest.raises(UserError, match="its tokenizer differs"):
         start_from(load_config(None, [*flags, f"--data.tokenizer={other}"]))
+
+
+def test_import_reads_bare_gpt2_keys_and_pytorch_bin(tmp_path, hf_tokenizer):
+    """The original GPT-2 files name tensors without "transformer." (`GPT2Model`'s keys), and
+    older folders hold `pytorch_model.bin` (read with `weights_only=True`)."""
+    from safetensors.torch import load_file
+
+    hf_folder(tmp_path / "hf", "gpt2", hf_tokenizer)
+    importer.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "a")])
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    bare = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(bare, tmp_path / "hf" / "pytorch_model.bin")
+    assert importer.main(["--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "b")]) == 0
+    a, b = load_model(tmp_path / "a")[0].state_dict(), load_model(tmp_path / "b")[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -267,6 +267,10 @@ def from_hf(hf: dict[str, Tensor], cfg: ModelConfig, source: str) -> dict[str, T
     misshapen tensors are a UserError. Unused HF tensors (buffers such as `attn.bias`) are
     ignored."""
     out: dict[str, Tensor] = {}
+    if hf_shape(cfg) == "gpt2" and "transformer.wte.weight" not in hf:
+        # NOTE: the original GPT-2 checkpoints hold the bare `GPT2Model`'s keys ("h.0.ln_1...",
+        # no "transformer." prefix), which transformers accepts too.
+        hf = {k if k.startswith("lm_head.") else "transformer." + k: v for k, v in hf.items()}
 
     def take(key: str) -> Tensor:
         if key not in hf:
