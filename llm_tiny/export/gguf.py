@@ -61,7 +61,7 @@ def interleave_rope_rows(w: Tensor, n_heads: int) -> Tensor:
     )
 
 
-def _tensor_for(name: str, t: Tensor, dtype: str) -> tuple[np.ndarray, Any]:
+def _tensor_for(t: Tensor, dtype: str) -> tuple[np.ndarray, Any]:
     """The array to store and its GGML type: 1-D tensors (norm gains) stay f32, as llama.cpp
     keeps them; matrices become `dtype` (q8_0 needs rows of a multiple of 32 values)."""
     import gguf
@@ -123,7 +123,7 @@ def write_gguf(
                 t = interleave_rope_rows(t, cfg.n_head)
             elif base.endswith("k_proj"):
                 t = interleave_rope_rows(t, cfg.kv_heads)
-            data, qtype = _tensor_for(gguf_name, t, dtype)
+            data, qtype = _tensor_for(t, dtype)
             w.add_tensor(f"{gguf_name}.{suffix}", data, raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
