@@ -231,6 +231,30 @@ def test_gguf_export_reads_back_in_transformers(tok, tmp_path, dtype):
         assert auto(EOT + "hi")["input_ids"] == tok.encode(EOT + "hi", allowed_special="all")
 
 
+def test_gguf_holds_the_biases_llama_cpp_reads(tok, tmp_path):
+    """`bias: true` (the default) writes llama.cpp's optional bias tensors; transformers' GGUF
+    loader drops them, so they are checked as `gguf.GGUFReader` reads them (llama.cpp's own
+    reading is the slow test below)."""
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    model = tiny_model(tok.vocab_size, **SHAPES["llama_tied_bias"])
+    run = write_checkpoint(tmp_path / "run", model, tok)
+    out = tmp_path / "bias.gguf"
+    assert cli.main(["--ckpt", str(run), "--format", "gguf", "--out", str(out)]) == 0
+    tensors = {t.name: torch.from_numpy(t.data.copy()) for t in gguf.GGUFReader(out).tensors}
+    q, k, v = model.blocks[1].attn.qkv.bias.detach().split(64)
+    undo = LlamaTensorProcessor()._reverse_permute_weights
+    assert torch.equal(torch.from_numpy(undo(tensors["blk.1.attn_q.bias"].numpy(), 4)), q)
+    assert torch.equal(torch.from_numpy(undo(tensors["blk.1.attn_k.bias"].numpy(), 4)), k)
+    assert torch.equal(tensors["blk.1.attn_v.bias"], v)
+    gate, up = model.blocks[1].mlp.fc.bias.detach().chunk(2)
+    assert torch.equal(tensors["blk.1.ffn_gate.bias"], gate)
+    assert torch.equal(tensors["blk.1.ffn_up.bias"], up)
+    assert torch.equal(tensors["blk.1.ffn_down.bias"], model.blocks[1].mlp.proj.bias.detach())
+    assert "output.weight" not in tensors  # tied: the embedding serves as the output
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -275,8 +299,12 @@ def test_unsupported_flags_are_all_named(tok, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("pattern", "dtype"), [("gpt4", "f32"), ("gpt2", "f16")])
-def test_llama_cpp_reads_the_gguf_with_our_tokens_and_greedy_text(tmp_path, pattern, dtype):
+@pytest.mark.parametrize(
+    ("pattern", "dtype", "shape"),
+    [("gpt4", "f32", "llama_gqa_untied"), ("gpt2", "f16", "llama_gqa_untied"),
+     ("gpt4", "f32", "llama_tied_bias")],
+)  # fmt: skip
+def test_llama_cpp_reads_the_gguf_with_our_tokens_and_greedy_text(tmp_path, pattern, dtype, shape):
     """llama.cpp itself (through `llama-cpp-python`, built from source: not in the extras; an
     external libllama can be named with LLAMA_CPP_LIB_PATH)."""
     try:
@@ -285,7 +313,7 @@ def test_llama_cpp_reads_the_gguf_with_our_tokens_and_greedy_text(tmp_path, patt
         pytest.skip(f"llama-cpp-python is not usable here: {type(e).__name__}: {e}")
 
     tok = Tokenizer.train(TEXT, 400, pattern=pattern, special_tokens=[EOT], workers=1)
-    model = tiny_model(tok.vocab_size, **SHAPES["llama_gqa_untied"])
+    model = tiny_model(tok.vocab_size, **SHAPES[shape])
     run = write_checkpoint(tmp_path / "run", model, tok)
     out = tmp_path / "model.gguf"
     args = ["--ckpt", str(run), "--format", "gguf", "--dtype", dtype, "--out", str(out)]

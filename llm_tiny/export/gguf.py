@@ -1,11 +1,14 @@
 """TinyGPT -> GGUF (llama.cpp's file format), written with the `gguf` package that llama.cpp
-maintains. Llama-shaped models only (`hf.hf_shape(cfg) == "llama"`), without biases.
+maintains. Llama-shaped models only (`hf.hf_shape(cfg) == "llama"`).
 
 The tensors are the Hugging Face Llama tensors (`hf.to_hf`: the fused QKV and SwiGLU already
 split) under GGUF's names (`gguf.get_tensor_name_map`), with one change: query and key rows are
 permuted from the "rotate half" RoPE layout (pairs i, i + hs/2; ours and HF's) to GGML's
-interleaved one (pairs 2i, 2i + 1), per head, as llama.cpp's own converter does. Readers that
-go back to HF (transformers' GGUF loader) undo exactly this permutation.
+interleaved one (pairs 2i, 2i + 1), per head, as llama.cpp's own converter does (and so are
+their biases). Readers that go back to HF (transformers' GGUF loader) undo exactly this
+permutation. `bias=True` writes llama.cpp's optional bias tensors (`blk.N.attn_q.bias`, ...,
+`blk.N.ffn_down.bias`), which llama.cpp applies; NOTE: transformers' GGUF loader builds its
+Llama without biases and drops them.
 
 The tokenizer is stored as llama.cpp's `gpt2` type, i.e. byte-level BPE: the tokens spelled
 through the byte-to-unicode table (`hf_tokenizer.spell`), the merges as "a b" strings (a
@@ -39,12 +42,10 @@ TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5  # gguf.TokenType values
 
 
 def check_gguf_exportable(cfg: ModelConfig) -> None:
-    shape = hf_shape(cfg)  # a UserError for flags with no counterpart at all
-    if shape != "llama" or cfg.bias:
-        flags = "model.bias=true" if shape == "llama" else "a GPT-2-shaped model"
+    if hf_shape(cfg) != "llama":  # hf_shape: a UserError for flags with no counterpart at all
         raise UserError(
-            f"GGUF export writes Llama-shaped models without biases; {flags} cannot be "
-            "exported to GGUF (use --format hf)"
+            "GGUF export writes Llama-shaped models (pos_emb=rope, norm=rmsnorm, mlp=swiglu); "
+            "export this GPT-2-shaped one with --format hf"
         )
 
 
