@@ -106,7 +106,13 @@ def import_hf(folder: Path, out: Path, force: bool = False) -> int:
     hf_config = read_json(folder / "config.json", "config.json")
     model_cfg = model_config_from_hf(hf_config, str(folder / "config.json"))
     tok_path = folder / "tokenizer.json"
-    tok, id_map = from_tokenizer_json(read_json(tok_path, "tokenizer.json"), str(tok_path))
+    tok_data = read_json(tok_path, "tokenizer.json")
+    tok, id_map = from_tokenizer_json(tok_data, str(tok_path))
+    if (tok_data.get("model") or {}).get("ignore_merges"):
+        print(
+            "note: this tokenizer sets ignore_merges (a chunk that is a whole token is kept "
+            "whole); ours always applies the merges, so a rare word may split differently"
+        )
     if max(id_map) >= model_cfg.vocab_size:
         raise UserError(
             f"{tok_path}: token id {max(id_map)} has no row in the model "
