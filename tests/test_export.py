@@ -206,6 +206,8 @@ def test_rope_interleave_is_the_inverse_of_the_transformers_gguf_loader():
 @pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
 def test_gguf_export_reads_back_in_transformers(tok, tmp_path, dtype):
     import gguf
+
+    pytest.importorskip("accelerate")  # transformers' GGUF loading needs it (dev extra)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = tiny_model(tok.vocab_size + 3, noise=0.0, **SHAPES["llama_gqa_untied"])
