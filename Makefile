@@ -29,6 +29,7 @@ help:
 	@echo "make smoke    the whole path in about 30 s: tokenizer, data, 60 steps, eval, sample"
 	@echo "make sample   sample from the default run (RUN=out/tiny, ARGS=...)"
 	@echo "make serve    OpenAI-compatible server + playground at http://127.0.0.1:8000/ (RUN=...)"
+	@echo "make export   the run for transformers or llama.cpp (RUN=..., FORMAT=hf|gguf, DTYPE=...)"
 	@echo "make test     lint, then the test suite with coverage"
 	@echo "make sweep    hyperparameter sweep (configs/sweep_tiny.yaml)"
 	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
@@ -89,6 +90,16 @@ install-browser:
 	else \
 		echo "note: /usr/bin/chromium not found and not root with apt-get: the browser test will skip (apt-get install chromium)"; \
 	fi
+
+# make export FORMAT=hf|gguf DTYPE=f32|f16|q8_0: the run in RUN as a Hugging Face folder or a
+# GGUF file beside it (out/tiny-hf, out/tiny-f32.gguf); docs/export.md.
+.PHONY: export
+FORMAT ?= hf
+DTYPE ?= f32
+EXPORT_OUT ?= $(if $(filter gguf,$(FORMAT)),$(RUN)-$(DTYPE).gguf,$(RUN)-hf)
+
+export: $(STAMP)
+	$(PY) -m llm_tiny export --ckpt $(RUN) --format $(FORMAT) --dtype $(DTYPE) --out $(EXPORT_OUT) $(ARGS)
 
 sweep: $(STAMP)
 	$(PY) -m llm_tiny sweep configs/sweep_tiny.yaml $(ARGS)

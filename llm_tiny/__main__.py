@@ -25,6 +25,8 @@ COMMANDS = {
     "viz": ("llm_tiny.viz", "attention, embedding and gradient-flow pictures"),
     "tasks": ("llm_tiny.tasks", "synthetic tasks (digit operations)"),
     "serve": ("llm_tiny.serve", "OpenAI-compatible server and web playground"),
+    "export": ("llm_tiny.export.cli", "a checkpoint to Hugging Face transformers or GGUF"),
+    "import": ("llm_tiny.export.importer", "a Hugging Face GPT-2 / Llama folder as a run"),
 }
 
 USAGE = "usage: llm_tiny COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(

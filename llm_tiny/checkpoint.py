@@ -188,6 +188,49 @@ def check_resume_compatible(
         )
 
 
+def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
+    """`train.init_from`: the weights of another run's checkpoint (or an imported model) to
+    start a new run from, with a fresh optimizer at step 0.
+
+    Returns `cfg` with its model section filled from the checkpoint's (a model field the config
+    sets to another value than the default and the checkpoint's is an error), and the weights.
+    The run trains with the checkpoint's tokenizer: it is written to `data.tokenizer` when that
+    file does not exist yet, and must be the same tokenizer when it does.
+    """
+    import dataclasses
+
+    from tok.bpe import Tokenizer
+
+    path = resolve_checkpoint_path(cfg.train.init_from)
+    ckpt = load_checkpoint(path)
+    stored = checkpoint_config(ckpt, path).model
+    default = type(cfg.model)()
+    filled = {}
+    for name in architecture_fields():
+        mine, theirs = getattr(cfg.model, name), getattr(stored, name)
+        if mine not in (theirs, getattr(default, name)):
+            raise UserError(
+                f"train.init_from {path}: model.{name} is {theirs!r} in the checkpoint but "
+                f"{mine!r} in the config (leave it out to take the checkpoint's)"
+            )
+        filled[name] = theirs
+    tok = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
+    tok_path = Path(cfg.run_data.tokenizer)
+    if not tok_path.exists():
+        tok.save(tok_path)
+    elif Tokenizer.load(tok_path).fingerprint != tok.fingerprint:
+        raise UserError(
+            f"train.init_from {path}: its tokenizer differs from {tok_path}; delete that file "
+            "(or set data.tokenizer elsewhere) to train with the checkpoint's"
+        )
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, **filled),
+        data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size),
+    )
+    return cfg, ckpt["model"]
+
+
 # ----------------------------------------------------------------------------- training state
 
 

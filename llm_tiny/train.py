@@ -52,6 +52,7 @@ from llm_tiny.checkpoint import (
     load_checkpoint,
     restore_training,
     save_checkpoint,
+    start_from,
     training_checkpoint,
 )
 from llm_tiny.config import RunConfig, load_config, split_overrides
@@ -101,7 +102,8 @@ class TrainResult:
 
 class Trainer:
     """One training run on prepared data: `Trainer(cfg, rt, data, log).run()`. `cfg.model`
-    has its vocabulary size; `ckpt` is the checkpoint to continue from, or None."""
+    has its vocabulary size; `ckpt` is the checkpoint to continue from, or None; `weights` a
+    state dict to start from with a fresh optimizer (`train.init_from`), or None."""
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class Trainer:
         data: PreparedData,
         log: RunLog,
         ckpt: dict[str, Any] | None = None,
+        weights: dict[str, Any] | None = None,
     ) -> None:
         t = cfg.train
         self.cfg, self.rt, self.data, self.log = cfg, rt, data, log
@@ -124,6 +127,8 @@ class Trainer:
 
         seed_everything(t.seed)
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
+        if weights is not None:  # train.init_from
+            self.model.load_state_dict(weights)
         seed_everything(t.seed + rt.rank)  # rank-specific dropout masks from here on
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device_type)
         self.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.use_scaler)
@@ -376,6 +381,9 @@ def train(
         # Everything that can fail on bad input happens before any file of the run is written.
         resume_from = resume_path(cfg, out)
         ckpt = load_checkpoint(resume_from) if resume_from else None
+        weights = None
+        if ckpt is None and cfg.train.init_from:
+            cfg, weights = start_from(cfg)
         data = rt.main_first(lambda: prepare_data(cfg.run_data, progress=out.interactive, log=out))
         # The vocabulary size is known now; it flows into the model config (the config check
         # `model.vocab_size >= data.vocab_size` and data's tokenizer check cover a given one).
@@ -383,9 +391,11 @@ def train(
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
         if ckpt is not None:
             check_resume_compatible(ckpt, cfg, data.tokenizer.fingerprint, resume_from)
-        trainer = Trainer(cfg, rt, data, out, ckpt)
+        trainer = Trainer(cfg, rt, data, out, ckpt, weights)
         if resume_from is not None:
             out(f"resuming from {resume_from} at step {trainer.state.step}")
+        elif weights is not None:
+            out(f"starting from the weights of {cfg.train.init_from} (new optimizer, step 0)")
         if rt.is_main:
             start_files(cfg, out, resumed_at=trainer.state.step if ckpt is not None else None)
         where = f"{rt.device} {rt.dtype_name}" + (

@@ -154,6 +154,7 @@ class TrainConfig:
     seed: int = 1337
     threads: int | None = None  # torch intra-op threads; None: the torch default
     resume: Resume = "never"
+    init_from: str | None = None  # start from these weights (run dir or .pt): new optimizer, step 0
     overwrite: bool = False  # a new run may replace the checkpoints of an old one in out_dir
     max_bad_steps: int = 5  # stop after this many non-finite losses in a row
     tensorboard: bool = False

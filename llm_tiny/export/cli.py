@@ -1,0 +1,122 @@
+"""The export command: `python -m llm_tiny export --ckpt RUN --format hf|gguf --out PATH`.
+
+`--format hf` writes a folder that `transformers` loads with `AutoModelForCausalLM` and
+`AutoTokenizer` (`config.json`, `model.safetensors`, `generation_config.json`,
+`tokenizer.json`, `tokenizer_config.json`); `--format gguf` writes one `.gguf` file for
+llama.cpp and Ollama (`--dtype f32|f16|q8_0`). Nothing is written unless all of it is: the
+folder is assembled beside PATH and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.export.files import check_out, need, staged_dir
+
+FORMATS = ("hf", "gguf")
+
+
+def build_parser() -> ArgumentParser:
+    from llm_tiny.export.gguf import DTYPES
+
+    p = ArgumentParser(
+        prog="llm_tiny export",
+        description="Export a checkpoint to Hugging Face transformers or GGUF (llama.cpp).",
+    )
+    p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    p.add_argument("--format", choices=FORMATS, default="hf", help="hf (folder) or gguf (file)")
+    p.add_argument("--out", required=True, help="output folder (hf) or .gguf file (gguf)")
+    p.add_argument(
+        "--dtype",
+        choices=(*DTYPES, "bf16"),
+        default="f32",
+        help="weights' type: f32 | f16 | bf16 (hf) | q8_0 (gguf)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(lambda: export(args), "llm_tiny export")
+
+
+def export(args: Any) -> int:
+    from llm_tiny.checkpoint import load_model
+    from llm_tiny.export.gguf import check_gguf_exportable
+    from llm_tiny.export.hf import ARCHITECTURES, hf_shape
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    check_out(out, args.force)
+    if args.format == "hf" and args.dtype == "q8_0":
+        raise UserError("--dtype q8_0 is for --format gguf; hf takes f32, f16 or bf16")
+    if args.format == "gguf" and args.dtype == "bf16":
+        raise UserError("--dtype bf16 is for --format hf; gguf takes f32, f16 or q8_0")
+    model, tokenizer, cfg, _ = load_model(args.ckpt, "cpu")
+    shape = hf_shape(cfg.model)  # refuses flags with no counterpart before any work
+    if args.format == "gguf":
+        check_gguf_exportable(cfg.model)
+    eot = _eot(tokenizer, cfg)
+    state = model.state_dict()
+    if args.format == "hf":
+        write_hf(out, cfg, state, tokenizer, eot=eot, dtype=args.dtype)
+        what = f"{ARCHITECTURES[shape]} folder"
+    else:
+        need("gguf")
+        from llm_tiny.export.gguf import write_gguf
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        name = Path(args.ckpt).resolve().name if Path(args.ckpt).is_dir() else out.stem
+        write_gguf(out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name)
+        what = f"GGUF file (llama, {args.dtype})"
+    print(f"wrote {out}: {what} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+
+
+def _eot(tokenizer: Any, cfg: Any) -> int | None:
+    from llm_tiny.sample import eot_ids
+
+    ids = eot_ids(tokenizer, cfg)
+    return ids[0] if ids else None
+
+
+def write_hf(
+    out: Path,
+    cfg: Any,
+    state: dict[str, torch.Tensor],
+    tokenizer: Any,
+    *,
+    eot: int | None,
+    dtype: str = "f32",
+) -> None:
+    """The Hugging Face folder for a model (`cfg`: the run config) at `out`, atomically."""
+    from llm_tiny.export.hf import hf_config, to_hf
+    from llm_tiny.export.hf_tokenizer import tokenizer_config, tokenizer_json
+
+    save_file = need("safetensors.torch").save_file
+    config = hf_config(cfg.model, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
+    tensors = {k: v.to(TORCH_DTYPES[dtype]) for k, v in to_hf(state, cfg.model).items()}
+    eot_name = tokenizer.decode([eot]) if eot is not None else None
+    generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    with staged_dir(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        files = {
+            "config.json": config,
+            "generation_config.json": generation,
+            "tokenizer.json": tokenizer_json(tokenizer),
+            "tokenizer_config.json": tokenizer_config(eot_name, eot_name, cfg.model.block_size),
+        }
+        for name, data in files.items():
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+            (tmp / name).write_text(text, encoding="utf-8")
