@@ -27,24 +27,25 @@ from llm_tiny.data.shards import SPLITS, ShardWriter
 TASK_BYTES = 1 << 20  # text per task sent to a worker: big enough to amortise the pickling
 Item = tuple[str, str, int]  # (split, text, bytes of text)
 
-_worker: tuple[Any, list[int], Any] | None = None
+_worker: tuple[Any, list[int], Any, Any] | None = None
 
 
 def _encoder(tok: Any, eot: list[int], allowed: Any) -> Callable[[str], list[int]]:
     return lambda text: tok.encode(text, allowed_special=allowed) + eot
 
 
-def _init(tok_json: str, eot: list[int], allowed: Any) -> None:
+def _init(tok_json: str, eot: list[int], allowed: Any, dtype: Any) -> None:
     global _worker
     from tok.bpe import Tokenizer
 
-    _worker = (Tokenizer.from_json(tok_json), eot, allowed)
+    _worker = (Tokenizer.from_json(tok_json), eot, allowed, dtype)
 
 
 def _encode_task(texts: list[str]) -> list[np.ndarray]:
-    tok, eot, allowed = _worker  # set by `_init` in this worker process
+    tok, eot, allowed, dtype = _worker  # set by `_init` in this worker process
     encode = _encoder(tok, eot, allowed)
-    return [np.asarray(encode(t), dtype=np.uint32) for t in texts]
+    # In the shards' dtype already (uint16 for most vocabularies): half the bytes to send back.
+    return [np.asarray(encode(t), dtype=dtype) for t in texts]
 
 
 def _tasks(items: Iterable[Item]) -> Iterator[list[Item]]:
@@ -61,15 +62,21 @@ def _tasks(items: Iterable[Item]) -> Iterator[list[Item]]:
 
 
 def encoded(
-    items: Iterable[Item], tok: Any, eot: list[int], allowed: Any, workers: int
+    items: Iterable[Item],
+    tok: Any,
+    eot: list[int],
+    allowed: Any,
+    workers: int,
+    dtype: Any = np.uint32,
 ) -> Iterator[tuple[Item, np.ndarray]]:
-    """Each item with its token ids (`tok.encode(text, allowed) + eot`), in item order."""
+    """Each item with its token ids (`tok.encode(text, allowed) + eot`) as `dtype`, in item
+    order."""
     if workers <= 1:
         encode = _encoder(tok, eot, allowed)
         for item in items:
-            yield item, np.asarray(encode(item[1]), dtype=np.uint32)
+            yield item, np.asarray(encode(item[1]), dtype=dtype)
         return
-    init = (tok.to_json(), eot, allowed)
+    init = (tok.to_json(), eot, allowed, dtype)
     with ProcessPoolExecutor(workers, initializer=_init, initargs=init) as pool:
         pending: deque = deque()
         for task in _tasks(items):

@@ -416,7 +416,7 @@ def _prepare_stream(
         disable=not progress,
     ) as bar:  # fmt: skip
         write_items(
-            encoded(items, tok, eot, allowed, workers), writers, counts,
+            encoded(items, tok, eot, allowed, workers, writers["train"].dtype), writers, counts,
             lambda t: len(tok.token_bytes(t)), writers["train"].directory / "progress.json",
             key, done, bar.update,
         )  # fmt: skip
