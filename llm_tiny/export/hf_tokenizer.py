@@ -17,7 +17,6 @@ the tests check the result with the real `tokenizers` and `AutoTokenizer`.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from typing import Any
 
@@ -231,12 +230,3 @@ def from_tokenizer_json(data: Any, source: str) -> tuple[Any, dict[int, int]]:
     id_map = {vocab[w]: i for w, i in ours.items() if w in vocab}
     id_map.update({added[name]: tok.special_tokens[name] for name in specials})
     return tok, id_map
-
-
-def read_tokenizer_json(path: Any) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (import needs the model's tokenizer.json)") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable tokenizer.json ({e})") from None
