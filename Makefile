@@ -124,6 +124,7 @@ speedrun: $(STAMP)
 digits: $(STAMP)
 	$(PY) -m llm_tiny tasks digits --out data/digits --range 9
 	$(PY) -m llm_tiny tasks digits --out data/digits99 --range 99
+	$(PY) -m llm_tiny tasks digits --out data/digits_nested --depth 2 --n 60000
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache .coverage .coverage.* htmlcov build *.egg-info
