@@ -38,6 +38,7 @@ from llm_tiny.config.sections import (
     Norm,
     NormPosition,
     OptimConfig,
+    OptimName,
     PosEmb,
     Resume,
     RunConfig,
