@@ -28,7 +28,7 @@ class ConfigError(UserError):
 PosEmb = Literal["learned", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-Mlp = Literal["gelu", "swiglu"]
+Mlp = Literal["gelu", "swiglu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples"]
 OnBadRecord = Literal["error", "skip"]
@@ -62,6 +62,9 @@ class ModelConfig:
     norm: Norm = arch("layernorm")
     mlp: Mlp = arch("gelu")
     norm_position: NormPosition = arch("pre")  # pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x))
+    qk_norm: bool = arch(False)  # RMSNorm on each head's queries and keys, before RoPE
+    logit_softcap: float | None = arch(None)  # logits -> c tanh(logits / c); null: off
+    zero_init_proj: bool = False  # residual projections (and an untied LM head) start at 0
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
 
@@ -281,6 +284,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         f"rope needs an even head size, got n_embd/n_head = {m.head_dim}",
     )
     check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    check(
+        m.logit_softcap is None or m.logit_softcap > 0,
+        f"model.logit_softcap must be > 0 or null, got {m.logit_softcap}",
+    )
     check(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
 
     check(len(d.input) >= 1, "data.input must name at least one text file")
