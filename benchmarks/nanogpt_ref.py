@@ -56,12 +56,13 @@ DATA = Path("data") / "shakespeare_char"
 NEEDED = ("train.py", "model.py", NANOGPT_CONFIG, str(DATA / "prepare.py"))
 
 
-def check_checkout(path: str | Path) -> Path:
-    """The nanoGPT checkout at `path`, or a UserError naming the file it lacks."""
+def check_checkout(path: str | Path, for_training: bool = True) -> Path:
+    """The nanoGPT checkout at `path`, or a UserError naming the file it lacks (only its
+    `model.py` unless `for_training`)."""
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"--nanogpt {path}: not a directory (a checkout of karpathy/nanoGPT)")
-    for name in NEEDED:
+    for name in NEEDED if for_training else ("model.py",):
         if not (root / name).is_file():
             raise UserError(f"--nanogpt {path}: {name} is missing; is it a nanoGPT checkout?")
     return root
@@ -171,6 +172,14 @@ def window_loss(
     return total / x.numel()
 
 
+def nanogpt_module(root: Path) -> Any:
+    """The checkout's `model.py` (its `GPT` and `GPTConfig`), imported under another name."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", root / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_nanogpt(root: Path, ckpt_path: str | Path) -> Any:
     """nanoGPT's model from its own `model.py`, with the weights of `ckpt_path`, in eval mode."""
     import torch
@@ -179,9 +188,7 @@ def load_nanogpt(root: Path, ckpt_path: str | Path) -> Any:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to read it is for the user to see, in one line
         raise UserError(f"{ckpt_path}: cannot read it as plain tensors ({e})") from None
-    spec = importlib.util.spec_from_file_location("nanogpt_model", root / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = nanogpt_module(root)
     with contextlib.redirect_stdout(sys.stderr):  # it prints its parameter count
         model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
     # A compiled nanoGPT saves its weights under `_orig_mod.` (its train.py strips it too).

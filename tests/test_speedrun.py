@@ -400,3 +400,25 @@ def test_nanogpt_checkout_problems_are_one_line(tmp_path):
     assert half.returncode == 2 and "model.py is missing" in half.stderr
     both = run_script("--input", str(text), "--nanogpt", str(tmp_path), "--ablation")
     assert both.returncode == 2 and "leave out --only, --ablation" in both.stderr
+
+
+def test_bench_train_adds_the_nanogpt_variant_in_the_same_run(tmp_path):
+    checkout = fake_nanogpt(tmp_path / "nanoGPT")
+    bench = ROOT / "benchmarks" / "bench_train.py"
+    args = ["--input", str(ROOT / "data" / "tiny.txt"), "--config", "configs/nanogpt_cpu.yaml"]
+    args += ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64"]
+    args += ["--batch-size", "2", "--iters", "2", "--warmup", "1", "--variants", "sdpa"]
+    args += ["--device", "cpu", "--threads", "1", "--nanogpt", str(checkout)]
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in results] == ["sdpa", "nanogpt"]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in results)
+    # The stand-in is a bigram table of 256 x 256: it did train, on the same batches.
+    assert results[1]["final_loss"] != results[0]["final_loss"]
+    without = subprocess.run(
+        [sys.executable, str(bench), "--variants", "nanogpt"], capture_output=True, text=True
+    )
+    assert without.returncode == 2 and "needs --nanogpt DIR" in without.stderr
