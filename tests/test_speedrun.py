@@ -402,6 +402,7 @@ def test_nanogpt_checkout_problems_are_one_line(tmp_path):
     assert both.returncode == 2 and "leave out --only, --ablation" in both.stderr
 
 
+@pytest.mark.slow  # two training subprocesses; the --nanogpt speedrun test covers the checkout
 def test_bench_train_adds_the_nanogpt_variant_in_the_same_run(tmp_path):
     checkout = fake_nanogpt(tmp_path / "nanoGPT")
     bench = ROOT / "benchmarks" / "bench_train.py"
