@@ -46,7 +46,13 @@ def build_optimizer(
     hidden = hidden_matrices(model)
     ids = {id(p) for p in hidden}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
-    muon = torch.optim.Muon(
+    # NOTE: torch's Muon iterates in bfloat16, which this project's CPUs run about 20x slower
+    # than float32 (docs/speedrun.md); `auto` keeps it for accelerators only.
+    dtype = cfg.muon_dtype
+    if dtype == "auto":
+        dtype = "float32" if device_type == "cpu" else "bfloat16"
+    muon_class = Float32Muon if dtype == "float32" else torch.optim.Muon
+    muon = muon_class(
         hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay
     )
     # The schedule sets one learning rate; Muon's follows it at its own scale.
@@ -74,6 +80,49 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
         for name, p in model.named_parameters()
         if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")
     ]
+
+
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """About the nearest semi-orthogonal matrix to `g` (U V^T for g = U S V^T), in g's dtype.
+
+    X = g / ||g||_F (spectral norm <= 1), then `steps` times X <- a X + (b A + c A^2) X with
+    A = X X^T, on the wide orientation (the smaller Gram matrix). With Muon's coefficients the
+    singular values end in about [0.5, 1.5] after 5 steps (docs/theory.md, section 9).
+    """
+    a, b, c = coefficients
+    tall = g.size(0) > g.size(1)
+    x = g.T if tall else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+# (On a torch without Muon the class still defines, and `build_optimizer` refuses to use it.)
+class Float32Muon(torch.optim.Muon if hasattr(torch.optim, "Muon") else torch.optim.Optimizer):
+    """torch's Muon with the Newton-Schulz iteration in the parameters' dtype (float32) instead
+    of bfloat16. The constructor, the parameter groups and the state (`momentum_buffer`) are
+    torch's, so checkpoints of either load into the other; `adjust_lr_fn` is torch's default
+    (the update scaled by sqrt(max(1, rows / cols)))."""
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mu)  # buf = mu buf + (1 - mu) g
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                update = newton_schulz(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
 
 
 class Optimizers:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +14,7 @@ import torch
 from llm_tiny.config import ModelConfig, OptimConfig
 from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
-from llm_tiny.optim import build_optimizer, clip_grad_norm, set_lr
+from llm_tiny.optim import Float32Muon, build_optimizer, clip_grad_norm, newton_schulz, set_lr
 
 
 def tiny_model(seed: int = 0) -> TinyGPT:
@@ -109,7 +113,7 @@ def test_accumulated_scaled_gradients_equal_the_full_batch_gradient():
 # ----------------------------------------------------------------------------- Muon
 
 
-def newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16):
+def reference_newton_schulz(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16):
     """Reference orthogonalisation (Jordan et al. 2024): scale G to spectral norm <= 1, then
     iterate X <- a X + (b A + c A^2) X with A = X X^T on the wide orientation. The quintic's
     coefficients push every singular value towards 1 (into about [0.5, 1.5]) in 5 steps."""
@@ -135,7 +139,7 @@ def test_reference_newton_schulz_orthogonalises():
     # In float64 the reference's singular values land in the quintic's band around 1, and
     # it keeps G's singular vectors: U^T NS(G) V is diagonal.
     g = torch.randn(24, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    o = newton_schulz(g, dtype=torch.float64)
+    o = reference_newton_schulz(g, dtype=torch.float64)
     s = torch.linalg.svdvals(o)
     assert s.min() > 0.5 and s.max() < 1.5
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
@@ -165,10 +169,25 @@ def test_muon_groups_cover_every_parameter_once():
     assert {g["lr"] for g in adamw.param_groups} == {1e-3}
 
 
-def test_one_muon_step_matches_the_reference_update():
+@pytest.mark.parametrize(
+    ("muon_dtype", "tolerance"),
+    # torch's Muon iterates in bfloat16 (3 significant digits, rounding at every product): its
+    # update agrees with the float64 reference to a few percent of its size, not exactly.
+    [("float32", 1e-4), ("bfloat16", 0.03)],
+)
+def test_one_muon_step_matches_the_reference_update(muon_dtype, tolerance):
     model = muon_model()
-    cfg = OptimConfig(name="muon", lr=1e-3, muon_lr=0.05, muon_momentum=0.9, muon_weight_decay=0.1)
+    cfg = OptimConfig(
+        name="muon",
+        lr=1e-3,
+        muon_lr=0.05,
+        muon_momentum=0.9,
+        muon_weight_decay=0.1,
+        muon_dtype=muon_dtype,
+    )
     opt = build_optimizer(model, cfg)
+    want_class = Float32Muon if muon_dtype == "float32" else torch.optim.Muon
+    assert type(opt.optimizers[0]) is want_class
     set_lr(opt, cfg.lr)
     gen = torch.Generator().manual_seed(2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -185,13 +204,11 @@ def test_one_muon_step_matches_the_reference_update():
         # First step: momentum buffer (1 - mu) g, Nesterov look-ahead g + mu (buf - g).
         nesterov = g + mu * ((1 - mu) * g - g)
         scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))  # Keller Jordan's shape factor
-        want = before[n] * (1 - lr * 0.1) - lr * scale * newton_schulz(
+        want = before[n] * (1 - lr * 0.1) - lr * scale * reference_newton_schulz(
             nesterov, dtype=torch.float64
         )
-        # torch iterates in bfloat16 (3 significant digits, rounding at every product): the
-        # update agrees with the float64 reference to a few percent of its size, not exactly.
         step, want_step = p.detach() - before[n], want.float() - before[n]
-        assert float((step - want_step).norm() / want_step.norm()) < 0.03
+        assert float((step - want_step).norm() / want_step.norm()) < tolerance
         checked += 1
     assert checked == 8
 
@@ -200,3 +217,40 @@ def test_muon_without_torch_support_is_a_user_error(monkeypatch):
     monkeypatch.delattr(torch.optim, "Muon")  # what an older torch (< 2.9) looks like
     with pytest.raises(UserError, match=r"torch >= 2\.9"):
         build_optimizer(muon_model(), OptimConfig(name="muon"))
+
+
+def test_our_newton_schulz_is_the_reference_and_auto_picks_float32_on_cpu():
+    g = torch.randn(16, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = newton_schulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    torch.testing.assert_close(ours, reference_newton_schulz(g, dtype=torch.float64))
+    cfg = OptimConfig(name="muon", fused=False)
+    assert type(build_optimizer(muon_model(), cfg, "cpu").optimizers[0]) is Float32Muon
+    assert type(build_optimizer(muon_model(), cfg, "cuda").optimizers[0]) is torch.optim.Muon
+
+
+def test_float32_and_torch_muon_checkpoints_load_into_each_other():
+    model = muon_model()
+    fast = build_optimizer(model, OptimConfig(name="muon", muon_dtype="float32"))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    fast.step()
+    torch_muon = build_optimizer(model, OptimConfig(name="muon", muon_dtype="bfloat16"))
+    torch_muon.load_state_dict(fast.state_dict())
+    a, b = fast.optimizers[0], torch_muon.optimizers[0]
+    for p in a.param_groups[0]["params"]:
+        torch.testing.assert_close(b.state[p]["momentum_buffer"], a.state[p]["momentum_buffer"])
+
+
+def test_bench_optim_times_every_optimizer():
+    root = Path(__file__).resolve().parents[1]
+    args = ["--config", "configs/tiny.yaml", "--iters", "1", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_optim.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("adamw", "muon float32", "muon bfloat16"):
+        assert 0 < result[name]["min_ms"] <= result[name]["median_ms"]

@@ -35,6 +35,7 @@ from llm_tiny.config.sections import (
     Dtype,
     Mlp,
     ModelConfig,
+    MuonDtype,
     Norm,
     NormPosition,
     OptimConfig,

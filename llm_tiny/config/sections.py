@@ -34,6 +34,7 @@ DataKind = Literal["text", "examples"]
 OnBadRecord = Literal["error", "skip"]
 Schedule = Literal["cosine", "constant", "wsd"]
 OptimName = Literal["adamw", "muon"]
+MuonDtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Resume = Literal["never", "auto", "always"]
@@ -133,6 +134,7 @@ class OptimConfig:
     muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like lr
     muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
     muon_weight_decay: float = 0.0  # Muon's decoupled weight decay (times its lr)
+    muon_dtype: MuonDtype = "auto"  # its orthogonalisation; auto: float32 on CPU, else bfloat16
 
     def decay_iters(self, max_iters: int) -> int:
         """Step at which the decay reaches `min_lr`: `lr_decay_iters`, else `max_iters`."""
