@@ -3,6 +3,7 @@
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt --ablation --repeats 3
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt --only speedrun --target 1.90
+    python benchmarks/speedrun.py --input data/tinyshakespeare.txt --nanogpt ~/nanoGPT --repeats 3
 
 Two recipes train on the same text, one after the other, each in a fresh Python process (so
 that thread settings, compiled graphs and allocator state of one cannot help or hurt the
@@ -28,6 +29,9 @@ Training is deterministic on CPU, so the repeats reach the same losses.
 `--ablation` also trains the rungs of `LADDER`, each adding one lever to the one before, from
 the nanoGPT recipe up to the speedrun recipe (the last rung *is* `configs/speedrun_cpu.yaml`),
 and reports each rung's time to target: what each lever contributed.
+
+`--nanogpt DIR` compares with the real nanoGPT instead (`compare_with_nanogpt`; the details
+are in benchmarks/nanogpt_ref.py and docs/speedrun.md).
 
 Output: a table, then one JSON line (also written to `--json-out`):
 `{"target_loss", "nanogpt_cpu": {"time_to_target_s", "final_val_loss", "wall_s", ...},
