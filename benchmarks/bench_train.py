@@ -20,6 +20,18 @@ Variants, compared side by side at each size (the speedup column is relative to 
 Variants combine with `+`: `bf16+compile` is the compiled model under bfloat16 autocast,
 `bf16+manual` the written-out attention under it (benchmarks/gpu_check.py measures those).
 
+`--nanogpt DIR` adds the variant `nanogpt`: the same loop over nanoGPT's own `GPT` (imported
+from the checkout's `model.py`) of the same shape and vocabulary, with nanoGPT's own
+`configure_optimizers`, in the same run, so that the speedup column compares the two
+frameworks on the identical model:
+
+    python benchmarks/bench_train.py --nanogpt ~/nanoGPT --config configs/nanogpt_cpu.yaml \
+        --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 --batch-size 12 \
+        --variants sdpa,nanogpt --repeats 3
+
+Our variants use the config's optimizer section (`build_optimizer`: `optim.name`,
+`optim.fused`, betas); without an optim section, AdamW with betas (0.9, 0.95).
+
 Each variant runs in a fresh subprocess so that its peak memory (peak RSS on CPU,
 `torch.cuda.max_memory_allocated` on CUDA) is its own, and a variant that crashes or hangs
 (torch.compile on a CPU without a compiler) is reported as failed while the others go on.
@@ -30,6 +42,7 @@ shared with other work usable. Output: a table, then one JSON line per result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,6 +66,7 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "medium": (12, 12, 768, 1024, 8),
 }
 VARIANTS = ("sdpa", "manual", "compile", "bf16")
+NANOGPT = "nanogpt"  # only with --nanogpt DIR: nanoGPT's model and optimizer (see above)
 BASELINE = "sdpa"
 
 
@@ -61,7 +75,7 @@ def variant_features(variant: str) -> set[str]:
     plain baseline and adds nothing. A UserError for an unknown part or an empty name."""
     parts = [p.strip() for p in variant.split("+")]
     for part in parts:
-        if part not in VARIANTS:
+        if part not in (*VARIANTS, NANOGPT):
             raise UserError(f"unknown variant {part!r}; choose from {', '.join(VARIANTS)}")
     return set(parts) - {BASELINE}
 
@@ -75,15 +89,18 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from llm_tiny.config import ModelConfig, load_config
+    from llm_tiny.config import ModelConfig, OptimConfig, load_config
     from llm_tiny.model import TinyGPT
+    from llm_tiny.optim import build_optimizer
     from llm_tiny.runtime import resolve_device
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     device = resolve_device(job["device"])
-    base = load_config(job["config"]).model if job["config"] else ModelConfig()
+    loaded = load_config(job["config"]) if job["config"] else None
+    base = loaded.model if loaded else ModelConfig()
+    optim = loaded.optim if loaded else OptimConfig(beta2=0.95)
     L, H, C, T, B = job["shape"]
     features = variant_features(job["variant"])
     cfg = dataclasses.replace(
@@ -100,10 +117,21 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         attn_impl="manual" if "manual" in features else "sdpa",
     )
     model = TinyGPT(cfg).to(device)
-    raw_model = model
-    optimizer = torch.optim.AdamW(
-        raw_model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.95), fused=device.type == "cuda"
-    )
+    raw_model = model  # also the accounting (parameters, FLOPs) of the nanogpt variant
+    optimizer = build_optimizer(raw_model, optim, device.type)
+    if NANOGPT in features:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import nanogpt_ref
+
+        module = nanogpt_ref.nanogpt_module(Path(job["nanogpt"]))
+        shape = {"n_layer": L, "n_head": H, "n_embd": C, "block_size": T, "bias": cfg.bias}
+        with contextlib.redirect_stdout(sys.stderr):  # it prints its parameter count
+            model = module.GPT(
+                module.GPTConfig(**shape, vocab_size=cfg.vocab_size, dropout=0.0)
+            ).to(device)
+            optimizer = model.configure_optimizers(
+                optim.weight_decay, optim.lr, (optim.beta1, optim.beta2), device.type
+            )
     if "compile" in features:
         # `compile_backend: eager` traces the graph without generating code: a quick check of
         # the compile path on a CPU (benchmarks/gpu_check.py --dry-run).
@@ -119,7 +147,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         starts = rng.integers(0, len(data) - T - 1, size=B)
         xy = np.stack([data[s : s + T + 1] for s in starts]).astype(np.int64)  # (B, T + 1)
         xy = torch.from_numpy(xy).to(device, non_blocking=True)
-        return xy[:, :-1], xy[:, 1:]
+        # Contiguous, as nanoGPT's get_batch makes them (its loss calls `targets.view(-1)`).
+        return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 
     def step() -> float:
         x, y = batch()
@@ -129,7 +158,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             with torch.autocast(device_type=device.type, dtype=autocast_dtype):
                 _, loss = model(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -315,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-flops", type=float, default=None, help="for MFU off the GPU list")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per variant")
     parser.add_argument("--json-out", default=None, help="also write the JSON lines here")
+    parser.add_argument(
+        "--nanogpt", metavar="DIR", help="a nanoGPT checkout: adds the variant nanogpt"
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
@@ -331,6 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         for v in variants:
             variant_features(v)
+        if args.nanogpt:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import nanogpt_ref
+
+            args.nanogpt = str(nanogpt_ref.check_checkout(args.nanogpt, for_training=False))
+            if not any(NANOGPT in variant_features(v) for v in variants):
+                variants.append(NANOGPT)
+        elif any(NANOGPT in variant_features(v) for v in variants):
+            raise UserError("the nanogpt variant needs --nanogpt DIR (a nanoGPT checkout)")
         if args.vocab_size < 256:
             raise UserError(
                 f"--vocab-size must be >= 256 (the text is bytes), got {args.vocab_size}"
@@ -358,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                         "threads": args.threads,
                         "peak_flops": args.peak_flops,
                         "vocab_size": args.vocab_size,
+                        "nanogpt": args.nanogpt,
                     }
                     t0 = time.perf_counter()
                     result = run_job(job, args.timeout)

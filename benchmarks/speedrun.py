@@ -3,6 +3,7 @@
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt --ablation --repeats 3
     python benchmarks/speedrun.py --input data/tinyshakespeare.txt --only speedrun --target 1.90
+    python benchmarks/speedrun.py --input data/tinyshakespeare.txt --nanogpt ~/nanoGPT --repeats 3
 
 Two recipes train on the same text, one after the other, each in a fresh Python process (so
 that thread settings, compiled graphs and allocator state of one cannot help or hurt the
@@ -28,6 +29,9 @@ Training is deterministic on CPU, so the repeats reach the same losses.
 `--ablation` also trains the rungs of `LADDER`, each adding one lever to the one before, from
 the nanoGPT recipe up to the speedrun recipe (the last rung *is* `configs/speedrun_cpu.yaml`),
 and reports each rung's time to target: what each lever contributed.
+
+`--nanogpt DIR` compares with the real nanoGPT instead (`compare_with_nanogpt`; the details
+are in benchmarks/nanogpt_ref.py and docs/speedrun.md).
 
 Output: a table, then one JSON line (also written to `--json-out`):
 `{"target_loss", "nanogpt_cpu": {"time_to_target_s", "final_val_loss", "wall_s", ...},
@@ -196,13 +200,10 @@ def _fmt(x: float | None, spec: str) -> str:
 # Runs in the child process: prepares the data (not timed), trains, prints one JSON line.
 
 
-def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one recipe as `job` says and return its figures (see the module docstring)."""
-    import torch
-
-    from llm_tiny.config import config_from_dict, read_yaml, with_dotted
-    from llm_tiny.data import prepare_data
-    from llm_tiny.train import train
+def recipe_raw(job: dict[str, Any]) -> dict[str, Any]:
+    """The config of one recipe's run as a dict: the recipe, `job`'s overrides and step scale,
+    and its paths and device."""
+    from llm_tiny.config import read_yaml, with_dotted
 
     raw = read_yaml(job["config"]) or {}
     raw = with_dotted(raw, job.get("overrides", {}))
@@ -221,7 +222,18 @@ def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
     }
     if job.get("threads") is not None:
         io["train.threads"] = job["threads"]
-    cfg = config_from_dict(with_dotted(raw, io), f"{job['config']} (speedrun)")
+    return with_dotted(raw, io)
+
+
+def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one recipe as `job` says and return its figures (see the module docstring)."""
+    import torch
+
+    from llm_tiny.config import config_from_dict
+    from llm_tiny.data import prepare_data
+    from llm_tiny.train import train
+
+    cfg = config_from_dict(recipe_raw(job), f"{job['config']} (speedrun)")
 
     def log(message: str) -> None:
         print(f"[{job['name']}] {message}", file=sys.stderr, flush=True)
@@ -365,7 +377,73 @@ def build_parser() -> ArgumentParser:
         help="train every recipe N times, round-robin, and report the median time (noisy machines)",
     )
     p.add_argument("--json-out", help="also write the JSON result here")
+    p.add_argument(
+        "--nanogpt",
+        metavar="DIR",
+        help="also run the real nanoGPT from this checkout and compare whole-process wall "
+        "times to the final losses on its validation split (replaces configs/nanogpt_cpu.yaml)",
+    )
     return p
+
+
+def compare_with_nanogpt(args: Any, source: Path, ours_job: dict[str, Any]) -> dict[str, Any]:
+    """The real nanoGPT (`--nanogpt DIR`) against our speedrun recipe, round-robin over the
+    repeats: whole-process wall times and both final models scored on nanoGPT's validation
+    split (benchmarks/nanogpt_ref.py says how)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import nanogpt_ref as ref
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    root = ref.check_checkout(args.nanogpt)
+    text = ref.prepare(root, source, log)
+    out = Path(args.out_dir)
+    runs: dict[str, list[dict[str, Any]]] = {"nanogpt": [], "speedrun_cpu": []}
+    for k in range(args.repeats):
+        log(f"repeat {k + 1}/{args.repeats}: nanoGPT's train.py")
+        theirs = ref.run_train(root, out / "nanogpt" / f"run{k}", args.iters_scale)
+        runs["nanogpt"].append({**theirs, **ref.score_nanogpt(root, theirs["ckpt"], text)})
+        log(f"repeat {k + 1}/{args.repeats}: python -m llm_tiny train (speedrun_cpu)")
+        work = out / "speedrun_cpu" / f"whole{k}"
+        raw = recipe_raw({**ours_job, "run_dir": f"whole{k}/run"})
+        ours = ref.run_ours(raw, work)
+        runs["speedrun_cpu"].append({**ours, **ref.score_ours(ours["run_dir"], text)})
+    result: dict[str, Any] = {"mode": "nanogpt", "repeats": args.repeats, "window": ref.BLOCK_SIZE}
+    for name, rs in runs.items():
+        result[name] = {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "wall_all_s": [r["wall_s"] for r in rs],
+            "val_loss": rs[0]["val_loss"],
+            "val_loss_all": [r["val_loss"] for r in rs],
+            "iter": rs[0]["iter"],
+        }
+    result["nanogpt"]["command"] = runs["nanogpt"][0]["command"]
+    a, b = result["speedrun_cpu"], result["nanogpt"]
+    result["ratio"] = a["wall_s"] / b["wall_s"]
+    reached = max(a["val_loss_all"]) <= min(b["val_loss_all"])
+    result["speedup"] = b["wall_s"] / a["wall_s"] if reached else None
+    print(f"scored on nanoGPT's validation split, non-overlapping {ref.BLOCK_SIZE}-char windows")
+    head = f"{'run':<14} {'wall s':>8} {'val loss':>9} {'steps':>6}"
+    print(head + "\n" + "-" * len(head))
+    for name, r in (("nanoGPT", b), ("speedrun_cpu", a)):
+        print(f"{name:<14} {r['wall_s']:8.1f} {r['val_loss']:9.4f} {r['iter']:6d}")
+    print(ref.ratio_line(a["wall_s"], b["wall_s"], max(a["val_loss_all"]), min(b["val_loss_all"])))
+    return result
+
+
+def finish(result: dict[str, Any], json_out: str | None) -> int:
+    """Print the result's JSON line (and write it to `json_out`)."""
+    result.setdefault("load_avg_after", [round(x, 2) for x in os.getloadavg()])
+    line = json.dumps(result)
+    print(line)
+    if json_out:
+        try:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_out).write_text(line + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"--json-out {json_out}: {e.strerror or e}") from None
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--repeats must be >= 1, got {args.repeats}")
         if args.only and args.ablation:
             raise UserError("--ablation trains every rung; leave out --only")
+        if args.nanogpt and (args.only or args.ablation or args.target is not None):
+            raise UserError(
+                "--nanogpt compares with the real nanoGPT: leave out --only, "
+                "--ablation and --target"
+            )
         out = Path(args.out_dir)
 
         def job(name: str, config: Path, overrides: dict | None = None) -> dict[str, Any]:
@@ -400,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                 "overrides": overrides or {},
             }
 
+        if args.nanogpt:
+            result = compare_with_nanogpt(
+                args, source, job("speedrun_cpu", RECIPES["speedrun_cpu"])
+            )
+            return finish(result, args.json_out)
         names = [ONLY[args.only]] if args.only else list(RECIPES)
         jobs = {name: job(name, RECIPES[name]) for name in names}
         last = len(LADDER) - 1
@@ -446,15 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows, base))
         if result["ratio"] is not None:
             print(f"ratio {result['ratio']:.3f} (speedup {result['speedup']:.2f}x)")
-        line = json.dumps(result)
-        print(line)
-        if args.json_out:
-            try:
-                Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json_out).write_text(line + "\n", encoding="utf-8")
-            except OSError as e:
-                raise UserError(f"--json-out {args.json_out}: {e.strerror or e}") from None
-        return 0
+        return finish(result, args.json_out)
 
     return run_cli(run, "speedrun.py")
 

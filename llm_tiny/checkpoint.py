@@ -298,7 +298,13 @@ def restore_training(
         log("note: the checkpoint has no RNG state for every rank; others reseeded")
     # The config is authoritative for hyperparameters: keep the fresh groups' values.
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, ValueError) as e:  # another optim.name, or other parameter groups
+        raise UserError(
+            f"the checkpoint's optimizer state does not fit this optimizer ({first_line(e)}); "
+            "resume with the optim.name it was trained with"
+        ) from e
     for group, values in zip(optimizer.param_groups, fresh):
         group.update(values)
     if ckpt.get("scaler") and scaler.is_enabled():

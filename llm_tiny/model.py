@@ -10,7 +10,10 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `norm`: `layernorm` (Ba et al. 2016), or `rmsnorm`, which rescales without centring (Zhang &
   Sennrich 2019).
 - `mlp`: `gelu`, 4x wide (GPT-2), or `swiglu`, a gated unit about 8/3x wide (Shazeer 2020, "GLU
-  Variants Improve Transformer").
+  Variants Improve Transformer"), or `relu2`, 4x wide with relu(x)^2 (So et al. 2021, Primer).
+- `qk_norm`: RMS-normalise each head's queries and keys (one gain per head dimension) before
+  positions are applied, which bounds the attention logits (Dehghani et al. 2023; OLMo 2).
+- `logit_softcap`: squash the logits into (-c, c) with c tanh(x / c) (Gemma 2).
 - `n_kv_head`: fewer key/value heads than query heads, each shared by a group of query heads:
   grouped-query attention (Ainslie et al. 2023). `None` gives every query head its own.
 - `attn_impl`: `sdpa` calls `F.scaled_dot_product_attention`, which runs FlashAttention or the
@@ -23,7 +26,8 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `bias`: biases in the linear layers and LayerNorms. `grad_checkpointing`: keep only each
   block's input and recompute its activations during the backward pass (Chen et al. 2016).
 
-Weights are initialised as in GPT-2 (normal, std 0.02; residual projections scaled by 1/sqrt(2 n_layer)).
+Weights are initialised as in GPT-2 (normal, std 0.02; residual projections scaled by 1/sqrt(2 n_layer));
+`zero_init_proj` starts the residual projections (and an untied LM head) at zero instead.
 
 Shapes: B batch, T time (tokens), C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size,
 V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.sampling`).
@@ -31,9 +35,8 @@ V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.s
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,8 @@ from torch.utils.checkpoint import checkpoint
 from llm_tiny.attention import ATTENTION, alibi_slopes, attention_weights
 from llm_tiny.config import ModelConfig
 from llm_tiny.kvcache import KVCache, LayerCache, Start, repeat_kv, row_positions
+from llm_tiny.layers import Linear, ReluSquared, soft_cap
+from llm_tiny.layers import decode_layout as decode_layout  # re-exported: samplers import it here
 
 # A position module (`POSITIONS`), after `start` cached positions (an int, or one per row
 # (B,) when the rows of a batched KV cache hold different lengths): `embed(x, start)` adds
@@ -50,48 +55,6 @@ from llm_tiny.kvcache import KVCache, LayerCache, Start, repeat_kv, row_position
 # `bias(mask, start)` turns the causal mask (T, S) or (B, 1, T, S) into the kernels' mask or
 # ALiBi's bias.
 Positions = nn.Module
-
-
-# ----------------------------------------------------------------------------- linear layers
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` that can multiply by a transposed copy of its weight (`decode_layout`).
-
-    The parameters, the initialisation and the checkpoint keys are `nn.Linear`'s own.
-    """
-
-    weight_t: Tensor | None = None  # (in, out), contiguous; set only inside `decode_layout`
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.weight_t is None:
-            return F.linear(x, self.weight, self.bias)
-        y = x @ self.weight_t  # (..., in) @ (in, out)
-        return y if self.bias is None else y + self.bias
-
-
-@contextlib.contextmanager
-def decode_layout(model: nn.Module) -> Iterator[None]:
-    """While generating on CPU, let every `Linear` multiply by an `(in, out)` copy of its weight.
-
-    With a KV cache each new token makes every layer a matrix-vector product. On CPU, MKL's
-    product with `nn.Linear`'s `(out, in)` weight reads it at about 10 GB/s, with the same
-    weight stored `(in, out)` at about 23 GB/s (docs/model.md), so decoding runs about twice as
-    fast. The price is a second copy of the weights while the context is open. Off the CPU this
-    does nothing. Only for inference: the copies do not follow later changes to the weights.
-    """
-    linears = [m for m in model.modules() if isinstance(m, Linear)]
-    if not linears or linears[0].weight.device.type != "cpu":
-        yield
-        return
-    with torch.no_grad():
-        for m in linears:
-            m.weight_t = m.weight.detach().t().contiguous()
-    try:
-        yield
-    finally:
-        for m in linears:
-            m.weight_t = None
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -248,6 +211,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.attend = ATTENTION[cfg.attn_impl]
+        self.q_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()  # over hs
+        self.k_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         # mask[i, j]: may position i look at position j? Row `start + t` of this table is the
         # right mask for query t after `start` cached positions, so one table serves both.
         # (block_size^2 bytes per layer: 1 MB at 1024.)
@@ -262,6 +227,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = self.q_norm(q), self.k_norm(k)  # before RoPE: the norm must not see positions
         return pos.rotate(q, start), pos.rotate(k, start), v
 
     def forward(
@@ -328,7 +294,15 @@ class SwiGLU(nn.Module):
         return self.drop(self.proj(F.silu(gate) * up))  # (B, T, C)
 
 
-MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU}
+class ReluSquaredMLP(GeluMLP):
+    """GPT-2's feed-forward layer with relu(x)^2 for the GELU: C -> 4C -> ReLU² -> C."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.act = ReluSquared()
+
+
+MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU, "relu2": ReluSquaredMLP}
 
 
 # ----------------------------------------------------------------------------- block
@@ -415,9 +389,15 @@ class TinyGPT(nn.Module):
             if isinstance(module, nn.LayerNorm) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        # zero_init_proj: every block starts as the identity and the first logits are uniform;
+        # the projections get gradients at once, the rest from the next step on (modded-nanogpt).
+        # std 0 still draws its numbers: every other weight is the same as without the flag.
+        zero = self.config.zero_init_proj
         for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+            for w in (block.attn.proj.weight, block.mlp.proj.weight):
+                nn.init.normal_(w, mean=0.0, std=0.0 if zero else residual_std)
+        if zero and self.lm_head.weight is not self.wte.weight:
+            nn.init.zeros_(self.lm_head.weight)
 
     def forward(
         self,
@@ -451,6 +431,8 @@ class TinyGPT(nn.Module):
         if cache is not None:
             cache.length += idx.size(1)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if self.config.logit_softcap is not None:
+            logits = soft_cap(logits, self.config.logit_softcap)
         if targets is None:
             return logits, None
         flat = logits.flatten(0, 1), targets.flatten()  # (B * T, V), (B * T,)

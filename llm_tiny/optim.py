@@ -1,4 +1,5 @@
-"""The optimizer: AdamW over the model's decay / no-decay parameter groups.
+"""The optimizer: AdamW over the model's decay / no-decay parameter groups, or Muon on the
+hidden matrices with AdamW on the rest (`optim.name`).
 
 AdamW (Loshchilov & Hutter 2019) decouples weight decay from the gradient step:
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
@@ -6,7 +7,13 @@ AdamW (Loshchilov & Hutter 2019) decouples weight decay from the gradient step:
 The model decides which parameters decay (`TinyGPT.param_groups`); this module only supplies
 the hyperparameters and picks the fastest implementation for the device. The learning rate is
 set before every step from `schedule.lr_for`, so the value given at construction is a
-placeholder.
+placeholder; groups that carry an `lr_scale` (Muon's) get that multiple of it.
+
+Muon (Jordan et al. 2024, "Muon: an optimizer for hidden layers"; docs/theory.md) replaces
+each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found by a few
+Newton-Schulz iterations: every direction of the update moves by the same amount. It is only
+meant for the matrices inside the blocks; embeddings, the LM head, gains and biases stay
+with AdamW.
 """
 
 from __future__ import annotations
@@ -14,19 +21,49 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from llm_tiny.config import OptimConfig
+from llm_tiny.errors import UserError
 
 
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, device_type: str = "cpu"
-) -> torch.optim.AdamW:
-    """AdamW with `model.param_groups(cfg.weight_decay)`; fused kernels on CUDA, or wherever
-    `cfg.fused` asks for them (torch supports them on the CPU too)."""
+) -> torch.optim.Optimizer | Optimizers:
+    """The optimizer `cfg.name` asks for: AdamW with `model.param_groups(cfg.weight_decay)`, or
+    Muon on `hidden_matrices(model)` and AdamW on the remaining parameters."""
     groups = model.param_groups(cfg.weight_decay)
+    if cfg.name == "adamw":
+        return build_adamw(groups, cfg, device_type)
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(
+            f"optim.name: muon needs torch.optim.Muon (torch >= 2.9); this is torch "
+            f"{torch.__version__}: upgrade torch or use optim.name: adamw"
+        )
+    hidden = hidden_matrices(model)
+    ids = {id(p) for p in hidden}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+    # NOTE: torch's Muon iterates in bfloat16, which this project's CPUs run about 20x slower
+    # than float32 (docs/speedrun.md); `auto` keeps it for accelerators only.
+    dtype = cfg.muon_dtype
+    if dtype == "auto":
+        dtype = "float32" if device_type == "cpu" else "bfloat16"
+    muon_class = Float32Muon if dtype == "float32" else torch.optim.Muon
+    muon = muon_class(
+        hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay
+    )
+    # The schedule sets one learning rate; Muon's follows it at its own scale.
+    for group in muon.param_groups:
+        group["lr_scale"] = cfg.muon_lr / cfg.lr
+    return Optimizers(muon, build_adamw([g for g in rest if g["params"]], cfg, device_type))
+
+
+def build_adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW over `groups`; fused kernels on CUDA, or wherever `cfg.fused` asks for them (torch
+    supports them on the CPU too)."""
     extra = {}
     # One fused kernel for all parameters instead of a handful per tensor: fewer launches.
     fused = device_type == "cuda" if cfg.fused is None else cfg.fused
@@ -35,10 +72,96 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The 2-D weights inside the transformer blocks (attention and MLP matrices): Muon's.
+    Embeddings and the LM head sit outside the blocks; gains and biases are 1-D."""
+    return [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")
+    ]
+
+
+def newton_schulz(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """About the nearest semi-orthogonal matrix to `g` (U V^T for g = U S V^T), in g's dtype.
+
+    X = g / ||g||_F (spectral norm <= 1), then `steps` times X <- a X + (b A + c A^2) X with
+    A = X X^T, on the wide orientation (the smaller Gram matrix). With Muon's coefficients the
+    singular values end in about [0.5, 1.5] after 5 steps (docs/theory.md, section 9).
+    """
+    a, b, c = coefficients
+    tall = g.size(0) > g.size(1)
+    x = g.T if tall else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+# (On a torch without Muon the class still defines, and `build_optimizer` refuses to use it.)
+class Float32Muon(torch.optim.Muon if hasattr(torch.optim, "Muon") else torch.optim.Optimizer):
+    """torch's Muon with the Newton-Schulz iteration in the parameters' dtype (float32) instead
+    of bfloat16. The constructor, the parameter groups and the state (`momentum_buffer`) are
+    torch's, so checkpoints of either load into the other; `adjust_lr_fn` is torch's default
+    (the update scaled by sqrt(max(1, rows / cols)))."""
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - mu)  # buf = mu buf + (1 - mu) g
+                update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+                update = newton_schulz(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+
+
+class Optimizers:
+    """Several torch optimizers that step, zero and save as one (Muon and AdamW).
+
+    Exposes what the training loop, the checkpoint and `torch.amp.GradScaler` use: the
+    concatenated `param_groups`, `step`, `zero_grad`, `state_dict` and `load_state_dict`.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self, closure: None = None) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise ValueError("the checkpoint's optimizer state is not this optimizer's")
+        for opt, sd in zip(self.optimizers, saved):
+            opt.load_state_dict(sd)
+
+
+def set_lr(optimizer: torch.optim.Optimizer | Optimizers, lr: float) -> None:
+    """Set the learning rate of every parameter group (times its `lr_scale`, if it has one)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:

@@ -71,9 +71,11 @@ def test_dependencies_point_one_way():
         if name.startswith("tok"):
             assert not any(d.startswith("llm_tiny") for d in deps), f"{name} imports llm_tiny"
     # The model knows nothing of training: it imports the config and its own leaves, the
-    # kernels and the KV cache.
-    assert edges["llm_tiny.model"] == {"llm_tiny.config", "llm_tiny.attention", "llm_tiny.kvcache"}
+    # kernels, the KV cache and the config-free layers.
+    model_deps = {"llm_tiny.config", "llm_tiny.attention", "llm_tiny.kvcache", "llm_tiny.layers"}
+    assert edges["llm_tiny.model"] == model_deps
     assert edges["llm_tiny.attention"] == set()
+    assert edges["llm_tiny.layers"] == set()
     assert edges["llm_tiny.kvcache"] == {"llm_tiny.config"}
     # Nothing in the library imports the training loop (the sweep runs it as a subprocess).
     assert not [n for n, deps in edges.items() if "llm_tiny.train" in deps]

@@ -123,6 +123,12 @@ def test_override_helper_revalidates():
         ("model:\n  dropout: 1.0\n", [], "model.dropout must be in [0, 1)"),
         ("model:\n  dropout: -0.1\n", [], "model.dropout must be in [0, 1)"),
         ("optim:\n  label_smoothing: 1.0\n", [], "optim.label_smoothing must be in [0, 1)"),
+        ("optim:\n  name: sgd\n", [], "optim.name must be one of adamw | muon"),
+        ("optim:\n  muon_lr: 0\n", [], "optim.muon_lr must be > 0"),
+        ("optim:\n  muon_momentum: 1.0\n", [], "optim.muon_momentum must be in [0, 1)"),
+        ("optim:\n  muon_weight_decay: -1\n", [], "optim.muon_weight_decay must be >= 0"),
+        ("model:\n  logit_softcap: 0\n", [], "model.logit_softcap must be > 0 or null"),
+        ("model:\n  mlp: relu\n", [], "model.mlp must be one of gelu | swiglu | relu2"),
         ("model:\n  norm_position: middle\n", [], "model.norm_position must be one of pre | post"),
         ("optim:\n  warmup_iters: 20\ntrain:\n  max_iters: 10\n", [], "must be <= train.max_iters"),
         ("model:\n  block_size: 0\n", [], "model.block_size must be >= 1"),
@@ -223,7 +229,8 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
     # The fields that fix the parameters' shapes: resuming across a change of one is refused.
     assert architecture_fields() == (
         "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
-        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "norm_position",
+        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "norm_position", "qk_norm",
+        "logit_softcap",
     )  # fmt: skip
 
 

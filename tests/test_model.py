@@ -580,8 +580,9 @@ def test_param_groups_cover_every_parameter_once():
         {},
         {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1},
         {"pos_emb": "alibi", "norm_position": "post", "attn_impl": "tiled"},
+        {"pos_emb": "rope", "mlp": "relu2", "qk_norm": True, "logit_softcap": 2.0},
     ],
-    ids=["gpt2", "rope-rms-swiglu-gqa", "alibi-post-tiled"],
+    ids=["gpt2", "rope-rms-swiglu-gqa", "alibi-post-tiled", "rope-relu2-qknorm-softcap"],
 )
 def test_gradcheck_tiny_float64_model(flags):
     cfg = tiny(n_embd=4, n_head=2, n_layer=1, block_size=4, vocab_size=5, **flags)
@@ -648,3 +649,77 @@ def test_compiled_model_matches_eager():
     torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(g, p.grad, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- recipe levers
+
+LEVERS = {"mlp": "relu2", "qk_norm": True, "logit_softcap": 3.0, "tie_weights": False}
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
+def test_levers_keep_causality_and_the_kv_cache_exact(attn_impl, pos_emb):
+    model = build(attn_impl=attn_impl, pos_emb=pos_emb, n_kv_head=2, **LEVERS)
+    idx = tokens(2, 8)
+    changed = idx.clone()
+    changed[:, 5:] = (idx[:, 5:] + 1) % V
+    full, _ = model(idx)
+    torch.testing.assert_close(model(changed)[0][:, :5], full[:, :5], atol=1e-6, rtol=0)
+    cache = model.new_cache(batch_size=2)
+    parts = [model(idx[:, a:b], cache=cache)[0] for a, b in [(0, 3), (3, 4), (4, 8)]]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_relu2_mlp_is_the_formula():
+    mlp = build(mlp="relu2").blocks[0].mlp
+    x = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    h = torch.clamp(x @ mlp.fc.weight.T + mlp.fc.bias, min=0) ** 2  # relu(x W1 + b1)^2
+    torch.testing.assert_close(mlp(x), h @ mlp.proj.weight.T + mlp.proj.bias)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_qk_norm_normalises_each_head_before_rope(pos_emb):
+    attn = build(pos_emb=pos_emb, qk_norm=True).blocks[0].attn
+    pos = build(pos_emb=pos_emb, qk_norm=True).pos
+    x = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(0))
+    q, k, _ = attn.heads(x, pos, 0)
+    raw_q, raw_k, _ = (x @ attn.qkv.weight.T + attn.qkv.bias).split(16, dim=-1)
+
+    def reference(t, gain):  # (B, T, C) -> per head t / rms(t) * gain, then positions
+        t = t.view(2, 8, 4, 4).transpose(1, 2)  # (B, nh, T, hs)
+        t = t / (t.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * gain
+        return apply_rope(t, pos.cos[:8], pos.sin[:8]) if pos_emb == "rope" else t
+
+    torch.testing.assert_close(q, reference(raw_q, attn.q_norm.weight))
+    torch.testing.assert_close(k, reference(raw_k, attn.k_norm.weight))
+    assert "blocks.0.attn.q_norm.weight" in build(qk_norm=True).state_dict()
+    assert not any("q_norm" in key for key in build().state_dict())  # off: today's checkpoints
+
+
+def test_logit_softcap_squashes_the_logits():
+    capped, plain = build(logit_softcap=0.5), build()
+    plain.load_state_dict(capped.state_dict())
+    idx = tokens(2, 8)
+    got, want = capped(idx)[0], plain(idx)[0]
+    assert want.abs().max() > 0.5  # the test model's logits do reach past the cap
+    torch.testing.assert_close(got, 0.5 * torch.tanh(want / 0.5))
+    assert got.abs().max() < 0.5
+
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+def test_zero_init_proj_zeroes_the_projections_and_an_untied_head(tie_weights):
+    torch.manual_seed(0)
+    zero = TinyGPT(tiny(zero_init_proj=True, tie_weights=tie_weights))
+    torch.manual_seed(0)
+    usual = TinyGPT(tiny(tie_weights=tie_weights))
+    projections = {f"blocks.{i}.{m}.proj.weight" for i in range(2) for m in ("attn", "mlp")}
+    zeroed = projections | (set() if tie_weights else {"lm_head.weight"})
+    usual_state = usual.state_dict()
+    for name, p in zero.state_dict().items():
+        if name in zeroed:
+            assert torch.all(p == 0), name
+        else:  # the same draws as without the flag
+            torch.testing.assert_close(p, usual_state[name], atol=0, rtol=0, msg=name)
+    if not tie_weights:  # uniform first prediction: the loss is exactly ln V
+        _, loss = zero(tokens(2, 8), tokens(2, 8, seed=1))
+        assert float(loss.detach()) == pytest.approx(math.log(V), rel=1e-6)

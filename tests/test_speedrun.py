@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,3 +221,205 @@ def test_smoke_run_of_both_recipes_prints_a_table_and_the_json(tmp_path):
     assert base["final_val_loss_all"] == [base["final_val_loss"]] * 2
     assert fast["final_val_loss_all"] == [fast["final_val_loss"]] * 2
     assert base["time_to_target_s"] == pytest.approx(sum(base["time_to_target_all_s"]) / 2)
+
+
+# ----------------------------------------------------------------------------- --nanogpt
+# NOTE: no nanoGPT checkout is available to these tests. `fake_nanogpt` writes a stand-in
+# with nanoGPT's file layout, command line and checkpoint keys around a bigram model: a
+# fixture for the harness's process handling and scoring only, not a reference for nanoGPT's
+# speed or loss.
+
+FAKE_MODEL = """
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+@dataclass
+class GPTConfig:
+    block_size: int = 64
+    vocab_size: int = 65
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.vocab_size)
+        print("number of parameters: %.2fM" % (self.wte.weight.numel() / 1e6,))
+
+    def forward(self, idx, targets=None):
+        logits = self.wte(idx)
+        if targets is None:
+            return logits[:, [-1], :], None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas)
+"""
+
+FAKE_PREPARE = """
+import numpy as np
+text = open("input.txt").read()
+stoi = {ch: i for i, ch in enumerate(sorted(set(text)))}
+n = len(text)
+for name, part in (("train", text[: int(n * 0.9)]), ("val", text[int(n * 0.9) :])):
+    np.array([stoi[c] for c in part], dtype=np.uint16).tofile(name + ".bin")
+"""
+
+FAKE_TRAIN = """
+import ast, os, sys
+import numpy as np
+import torch
+from model import GPT, GPTConfig
+
+cfg = {"out_dir": "out-shakespeare-char", "max_iters": 5000, "learning_rate": 1e-3}
+for arg in sys.argv[2:]:  # sys.argv[1] is the config file
+    key, value = arg[2:].split("=", 1)
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    cfg[key] = value
+assert cfg["device"] == "cpu" and cfg["block_size"] == 64 and cfg["batch_size"] == 12
+text = open("data/shakespeare_char/input.txt").read()
+data = np.fromfile("data/shakespeare_char/train.bin", dtype=np.uint16).astype(np.int64)
+torch.manual_seed(1337)
+args = dict(block_size=64, vocab_size=len(set(text)), n_layer=4, n_head=4, n_embd=128)
+model = GPT(GPTConfig(**args))
+opt = model.configure_optimizers(0.1, 0.1, (0.9, 0.99), "cpu")
+for it in range(cfg["max_iters"] + 1):
+    ix = torch.randint(len(data) - 65, (12,))
+    x = torch.stack([torch.from_numpy(data[i : i + 64]) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1 : i + 65]) for i in ix])
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    print(f"iter {it}: loss {loss.item():.4f}")
+os.makedirs(cfg["out_dir"], exist_ok=True)
+torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "model_args": args,
+            "iter_num": cfg["max_iters"], "best_val_loss": loss.detach(), "config": cfg},
+           os.path.join(cfg["out_dir"], "ckpt.pt"))
+"""
+
+
+def fake_nanogpt(root: Path) -> Path:
+    """A stand-in nanoGPT checkout (see the NOTE above)."""
+    (root / "config").mkdir(parents=True)
+    (root / "data" / "shakespeare_char").mkdir(parents=True)
+    (root / "config" / "train_shakespeare_char.py").write_text("out_dir = 'out-shakespeare-char'\n")
+    (root / "model.py").write_text(FAKE_MODEL)
+    (root / "train.py").write_text(FAKE_TRAIN)
+    (root / "data" / "shakespeare_char" / "prepare.py").write_text(FAKE_PREPARE)
+    return root
+
+
+def test_window_loss_scores_non_overlapping_windows_against_a_written_out_sum():
+    ref = speedrun_ref()
+    torch.manual_seed(0)
+    table = torch.randn(5, 5)
+
+    def bigram(x, y):
+        logits = table[x]
+        return logits, torch.nn.functional.cross_entropy(logits.view(-1, 5), y.view(-1))
+
+    ids = torch.randint(0, 5, (2 * 4 + 3,)).tolist()  # two windows of 4, and a tail unused
+    got = ref.window_loss(bigram, ids, block=4, batch=1)
+    pairs = [(ids[i], ids[i + 1]) for i in range(8)]  # every position of the two windows
+    want = -sum(float(table[a].log_softmax(-1)[b]) for a, b in pairs) / 8
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def speedrun_ref():
+    spec = importlib.util.spec_from_file_location("nanogpt_ref", SCRIPT.parent / "nanogpt_ref.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nanogpt_comparison_runs_both_whole_processes_and_scores_both_models(tmp_path):
+    ref = speedrun_ref()
+    text = tmp_path / "shakespeare.txt"
+    text.write_text((ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000])
+    checkout = fake_nanogpt(tmp_path / "nanoGPT")
+    out_json = tmp_path / "result.json"
+    args = ["--input", str(text), "--nanogpt", str(checkout), "--iters-scale", "0.004"]
+    args += ["--threads", "1", "--out-dir", str(tmp_path / "out"), "--json-out", str(out_json)]
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert json.loads(out_json.read_text()) == result
+    theirs, ours = result["nanogpt"], result["speedrun_cpu"]
+    assert theirs["wall_s"] > 0 and ours["wall_s"] > 0
+    assert result["ratio"] == pytest.approx(ours["wall_s"] / theirs["wall_s"])
+    # The documented command, with the steps scaled for the smoke run and our output folder.
+    assert theirs["command"].startswith("train.py config/train_shakespeare_char.py --device=cpu")
+    assert "--max_iters=8" in theirs["command"] and theirs["iter"] == 8
+    assert not (checkout / "out-shakespeare-char").exists()  # nothing written into its outputs
+    # Both scores against their references: nanoGPT's checkpoint scored by hand, ours by
+    # llm_tiny's own evaluation over the same windows.
+    whole = text.read_text()
+    val = whole[int(len(whole) * 0.9) :]
+    n = (len(val) - 1) // 64
+    ckpt = torch.load(tmp_path / "out" / "nanogpt" / "run0" / "ckpt.pt", weights_only=True)
+    table = ckpt["model"]["wte.weight"]
+    stoi = {ch: i for i, ch in enumerate(sorted(set(whole)))}
+    ids = [stoi[c] for c in val[: n * 64 + 1]]
+    pairs = [(ids[i], ids[i + 1]) for i in range(n * 64)]
+    want = -sum(float(table[a].log_softmax(-1)[b]) for a, b in pairs) / len(pairs)
+    assert theirs["val_loss"] == pytest.approx(want, rel=1e-5)
+
+    from llm_tiny.checkpoint import load_model
+    from llm_tiny.evaluate import evaluate_tokens
+
+    run = tmp_path / "out" / "speedrun_cpu" / "whole0" / "run"
+    model, tok, _, _ = load_model(run, "cpu", name="last.pt")
+    tokens = np.array(tok.encode_ordinary(val[: n * 64 + 1]))
+    ev = evaluate_tokens(model, tokens, n * 64, 64, 16, "cpu")
+    assert ours["val_loss"] == pytest.approx(ev["loss"], rel=1e-5)
+    assert ours["iter"] == 4  # 900 x 0.004 (the speedrun recipe)
+    assert "llm_tiny:" in proc.stdout and "nanoGPT:" in proc.stdout
+    assert ref.check_checkout(checkout) == checkout.resolve()
+
+
+def test_nanogpt_checkout_problems_are_one_line(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello\n" * 100)
+    missing = run_script("--input", str(text), "--nanogpt", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith("not a directory (a checkout of karpathy/nanoGPT)")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "train.py").write_text("")
+    half = run_script("--input", str(text), "--nanogpt", str(tmp_path / "half"))
+    assert half.returncode == 2 and "model.py is missing" in half.stderr
+    both = run_script("--input", str(text), "--nanogpt", str(tmp_path), "--ablation")
+    assert both.returncode == 2 and "leave out --only, --ablation" in both.stderr
+
+
+@pytest.mark.slow  # two training subprocesses; the --nanogpt speedrun test covers the checkout
+def test_bench_train_adds_the_nanogpt_variant_in_the_same_run(tmp_path):
+    checkout = fake_nanogpt(tmp_path / "nanoGPT")
+    bench = ROOT / "benchmarks" / "bench_train.py"
+    args = ["--input", str(ROOT / "data" / "tiny.txt"), "--config", "configs/nanogpt_cpu.yaml"]
+    args += ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "64"]
+    args += ["--batch-size", "2", "--iters", "2", "--warmup", "1", "--variants", "sdpa"]
+    args += ["--device", "cpu", "--threads", "1", "--nanogpt", str(checkout)]
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in results] == ["sdpa", "nanogpt"]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in results)
+    # The stand-in is a bigram table of 256 x 256: it did train, on the same batches.
+    assert results[1]["final_loss"] != results[0]["final_loss"]
+    without = subprocess.run(
+        [sys.executable, str(bench), "--variants", "nanogpt"], capture_output=True, text=True
+    )
+    assert without.returncode == 2 and "needs --nanogpt DIR" in without.stderr

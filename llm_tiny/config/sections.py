@@ -28,11 +28,13 @@ class ConfigError(UserError):
 PosEmb = Literal["learned", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-Mlp = Literal["gelu", "swiglu"]
+Mlp = Literal["gelu", "swiglu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples"]
 OnBadRecord = Literal["error", "skip"]
 Schedule = Literal["cosine", "constant", "wsd"]
+OptimName = Literal["adamw", "muon"]
+MuonDtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Resume = Literal["never", "auto", "always"]
@@ -61,6 +63,9 @@ class ModelConfig:
     norm: Norm = arch("layernorm")
     mlp: Mlp = arch("gelu")
     norm_position: NormPosition = arch("pre")  # pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x))
+    qk_norm: bool = arch(False)  # RMSNorm on each head's queries and keys, before RoPE
+    logit_softcap: float | None = arch(None)  # logits -> c tanh(logits / c); null: off
+    zero_init_proj: bool = False  # residual projections (and an untied LM head) start at 0
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
 
@@ -110,8 +115,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW and the learning-rate schedule."""
+    """The optimizer (AdamW, or Muon with AdamW) and the learning-rate schedule."""
 
+    name: OptimName = "adamw"  # muon: Muon on the blocks' matrices, AdamW (lr) on the rest
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # floor of the cosine / wsd decay
     schedule: Schedule = "cosine"
@@ -125,6 +131,10 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     fused: bool | None = None  # one fused AdamW kernel for all parameters; None: on CUDA only
     label_smoothing: float = 0.0  # training loss only; evaluation is always the plain loss
+    muon_lr: float = 0.02  # Muon's peak learning rate; the schedule scales it like lr
+    muon_momentum: float = 0.95  # Muon's (Nesterov) momentum
+    muon_weight_decay: float = 0.0  # Muon's decoupled weight decay (times its lr)
+    muon_dtype: MuonDtype = "auto"  # its orthogonalisation; auto: float32 on CPU, else bfloat16
 
     def decay_iters(self, max_iters: int) -> int:
         """Step at which the decay reaches `min_lr`: `lr_decay_iters`, else `max_iters`."""
@@ -277,6 +287,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         f"rope needs an even head size, got n_embd/n_head = {m.head_dim}",
     )
     check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout}")
+    check(
+        m.logit_softcap is None or m.logit_softcap > 0,
+        f"model.logit_softcap must be > 0 or null, got {m.logit_softcap}",
+    )
     check(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
 
     check(len(d.input) >= 1, "data.input must name at least one text file")
@@ -318,6 +332,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
     check(o.eps > 0, f"optim.eps must be > 0, got {o.eps}")
+    check(o.muon_lr > 0 and math.isfinite(o.muon_lr), f"optim.muon_lr must be > 0, got {o.muon_lr}")
+    check(0 <= o.muon_momentum < 1, f"optim.muon_momentum must be in [0, 1), got {o.muon_momentum}")
+    check(
+        o.muon_weight_decay >= 0,
+        f"optim.muon_weight_decay must be >= 0, got {o.muon_weight_decay}",
+    )
     check(o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {o.grad_clip}")
     check(
         0 <= o.label_smoothing < 1,
