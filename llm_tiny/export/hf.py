@@ -26,13 +26,22 @@ from llm_tiny.model import RMSNorm, swiglu_hidden
 
 # What each HF shape needs of our flags; the first one that fits is used.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama": {"pos_emb": "rope", "norm": "rmsnorm", "norm_position": "pre", "mlp": "swiglu"},
+    "llama": {
+        "pos_emb": "rope",
+        "norm": "rmsnorm",
+        "norm_position": "pre",
+        "mlp": "swiglu",
+        "qk_norm": False,
+        "logit_softcap": None,
+    },
     "gpt2": {
         "pos_emb": "learned",
         "norm": "layernorm",
         "norm_position": "pre",
         "mlp": "gelu",
         "n_kv_head": None,
+        "qk_norm": False,
+        "logit_softcap": None,
     },
 }
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
@@ -58,6 +67,8 @@ def hf_shape(cfg: ModelConfig) -> str:
         "norm": cfg.norm,
         "norm_position": cfg.norm_position,
         "mlp": cfg.mlp,
+        "qk_norm": cfg.qk_norm,
+        "logit_softcap": cfg.logit_softcap,
         "n_kv_head": None if cfg.kv_heads == cfg.n_head else cfg.n_kv_head,
     }
     misses = {
