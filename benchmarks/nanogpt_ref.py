@@ -113,6 +113,9 @@ def prepare(root: Path, text: Path, log: Callable[[str], None]) -> str:
 def run_train(root: Path, out_dir: Path, iters_scale: float = 1.0) -> dict[str, Any]:
     """Run nanoGPT's `train.py` once; its log goes to `out_dir/train.log`. Returns the
     whole-process wall time and where the checkpoint is."""
+    # NOTE: absolute, because train.py runs in the checkout: a relative --out_dir would land
+    # there (writing into the user's checkout) and not where we look for ckpt.pt.
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = train_command(root, out_dir, iters_scale)
     with (out_dir / "train.log").open("w", encoding="utf-8") as logf:

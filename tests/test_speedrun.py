@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,9 +29,10 @@ def _load_script():
 speedrun = _load_script()
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess:
+def run_script(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd, env=env
     )
 
 
@@ -350,8 +352,10 @@ def test_nanogpt_comparison_runs_both_whole_processes_and_scores_both_models(tmp
     checkout = fake_nanogpt(tmp_path / "nanoGPT")
     out_json = tmp_path / "result.json"
     args = ["--input", str(text), "--nanogpt", str(checkout), "--iters-scale", "0.004"]
-    args += ["--threads", "1", "--out-dir", str(tmp_path / "out"), "--json-out", str(out_json)]
-    proc = run_script(*args)
+    # A relative --out-dir, as a user types it: nanoGPT runs in its checkout, so the harness
+    # must hand it an absolute path (a relative one once wrote ckpt.pt into the checkout).
+    args += ["--threads", "1", "--out-dir", "out", "--json-out", str(out_json)]
+    proc = run_script(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads(out_json.read_text()) == result
@@ -362,6 +366,7 @@ def test_nanogpt_comparison_runs_both_whole_processes_and_scores_both_models(tmp
     assert theirs["command"].startswith("train.py config/train_shakespeare_char.py --device=cpu")
     assert "--max_iters=8" in theirs["command"] and theirs["iter"] == 8
     assert not (checkout / "out-shakespeare-char").exists()  # nothing written into its outputs
+    assert not list(checkout.rglob("ckpt.pt"))  # nor anywhere else in the checkout
     # Both scores against their references: nanoGPT's checkpoint scored by hand, ours by
     # llm_tiny's own evaluation over the same windows.
     whole = text.read_text()
