@@ -260,13 +260,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """GPT-2's feed-forward layer: C -> 4C -> GELU -> C."""
+    """GPT-2's feed-forward layer: C -> 4C (or `mlp_hidden`) -> GELU -> C."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.fc = Linear(cfg.n_embd, mlp_width(cfg), bias=cfg.bias)
         self.act = nn.GELU(approximate="tanh")  # the approximation GPT-2 was trained with
-        self.proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
+        self.proj = Linear(mlp_width(cfg), cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -279,12 +279,20 @@ def swiglu_hidden(n_embd: int) -> int:
     return 64 * math.ceil(8 * n_embd / 3 / 64)
 
 
+def mlp_width(cfg: ModelConfig) -> int:
+    """The MLP's hidden width: `model.mlp_hidden` when set (an imported Llama's
+    `intermediate_size`), else 4 C, or `swiglu_hidden(C)` for SwiGLU."""
+    if cfg.mlp_hidden is not None:
+        return cfg.mlp_hidden
+    return swiglu_hidden(cfg.n_embd) if cfg.mlp == "swiglu" else 4 * cfg.n_embd
+
+
 class SwiGLU(nn.Module):
     """Gated feed-forward layer: proj(silu(x W_gate) * (x W_up)), with W_gate, W_up fused."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        hidden = swiglu_hidden(cfg.n_embd)
+        hidden = mlp_width(cfg)
         self.fc = Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)  # gate and up, side by side
         self.proj = Linear(hidden, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.drop = nn.Dropout(cfg.dropout)

@@ -147,6 +147,7 @@ def test_override_helper_revalidates():
             "data.val_input is for text data",
         ),
         ("train:\n  profile_steps: -1\n", [], "train.profile_steps must be >= 0"),
+        ("model:\n  mlp_hidden: 0\n", [], "model.mlp_hidden must be >= 1 or null"),
         ("sample:\n  top_p: 0\n", [], "sample.top_p must be in (0, 1]"),
         ("model:\n  n_embd: 6\n  n_head: 2\n  pos_emb: rope\n", [], "rope needs an even head size"),
         ("model: 3\n", [], "section model must be a mapping"),
@@ -229,8 +230,8 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
     # The fields that fix the parameters' shapes: resuming across a change of one is refused.
     assert architecture_fields() == (
         "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
-        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "norm_position", "qk_norm",
-        "logit_softcap",
+        "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "mlp_hidden", "norm_position",
+        "qk_norm", "logit_softcap",
     )  # fmt: skip
 
 

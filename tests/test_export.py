@@ -42,9 +42,9 @@ LLAMA = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
 SHAPES = {
     "llama_gqa_untied": LLAMA
     | {"bias": False, "n_kv_head": 2, "tie_weights": False, "rope_theta": 500.0},
-    "llama_tied_bias": LLAMA | {"bias": True},
+    "llama_tied_bias": LLAMA | {"bias": True, "mlp_hidden": 96},  # an imported Llama's width
     "gpt2_tied": {},
-    "gpt2_untied_no_bias": {"bias": False, "tie_weights": False},
+    "gpt2_untied_no_bias": {"bias": False, "tie_weights": False, "mlp_hidden": 200},
 }
 
 

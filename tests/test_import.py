@@ -55,13 +55,13 @@ def hf_folder(path: Path, kind: str, hf_tokenizer) -> torch.nn.Module:
     vocab, eot = hf_tokenizer.get_vocab_size(), hf_tokenizer.token_to_id(EOT)
     if kind == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+            vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=200,
             bos_token_id=eot, eos_token_id=eot,
         )  # fmt: skip
         model = GPT2LMHeadModel(config)
     else:
         config = LlamaConfig(
-            vocab_size=vocab + 8, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+            vocab_size=vocab + 8, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
             rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=eot,
         )  # fmt: skip
@@ -91,6 +91,8 @@ def test_import_gives_the_hf_models_logits_and_tokens(tmp_path, hf_tokenizer, ki
     columns = torch.tensor(sorted(id_map, key=id_map.__getitem__))  # HF ids in our order
     assert (ours[..., : len(columns)] - theirs[..., columns]).abs().max().item() < 1e-5
     assert cfg.model.vocab_size == hf.config.vocab_size
+    # MLP widths other than ours (4 x 64, SwiGLU's 192) come in as model.mlp_hidden.
+    assert cfg.model.mlp_hidden == (200 if kind == "gpt2" else 160)
     assert cfg.data.eot == EOT and (tmp_path / "run" / "tok" / "bpe.json").exists()
 
 

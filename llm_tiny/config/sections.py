@@ -62,6 +62,7 @@ class ModelConfig:
     tie_weights: bool = arch(True)
     norm: Norm = arch("layernorm")
     mlp: Mlp = arch("gelu")
+    mlp_hidden: int | None = arch(None)  # the MLP's hidden width; null: 4 x n_embd (SwiGLU: 8/3)
     norm_position: NormPosition = arch("pre")  # pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x))
     qk_norm: bool = arch(False)  # RMSNorm on each head's queries and keys, before RoPE
     logit_softcap: float | None = arch(None)  # logits -> c tanh(logits / c); null: off
@@ -292,6 +293,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         f"model.logit_softcap must be > 0 or null, got {m.logit_softcap}",
     )
     check(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
+    check(
+        m.mlp_hidden is None or m.mlp_hidden >= 1,
+        f"model.mlp_hidden must be >= 1 or null, got {m.mlp_hidden}",
+    )
 
     check(len(d.input) >= 1, "data.input must name at least one text file")
     check(d.vocab_size >= 256, f"data.vocab_size must be >= 256 (the bytes), got {d.vocab_size}")

@@ -31,7 +31,7 @@ from llm_tiny.config import ModelConfig
 from llm_tiny.errors import UserError
 from llm_tiny.export.hf import hf_shape, norm_eps, to_hf
 from llm_tiny.export.hf_tokenizer import spell
-from llm_tiny.model import swiglu_hidden
+from llm_tiny.model import mlp_width
 
 DTYPES = ("f32", "f16", "q8_0")
 # Our named split patterns -> the llama.cpp pre-tokenizer that splits the same way (llama.cpp's
@@ -107,7 +107,7 @@ def write_gguf(
         w.add_context_length(cfg.block_size)
         w.add_embedding_length(cfg.n_embd)
         w.add_block_count(cfg.n_layer)
-        w.add_feed_forward_length(swiglu_hidden(cfg.n_embd))
+        w.add_feed_forward_length(mlp_width(cfg))
         w.add_head_count(cfg.n_head)
         w.add_head_count_kv(cfg.kv_heads)
         w.add_rope_dimension_count(cfg.head_dim)

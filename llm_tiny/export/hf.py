@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from llm_tiny.config import ModelConfig
 from llm_tiny.errors import UserError
-from llm_tiny.model import RMSNorm, swiglu_hidden
+from llm_tiny.model import RMSNorm, mlp_width, swiglu_hidden
 
 # What each HF shape needs of our flags; the first one that fits is used.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -107,7 +107,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
             "n_layer": cfg.n_layer,
             "n_head": cfg.n_head,
             "n_positions": cfg.block_size,
-            "n_inner": 4 * cfg.n_embd,
+            "n_inner": mlp_width(cfg),
             "activation_function": "gelu_new",
             "layer_norm_epsilon": eps,
             "resid_pdrop": 0.0,
@@ -116,7 +116,7 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
         }
     return common | {
         "hidden_size": cfg.n_embd,
-        "intermediate_size": swiglu_hidden(cfg.n_embd),
+        "intermediate_size": mlp_width(cfg),
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.kv_heads,
@@ -131,6 +131,11 @@ def hf_config(cfg: ModelConfig, bos_id: int | None, eos_id: int | None) -> dict[
         "mlp_bias": cfg.bias,
         "attention_dropout": 0.0,
     }
+
+
+def _width(hf_width: int | None, default: int) -> int | None:
+    """`model.mlp_hidden` for an HF MLP width: None (our default) when it is the default."""
+    return None if hf_width in (None, default) else int(hf_width)
 
 
 def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
@@ -151,7 +156,6 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
             hf.get("activation_function", "gelu_new") in GELU_NAMES,
             f"activation_function {hf.get('activation_function')!r} is not GELU's tanh form",
         )
-        need(hf.get("n_inner") in (None, 4 * C), f"n_inner {hf.get('n_inner')} is not 4 * n_embd")
         need(
             abs(hf.get("layer_norm_epsilon", 1e-5) - eps) < 1e-12,
             f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} is not {eps}",
@@ -161,7 +165,7 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         return ModelConfig(
             vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
             n_head=hf["n_head"], n_embd=C, bias=True, pos_emb="learned", norm="layernorm",
-            mlp="gelu", tie_weights=tie,
+            mlp="gelu", tie_weights=tie, mlp_hidden=_width(hf.get("n_inner"), 4 * C),
         )  # fmt: skip
     if kind == "llama":
         C, nh = hf["hidden_size"], hf["num_attention_heads"]
@@ -169,11 +173,6 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         need(
             hf.get("head_dim") in (None, C // nh) and C % nh == 0,
             f"head_dim {hf.get('head_dim')} is not hidden_size / num_attention_heads",
-        )
-        need(
-            hf["intermediate_size"] == swiglu_hidden(C),
-            f"intermediate_size {hf['intermediate_size']} is not TinyGPT's SwiGLU width "
-            f"{swiglu_hidden(C)} (8/3 hidden_size rounded up to a multiple of 64)",
         )
         need(
             abs(hf.get("rms_norm_eps", 1e-6) - eps) < 1e-12,
@@ -193,6 +192,7 @@ def model_config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
             n_layer=hf["num_hidden_layers"], n_head=nh, n_kv_head=None if nkv == nh else nkv,
             n_embd=C, bias=bias, pos_emb="rope", rope_theta=float(theta), norm="rmsnorm",
             mlp="swiglu", tie_weights=tie,
+            mlp_hidden=_width(hf["intermediate_size"], swiglu_hidden(C)),
         )  # fmt: skip
     raise UserError(
         f"{source}: unsupported architecture {arch} (model_type {kind!r}); import reads "
@@ -244,7 +244,7 @@ def _splits(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
     q, kv, hidden = (
         cfg.n_head * cfg.head_dim,
         cfg.kv_heads * cfg.head_dim,
-        swiglu_hidden(cfg.n_embd),
+        mlp_width(cfg),
     )
     out = {}
     for i in range(cfg.n_layer):
