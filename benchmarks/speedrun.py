@@ -398,7 +398,7 @@ def compare_with_nanogpt(args: Any, source: Path, ours_job: dict[str, Any]) -> d
 
     root = ref.check_checkout(args.nanogpt)
     text = ref.prepare(root, source, log)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir).resolve()  # child processes run elsewhere (nanoGPT in its checkout)
     runs: dict[str, list[dict[str, Any]]] = {"nanogpt": [], "speedrun_cpu": []}
     for k in range(args.repeats):
         log(f"repeat {k + 1}/{args.repeats}: nanoGPT's train.py")
@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--nanogpt compares with the real nanoGPT: leave out --only, "
                 "--ablation and --target"
             )
-        out = Path(args.out_dir)
+        out = Path(args.out_dir).resolve()
 
         def job(name: str, config: Path, overrides: dict | None = None) -> dict[str, Any]:
             return {

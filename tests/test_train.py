@@ -262,7 +262,9 @@ def test_a_binding_time_budget_still_completes_warmup_and_decay(tmp_path, capsys
     lrs = [float(r["lr"]) for r in table if r["lr"]]
     assert len(lrs) < 600, "the budget did not bind; nothing was tested"
     assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # the warmup completed
-    assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)  # and so did the decay (to within a step)
+    # And so did the decay, to within the last step: that step starts a few ms before the
+    # budget ends, where the time-driven cosine is nearly flat (1.0024e-4 seen on a busy CPU).
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-2)
     assert f"time budget reached (train.max_seconds=1.5; step {len(lrs)} of" in out
 
 
