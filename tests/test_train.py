@@ -262,9 +262,11 @@ def test_a_binding_time_budget_still_completes_warmup_and_decay(tmp_path, capsys
     lrs = [float(r["lr"]) for r in table if r["lr"]]
     assert len(lrs) < 600, "the budget did not bind; nothing was tested"
     assert max(lrs) == pytest.approx(1e-3, rel=0.05)  # the warmup completed
-    # And so did the decay, to within the last step: that step starts a few ms before the
-    # budget ends, where the time-driven cosine is nearly flat (1.0024e-4 seen on a busy CPU).
-    assert lrs[-1] == pytest.approx(1e-4, rel=1e-2)
+    # And so did the decay, to within the last step: its learning rate follows the time as of
+    # the step before (the ranks' synchronised clock), so it can sit a little above the floor,
+    # by more the longer a step takes (1.0024e-4 and 1.0349e-4 seen on a busy CPU). What
+    # matters is that the decay is all but complete: under 2% of the way back up to the peak.
+    assert lrs[-1] >= 1e-4 and (lrs[-1] - 1e-4) / (1e-3 - 1e-4) < 0.02
     assert f"time budget reached (train.max_seconds=1.5; step {len(lrs)} of" in out
 
 
