@@ -20,30 +20,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from llm_tiny.config import ModelConfig
+from llm_tiny.config import ModelConfig, architecture_fields
 from llm_tiny.errors import UserError
 from llm_tiny.model import RMSNorm, mlp_width, swiglu_hidden
 
-# What each HF shape needs of our flags; the first one that fits is used.
+# What each HF shape needs of our flags, beyond TinyGPT's defaults; the first that fits is used.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama": {
-        "pos_emb": "rope",
-        "norm": "rmsnorm",
-        "norm_position": "pre",
-        "mlp": "swiglu",
-        "qk_norm": False,
-        "logit_softcap": None,
-    },
-    "gpt2": {
-        "pos_emb": "learned",
-        "norm": "layernorm",
-        "norm_position": "pre",
-        "mlp": "gelu",
-        "n_kv_head": None,
-        "qk_norm": False,
-        "logit_softcap": None,
-    },
+    "llama": {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu"},
+    "gpt2": {"pos_emb": "learned", "norm": "layernorm", "mlp": "gelu", "n_kv_head": None},
 }
+# The architecture fields whose every value maps to a `config.json` entry; every other one
+# (norm_position, qk_norm, logit_softcap, and whatever flag comes next) must keep its default
+# or the shape's value, so that a new model flag is refused until export learns it.
+MAPPED = frozenset(
+    {"vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
+     "rope_theta", "tie_weights", "mlp_hidden"}
+)  # fmt: skip
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU's tanh approximation
 
@@ -62,18 +54,14 @@ def norm_eps() -> float:
 def hf_shape(cfg: ModelConfig) -> str:
     """`"llama"` or `"gpt2"`, the HF shape of `cfg`; a UserError naming the flags that have no
     counterpart otherwise (those that differ from the nearest shape)."""
-    flags = {
-        "pos_emb": cfg.pos_emb,
-        "norm": cfg.norm,
-        "norm_position": cfg.norm_position,
-        "mlp": cfg.mlp,
-        "qk_norm": cfg.qk_norm,
-        "logit_softcap": cfg.logit_softcap,
-        "n_kv_head": None if cfg.kv_heads == cfg.n_head else cfg.n_kv_head,
-    }
+    defaults = ModelConfig()
+    fixed = [f for f in architecture_fields() if f not in MAPPED]
+    flags = {f: getattr(cfg, f) for f in fixed}
+    flags["n_kv_head"] = None if cfg.kv_heads == cfg.n_head else cfg.n_kv_head
+    needs = {s: {f: getattr(defaults, f) for f in fixed} | w for s, w in SHAPES.items()}
     misses = {
         shape: {k: flags[k] for k, v in wanted.items() if flags[k] != v}
-        for shape, wanted in SHAPES.items()
+        for shape, wanted in needs.items()
     }
     shape = min(misses, key=lambda s: len(misses[s]))
     if not misses[shape]:
