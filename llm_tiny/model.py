@@ -10,7 +10,8 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `norm`: `layernorm` (Ba et al. 2016), or `rmsnorm`, which rescales without centring (Zhang &
   Sennrich 2019).
 - `mlp`: `gelu`, 4x wide (GPT-2), or `swiglu`, a gated unit about 8/3x wide (Shazeer 2020, "GLU
-  Variants Improve Transformer"), or `relu2`, 4x wide with relu(x)^2 (So et al. 2021, Primer).
+  Variants Improve Transformer"), or `relu` (the original Transformer's), or `relu2`, 4x wide
+  with relu(x)^2 (So et al. 2021, Primer).
 - `qk_norm`: RMS-normalise each head's queries and keys (one gain per head dimension) before
   positions are applied, which bounds the attention logits (Dehghani et al. 2023; OLMo 2).
 - `logit_softcap`: squash the logits into (-c, c) with c tanh(x / c) (Gemma 2).
@@ -302,6 +303,14 @@ class SwiGLU(nn.Module):
         return self.drop(self.proj(F.silu(gate) * up))  # (B, T, C)
 
 
+class ReluMLP(GeluMLP):
+    """The original Transformer's feed-forward layer: C -> 4C -> ReLU -> C."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.act = nn.ReLU()
+
+
 class ReluSquaredMLP(GeluMLP):
     """GPT-2's feed-forward layer with relu(x)^2 for the GELU: C -> 4C -> ReLU² -> C."""
 
@@ -310,7 +319,12 @@ class ReluSquaredMLP(GeluMLP):
         self.act = ReluSquared()
 
 
-MLPS: dict[str, type[nn.Module]] = {"gelu": GeluMLP, "swiglu": SwiGLU, "relu2": ReluSquaredMLP}
+MLPS: dict[str, type[nn.Module]] = {
+    "gelu": GeluMLP,
+    "swiglu": SwiGLU,
+    "relu": ReluMLP,
+    "relu2": ReluSquaredMLP,
+}
 
 
 # ----------------------------------------------------------------------------- block

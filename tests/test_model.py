@@ -670,10 +670,11 @@ def test_levers_keep_causality_and_the_kv_cache_exact(attn_impl, pos_emb):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
 
 
-def test_relu2_mlp_is_the_formula():
-    mlp = build(mlp="relu2").blocks[0].mlp
+@pytest.mark.parametrize("mlp_name, power", [("relu", 1), ("relu2", 2)])
+def test_relu_mlps_are_the_formula(mlp_name, power):
+    mlp = build(mlp=mlp_name).blocks[0].mlp
     x = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(0))
-    h = torch.clamp(x @ mlp.fc.weight.T + mlp.fc.bias, min=0) ** 2  # relu(x W1 + b1)^2
+    h = torch.clamp(x @ mlp.fc.weight.T + mlp.fc.bias, min=0) ** power  # relu(x W1 + b1)^p
     torch.testing.assert_close(mlp(x), h @ mlp.proj.weight.T + mlp.proj.bias)
 
 

@@ -28,7 +28,7 @@ class ConfigError(UserError):
 PosEmb = Literal["learned", "rope", "alibi"]
 Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
-Mlp = Literal["gelu", "swiglu", "relu2"]
+Mlp = Literal["gelu", "swiglu", "relu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples"]
 OnBadRecord = Literal["error", "skip"]
