@@ -111,6 +111,8 @@ def test_bench_tokenizer_reports_every_measurement(tmp_path):
         ("bench_tokenizer.py", ["--vocab-size", "10"], "--vocab-size must be >= 256"),
         ("bench_tokenizer.py", ["--pattern", "("], "bad split pattern '('"),
         ("bench_tokenizer.py", ["--bogus"], "unrecognized arguments: --bogus"),
+        ("digits_check.py", ["--config", "nope.yaml"], "--config nope.yaml: not found"),
+        ("digits_check.py", ["--seeds", "1,x"], "--seeds must be integers separated by commas"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(script, args, message):
@@ -173,3 +175,23 @@ def test_bench_serve_compares_concurrent_streams_with_one_at_a_time(tmp_path):
     ]  # fmt: skip
     assert all(v["tokens"] > 0 and v["tokens_per_s"] > 0 for v in result["variants"].values())
     assert bench("bench_serve.py", "--streams", "0").returncode == 2
+
+
+def test_digits_check_trains_and_scores_the_recipe_on_each_data_seed(tmp_path):
+    out = tmp_path / "check.json"
+    proc = bench(
+        "digits_check.py", "--config", "configs/digits.yaml", "--range", "9", "--seeds", "5,6",
+        "--n", "300", "--set", "train.max_iters=6", "--set", "optim.warmup_iters=2",
+        "--set", "train.eval_interval=3", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert json_lines(proc.stdout) == [result]
+    assert [r["seed"] for r in result["seeds"]] == [5, 6]
+    for row in result["seeds"]:
+        assert row["steps"] == 6 and row["n_test"] == 30 and 0 <= row["accuracy"] <= 1
+        assert set(row["per_operation"]) <= {"First", "Second", "Last", "Max", "Min"}
+        assert row["per_depth"].keys() == {"1"} and not row["stopped_by_time"]
+        assert 0 < row["train_s"] < row["wall_s"]
+    assert result["min_accuracy"] == min(r["accuracy"] for r in result["seeds"])
+    assert "seed 5: " in proc.stdout and "after 6 steps" in proc.stdout

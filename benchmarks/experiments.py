@@ -1,0 +1,350 @@
+"""Architecture experiments: which choices matter, measured on two tasks with several seeds.
+
+    python benchmarks/experiments.py --input data/tinyshakespeare.txt           (about 20 min)
+    python benchmarks/experiments.py --input data/tiny.txt --seeds 2 --digits-steps 100 \
+        --text-steps 100 --doc /tmp/experiments.md --img-dir /tmp                 (a quick look)
+
+One change at a time from a baseline (RoPE positions, RMSNorm before each sublayer, SwiGLU),
+each answering a question a learner asks:
+
+- positions: learned absolute embeddings (GPT-2), RoPE (Llama) or ALiBi (a per-head distance
+  penalty, no position parameters at all);
+- where the norm goes: before each sublayer (pre-LN, GPT-2 onward) or after the residual sum
+  (post-LN, the original Transformer);
+- which norm: LayerNorm or RMSNorm;
+- the MLP: ReLU (the original Transformer), GELU (GPT-2) or SwiGLU (Llama), all about equal in
+  weights.
+
+Two tasks: the digit operations (`configs/digits.yaml` cut to `--digits-steps`, scored by test
+exact match on data drawn with each seed) and character-level Tiny Shakespeare
+(`configs/speedrun_cpu.yaml` cut to `--text-steps`, scored by validation loss). Every variant
+runs with each seed (`--seeds`; the seed draws the initial weights, the batches and, for the
+digits, the data), in round-robin order so that a busy spell on a shared machine is spread over
+all variants. Training runs in this process on `--threads` threads.
+
+Writes the raw runs as JSON (`--json`), two figures per task into `--img-dir`, and the results
+section of `--doc` (between its `results` markers; the text around them is kept, so the
+written conclusions stay while the numbers are regenerated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = {"pos_emb": "rope", "norm_position": "pre", "norm": "rmsnorm", "mlp": "swiglu"}
+# The questions, each with its choices; the baseline's own choice is one row of every question.
+QUESTIONS = {
+    "positions": ("pos_emb", ["learned", "rope", "alibi"]),
+    "norm position": ("norm_position", ["pre", "post"]),
+    "norm": ("norm", ["layernorm", "rmsnorm"]),
+    "MLP": ("mlp", ["relu", "gelu", "swiglu"]),
+}
+TASKS = ("digits", "text")
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+
+def variant_names() -> list[str]:
+    """`baseline` and one `field=value` per choice that differs from it, in question order."""
+    names = ["baseline"]
+    for field, choices in QUESTIONS.values():
+        names += [f"{field}={c}" for c in choices if c != BASELINE[field]]
+    return names
+
+
+def model_of(variant: str) -> dict[str, str]:
+    """The model fields of a variant: the baseline with at most one field changed."""
+    if variant == "baseline":
+        return dict(BASELINE)
+    field, value = variant.split("=")
+    return {**BASELINE, field: value}
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_config(task: str, variant: str, seed: int, args, work: Path):
+    """The run config of one (task, variant, seed)."""
+    from llm_tiny.config import load_config
+
+    out_dir = work / task / variant / f"seed{seed}"
+    common = [f"model.{k}={v}" for k, v in model_of(variant).items()] + [
+        f"train.out_dir={out_dir}",
+        f"train.seed={seed}",
+        f"train.threads={args.threads}",
+        "train.max_seconds=null",
+        "train.sample_at_end=false",
+        "train.overwrite=true",
+    ]
+    if task == "digits":
+        data = work / "data" / f"digits{seed}"
+        steps = args.digits_steps
+        return load_config(
+            ROOT / "configs/digits.yaml",
+            [
+                *common,
+                f"data.input=[{data / 'train.txt'},{data / 'val.txt'}]",
+                f"train.max_iters={steps}",
+                f"train.eval_interval={max(1, steps // 6)}",
+                f"train.ckpt_interval={steps}",
+                f"optim.warmup_iters={min(100, steps // 4)}",
+            ],
+        )
+    steps = args.text_steps
+    return load_config(
+        ROOT / "configs/speedrun_cpu.yaml",
+        [
+            *common,
+            f"data.input=[{Path(args.input).resolve()}]",
+            f"data.data_dir={work / 'cache'}",
+            f"train.max_iters={steps}",
+            f"optim.lr_decay_iters={steps}",
+            f"optim.warmup_iters={min(50, steps // 4)}",
+            f"train.eval_interval={max(1, steps // 6)}",
+            f"train.ckpt_interval={steps}",
+        ],
+    )
+
+
+def run_one(task: str, variant: str, seed: int, args, work: Path) -> dict[str, Any]:
+    """Train one (task, variant, seed) and score it; returns one row of the results."""
+    from llm_tiny.checkpoint import load_model
+    from llm_tiny.metrics import read_metrics
+    from llm_tiny.tasks import predict, read_examples, score, write_dataset
+    from llm_tiny.train import train
+
+    if task == "digits":
+        data = work / "data" / f"digits{seed}"
+        if not (data / "test.txt").exists():
+            write_dataset(data, 10_000, 9, seed)
+    cfg = run_config(task, variant, seed, args, work)
+    result = train(cfg, progress=False, log=lambda _line: None)
+    rows = read_metrics(Path(cfg.train.out_dir) / "metrics.csv")
+    row = {
+        "task": task,
+        "variant": variant,
+        "seed": seed,
+        "steps": result.step,
+        "seconds": result.elapsed_s,
+        "val_loss": result.val_loss,
+        "curve": [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None],
+    }
+    model, tokenizer, _, _ = load_model(cfg.train.out_dir, name="last.pt")
+    row["params"] = model.num_params()
+    if task == "digits":
+        examples = read_examples(data / "test.txt")
+        row["accuracy"] = score(examples, predict(model, tokenizer, examples))["accuracy"]
+    return row
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per task and variant: mean and sd of each measure over the seeds."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in TASKS:
+        for variant in variant_names():
+            rows = [r for r in runs if r["task"] == task and r["variant"] == variant]
+            if not rows:
+                continue
+            entry: dict[str, Any] = {"seeds": len(rows), "params": rows[0]["params"]}
+            for key in ("accuracy", "val_loss", "seconds"):
+                if all(r.get(key) is not None for r in rows):
+                    entry[key] = mean_sd([r[key] for r in rows])
+            out.setdefault(task, {})[variant] = entry
+    return out
+
+
+def _pm(ms: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
+    return f"{ms[0] * scale:{fmt}} ± {ms[1] * scale:{fmt}}"
+
+
+def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]) -> str:
+    """The generated section of docs/experiments.md: setup, one table per task, the figures."""
+    lines = [
+        START,
+        "<!-- Written by benchmarks/experiments.py; edit the text outside these markers. -->",
+        "",
+        f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, "
+        f"{meta['threads']} thread(s), {meta['seeds']} seeds ({', '.join(map(str, meta['seed_list']))}); "
+        f"{meta['total_minutes']:.1f} minutes in all. Command: `{meta['command']}`",
+        "",
+        "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
+        "baseline (RoPE, pre-LN, RMSNorm, SwiGLU), which is the row marked **baseline** in "
+        "every question.",
+    ]
+    titles = {
+        "digits": f"Digit operations, 0–9 ({meta['digits_steps']} steps of `configs/digits.yaml`)",
+        "text": f"Tiny Shakespeare, characters ({meta['text_steps']} steps of "
+        "`configs/speedrun_cpu.yaml`)",
+    }
+    for task, per_variant in summary.items():
+        lines += ["", f"### {titles[task]}", ""]
+        digits = task == "digits"
+        head = "| question | choice | params |"
+        head += " test exact match (%) |" if digits else ""
+        head += " validation loss (nats/char) | training time (s) |"
+        lines += [head, "|---" * (head.count("|") - 1) + "|"]
+        for question, (field, choices) in QUESTIONS.items():
+            for choice in choices:
+                variant = "baseline" if choice == BASELINE[field] else f"{field}={choice}"
+                e = per_variant.get(variant)
+                if e is None:
+                    continue
+                name = f"**{choice}** (baseline)" if variant == "baseline" else choice
+                row = f"| {question} | {name} | {e['params']:,} |"
+                if digits:
+                    row += f" {_pm(e['accuracy'], '.2f', 100)} |"
+                row += f" {_pm(e['val_loss'], '.4f')} | {_pm(e['seconds'], '.1f')} |"
+                lines.append(row)
+        lines += [""] + [f"![{task}]({path})" for path in images.get(task, [])]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_doc(path: Path, section: str) -> None:
+    """Put `section` between the markers of the doc at `path` (a new doc if there is none)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = before + section + after
+    else:
+        text = "# Architecture experiments\n\n" + section + "\n" + text
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def draw(runs: list[dict[str, Any]], summary, img_dir: Path, rel: str) -> dict[str, list[str]]:
+    """Per task: the validation curves (mean over seeds) and the final measure with its sd."""
+    from llm_tiny.plots import pyplot, save_figure
+
+    plt = pyplot()
+    images: dict[str, list[str]] = {}
+    for task, per_variant in summary.items():
+        fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.2))
+        for variant in per_variant:
+            rows = [r for r in runs if r["task"] == task and r["variant"] == variant]
+            steps = [s for s, _ in rows[0]["curve"]]
+            losses = [statistics.fmean(r["curve"][i][1] for r in rows) for i in range(len(steps))]
+            style = {"color": "black", "linewidth": 2.2} if variant == "baseline" else {}
+            curves.plot(steps, losses, label=variant, **style)
+        curves.set_yscale("log")
+        curves.set(xlabel="step", ylabel="validation loss (mean over seeds)", title=task)
+        curves.legend(fontsize=8)
+        key, label = (
+            ("accuracy", "test exact match")
+            if task == "digits"
+            else ("val_loss", "final validation loss")
+        )
+        names = list(per_variant)
+        means = [per_variant[v][key][0] for v in names]
+        sds = [per_variant[v][key][1] for v in names]
+        for i, (m, sd, v) in enumerate(zip(means, sds, names)):
+            colour = "black" if v == "baseline" else "tab:blue"
+            bars.errorbar(m, i, xerr=sd, fmt="o", color=colour, capsize=4)
+        bars.set_yticks(range(len(names)), names)
+        bars.grid(axis="x", alpha=0.3)
+        bars.invert_yaxis()
+        bars.set(xlabel=f"{label} (mean ± sd over seeds)", title=task)
+        name = f"experiments_{task}.png"
+        save_figure(fig, img_dir / name)
+        images[task] = [f"{rel}/{name}"]
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="experiments.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--input", default="data/tinyshakespeare.txt", help="the text task's corpus"
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--digits-steps", type=int, default=300)
+    parser.add_argument("--text-steps", type=int, default=600)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="digits,text or one of them")
+    parser.add_argument("--variants", default=None, help="comma-separated; default: all")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default="out/experiments.json", help="the raw runs")
+    parser.add_argument("--doc", default="docs/experiments.md")
+    parser.add_argument("--img-dir", default="docs/img")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        tasks = args.tasks.split(",")
+        variants = args.variants.split(",") if args.variants else variant_names()
+        for bad in [t for t in tasks if t not in TASKS]:
+            raise UserError(f"--tasks: unknown task {bad!r}; choose from {', '.join(TASKS)}")
+        for bad in [v for v in variants if v not in variant_names()]:
+            raise UserError(
+                f"--variants: unknown {bad!r}; choose from {', '.join(variant_names())}"
+            )
+        if "text" in tasks and not Path(args.input).is_file():
+            raise UserError(f"--input {args.input}: not found (the text task's corpus)")
+        for name in ("seeds", "digits_steps", "text_steps", "threads"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+        import torch
+
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        started = time.perf_counter()
+        runs = []
+        with tempfile.TemporaryDirectory(prefix="llm_tiny_experiments_") as tmp:
+            for task in tasks:
+                for seed in seeds:  # round-robin: every variant once per seed
+                    for variant in variants:
+                        row = run_one(task, variant, seed, args, Path(tmp))
+                        runs.append(row)
+                        extra = f" acc {row['accuracy']:.4f}" if "accuracy" in row else ""
+                        print(
+                            f"{task:<6} {variant:<22} seed {seed}: val {row['val_loss']:.4f}"
+                            f"{extra} in {row['seconds']:.1f}s",
+                            flush=True,
+                        )
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} CPU with {os.cpu_count()} cores",
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "seeds": args.seeds,
+            "seed_list": seeds,
+            "digits_steps": args.digits_steps,
+            "text_steps": args.text_steps,
+            "total_minutes": (time.perf_counter() - started) / 60,
+            "command": "python benchmarks/experiments.py " + " ".join(argv or sys.argv[1:]),
+        }
+        summary = summarise(runs)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}))
+        doc = Path(args.doc)
+        img_dir = Path(args.img_dir)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        rel = Path(os.path.relpath(img_dir.resolve(), doc.resolve().parent)).as_posix()
+        images = draw(runs, summary, img_dir, rel)
+        write_doc(doc, results_markdown(summary, meta, images))
+        print(f"wrote {args.json}, {doc} and {len(images)} figure(s) in {img_dir}")
+        return 0
+
+    return run_cli(run, "experiments.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
