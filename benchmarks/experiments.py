@@ -184,7 +184,13 @@ def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]
         "",
         f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, "
         f"{meta['threads']} thread(s), {meta['seeds']} seeds ({', '.join(map(str, meta['seed_list']))}); "
-        f"{meta['total_minutes']:.1f} minutes in all. Command: `{meta['command']}`",
+        f"{meta['total_minutes']:.1f} minutes in all"
+        + (
+            f", load average {meta['load_avg_after']} at the end"
+            if "load_avg_after" in meta
+            else ""
+        )
+        + f". Command: `{meta['command']}`",
         "",
         "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
         "baseline (RoPE, pre-LN, RMSNorm, SwiGLU), which is the row marked **baseline** in "
@@ -240,14 +246,15 @@ def draw(runs: list[dict[str, Any]], summary, img_dir: Path, rel: str) -> dict[s
     plt = pyplot()
     images: dict[str, list[str]] = {}
     for task, per_variant in summary.items():
-        fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, 4.2))
+        fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
         for variant in per_variant:
             rows = [r for r in runs if r["task"] == task and r["variant"] == variant]
             steps = [s for s, _ in rows[0]["curve"]]
             losses = [statistics.fmean(r["curve"][i][1] for r in rows) for i in range(len(steps))]
             style = {"color": "black", "linewidth": 2.2} if variant == "baseline" else {}
             curves.plot(steps, losses, label=variant, **style)
-        curves.set_yscale("log")
+        if task == "digits":  # losses fall by orders of magnitude there
+            curves.set_yscale("log")
         curves.set(xlabel="step", ylabel="validation loss (mean over seeds)", title=task)
         curves.legend(fontsize=8)
         key, label = (
@@ -271,6 +278,17 @@ def draw(runs: list[dict[str, Any]], summary, img_dir: Path, rel: str) -> dict[s
     return images
 
 
+def report(runs: list[dict[str, Any]], meta: dict[str, Any], args) -> None:
+    """The figures and the doc's results section from the runs."""
+    summary = summarise(runs)
+    doc, img_dir = Path(args.doc), Path(args.img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rel = Path(os.path.relpath(img_dir.resolve(), doc.resolve().parent)).as_posix()
+    images = draw(runs, summary, img_dir, rel)
+    write_doc(doc, results_markdown(summary, meta, images))
+    print(f"wrote {doc} and {len(images)} figure(s) in {img_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="experiments.py", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -286,9 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="out/experiments.json", help="the raw runs")
     parser.add_argument("--doc", default="docs/experiments.md")
     parser.add_argument("--img-dir", default="docs/img")
+    parser.add_argument("--from-json", default=None, metavar="PATH",
+                        help="no training: redraw the figures and the doc from an earlier --json")  # fmt: skip
     args = parser.parse_args(argv)
 
     def run() -> int:
+        if args.from_json:
+            try:
+                saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+                runs, meta = saved["runs"], saved["meta"]
+            except (OSError, ValueError, KeyError) as e:
+                msg = f"--from-json {args.from_json}: not a result of this script ({e})"
+                raise UserError(msg) from None
+            report(runs, meta, args)
+            return 0
         tasks = args.tasks.split(",")
         variants = args.variants.split(",") if args.variants else variant_names()
         for bad in [t for t in tasks if t not in TASKS]:
@@ -321,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
         meta = {
             "date": time.strftime("%Y-%m-%d"),
+            "load_avg_after": round(os.getloadavg()[0], 1),
             "machine": f"{platform.machine()} CPU with {os.cpu_count()} cores",
             "torch": torch.__version__,
             "threads": args.threads,
@@ -331,16 +361,12 @@ def main(argv: list[str] | None = None) -> int:
             "total_minutes": (time.perf_counter() - started) / 60,
             "command": "python benchmarks/experiments.py " + " ".join(argv or sys.argv[1:]),
         }
-        summary = summarise(runs)
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "summary": summary, "runs": runs}))
-        doc = Path(args.doc)
-        img_dir = Path(args.img_dir)
-        img_dir.mkdir(parents=True, exist_ok=True)
-        rel = Path(os.path.relpath(img_dir.resolve(), doc.resolve().parent)).as_posix()
-        images = draw(runs, summary, img_dir, rel)
-        write_doc(doc, results_markdown(summary, meta, images))
-        print(f"wrote {args.json}, {doc} and {len(images)} figure(s) in {img_dir}")
+        Path(args.json).write_text(
+            json.dumps({"meta": meta, "summary": summarise(runs), "runs": runs})
+        )
+        print(f"wrote {args.json}")
+        report(runs, meta, args)
         return 0
 
     return run_cli(run, "experiments.py")

@@ -82,6 +82,11 @@ def test_a_small_grid_runs_end_to_end(tmp_path):
         assert (tmp_path / "docs" / "img" / f"experiments_{task}.png").stat().st_size > 10_000
     # The two seeds trained different models: the spread is real, not a copy.
     assert data["summary"]["text"]["baseline"]["val_loss"][1] > 0
+    # Redrawing from the JSON (no training) gives the same section back.
+    (tmp_path / "docs" / "e.md").write_text("# Mine\n\n" + doc + "\nkept\n")
+    redraw = ["--from-json", str(tmp_path / "e.json"), *args[-4:]]
+    assert experiments.main(redraw) == 0
+    assert (tmp_path / "docs" / "e.md").read_text() == "# Mine\n\n" + doc + "\nkept\n"
 
 
 @pytest.mark.parametrize(
@@ -91,6 +96,7 @@ def test_a_small_grid_runs_end_to_end(tmp_path):
         (["--variants", "mlp=tanh"], "--variants: unknown 'mlp=tanh'"),
         (["--input", "nowhere.txt"], "--input nowhere.txt: not found"),
         (["--seeds", "0", "--tasks", "digits"], "--seeds must be >= 1"),
+        (["--from-json", "nowhere.json"], "--from-json nowhere.json: not a result of this script"),
     ],
 )
 def test_bad_flags_get_one_line_and_status_2(flags, message, capsys):
