@@ -15,6 +15,9 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `qk_norm`: RMS-normalise each head's queries and keys (one gain per head dimension) before
   positions are applied, which bounds the attention logits (Dehghani et al. 2023; OLMo 2).
 - `logit_softcap`: squash the logits into (-c, c) with c tanh(x / c) (Gemma 2).
+- `bigram_logits`: a trained V x V table, zero at the start, whose row for the current token is
+  added to the logits: the next-token statistics of each token straight from a lookup, leaving
+  the blocks the rest. V² parameters: for byte-level vocabularies.
 - `n_kv_head`: fewer key/value heads than query heads, each shared by a group of query heads:
   grouped-query attention (Ainslie et al. 2023). `None` gives every query head its own.
 - `attn_impl`: `sdpa` calls `F.scaled_dot_product_attention`, which runs FlashAttention or the
@@ -391,6 +394,7 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = NORMS[cfg.norm](cfg) if block.final_norm else nn.Identity()
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.bigram = nn.Embedding(cfg.vocab_size, cfg.vocab_size) if cfg.bigram_logits else None
         if cfg.tie_weights:
             # One Parameter in two places: it is trained once, saved under both names and
             # stays shared after `load_state_dict`, which copies into it in place.
@@ -420,6 +424,8 @@ class TinyGPT(nn.Module):
                 nn.init.normal_(w, mean=0.0, std=0.0 if zero else residual_std)
         if zero and self.lm_head.weight is not self.wte.weight:
             nn.init.zeros_(self.lm_head.weight)
+        if self.bigram is not None:
+            nn.init.zeros_(self.bigram.weight)  # the model starts as it would without the table
 
     def forward(
         self,
@@ -453,6 +459,8 @@ class TinyGPT(nn.Module):
         if cache is not None:
             cache.length += idx.size(1)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if self.bigram is not None:
+            logits = logits + self.bigram(idx)  # row idx[b, t]: the scores of what follows it
         if self.config.logit_softcap is not None:
             logits = soft_cap(logits, self.config.logit_softcap)
         if targets is None:

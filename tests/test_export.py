@@ -277,6 +277,7 @@ def test_export_errors_are_one_line_exit_2(tok, tmp_path, capsys):
         ({"logit_softcap": 15.0}, "model.logit_softcap=15.0"),
         ({"mlp": "relu2"}, "model.mlp=relu2"),
         ({"mlp": "relu"}, "model.mlp=relu"),
+        ({"bigram_logits": True}, "model.bigram_logits=True"),
     ):
         path = write_checkpoint(tmp_path / named, tiny_model(tok.vocab_size, **flags), tok)
         err = one_line_error(capsys, cli.main(["--ckpt", str(path), "--out", str(tmp_path / "o")]))

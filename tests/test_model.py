@@ -653,7 +653,23 @@ def test_compiled_model_matches_eager():
 
 # ----------------------------------------------------------------------------- recipe levers
 
-LEVERS = {"mlp": "relu2", "qk_norm": True, "logit_softcap": 3.0, "tie_weights": False}
+LEVERS = {
+    "mlp": "relu2",
+    "qk_norm": True,
+    "logit_softcap": 3.0,
+    "tie_weights": False,
+    "bigram_logits": True,
+}
+
+
+def test_bigram_table_adds_its_row_for_each_token_to_the_logits():
+    assert not TinyGPT(tiny(bigram_logits=True)).bigram.weight.any()  # zero at the start
+    model = build(bigram_logits=True)  # every weight random, the table too
+    plain = build()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "bigram" not in k})
+    idx = tokens(2, 8)
+    expected = plain(idx)[0] + model.bigram.weight[idx]  # (B, T, V): row idx[b, t] added
+    torch.testing.assert_close(model(idx)[0], expected)
 
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])

@@ -66,6 +66,7 @@ class ModelConfig:
     norm_position: NormPosition = arch("pre")  # pre: x + f(norm(x)) (GPT-2); post: norm(x + f(x))
     qk_norm: bool = arch(False)  # RMSNorm on each head's queries and keys, before RoPE
     logit_softcap: float | None = arch(None)  # logits -> c tanh(logits / c); null: off
+    bigram_logits: bool = arch(False)  # a V x V table, zero at init, added to the logits
     zero_init_proj: bool = False  # residual projections (and an untied LM head) start at 0
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
