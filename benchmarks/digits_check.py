@@ -28,7 +28,9 @@ from pathlib import Path
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-DONE = re.compile(r"^done: step (\d+) in ([\d.]+)s", re.MULTILINE)
+# The end-of-run line (`llm_tiny.train.summary`): "done: step N in Ts | ..." or, when the
+# time budget ended the run, "time budget reached (...): step N in Ts | ...".
+DONE = re.compile(r"^(done|time budget reached \(.*\)): step (\d+) in ([\d.]+)s", re.MULTILINE)
 
 
 def run(args: list[str], env: dict[str, str]) -> str:
@@ -60,7 +62,7 @@ def check_seed(seed: int, args, work: Path, env: dict[str, str]) -> dict:
     wall = time.perf_counter() - started
     done = DONE.search(log)
     if done is None:
-        raise UserError(f"seed {seed}: the training log has no `done:` line")
+        raise UserError(f"seed {seed}: the training log has no end-of-run line")
     test = str(data / "test.txt")
     scored = json.loads(
         run(["tasks", "eval", "--ckpt", str(out / "last.pt"), "--data", test, "--json"], env)
@@ -71,10 +73,10 @@ def check_seed(seed: int, args, work: Path, env: dict[str, str]) -> dict:
         "per_operation": {k: v["accuracy"] for k, v in scored["per_operation"].items()},
         "per_depth": {k: v["accuracy"] for k, v in scored.get("per_depth", {}).items()},
         "n_test": scored["n"],
-        "steps": int(done.group(1)),
-        "train_s": float(done.group(2)),
+        "steps": int(done.group(2)),
+        "train_s": float(done.group(3)),
         "wall_s": wall,
-        "stopped_by_time": "time budget reached" in log,
+        "stopped_by_time": done.group(1) != "done",
     }
 
 

@@ -195,3 +195,15 @@ def test_digits_check_trains_and_scores_the_recipe_on_each_data_seed(tmp_path):
         assert 0 < row["train_s"] < row["wall_s"]
     assert result["min_accuracy"] == min(r["accuracy"] for r in result["seeds"])
     assert "seed 5: " in proc.stdout and "after 6 steps" in proc.stdout
+
+
+def test_digits_check_reports_a_run_that_the_time_budget_ended(tmp_path):
+    proc = bench(
+        "digits_check.py", "--config", "configs/digits.yaml", "--range", "9", "--seeds", "4",
+        "--n", "300", "--set", "train.max_iters=100000", "--set", "train.max_seconds=0.5",
+        "--set", "optim.warmup_iters=2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json_lines(proc.stdout)[0]["seeds"]
+    assert row["stopped_by_time"] and 0 < row["steps"] < 100000
+    assert "(stopped by the time budget)" in proc.stdout
