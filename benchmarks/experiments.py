@@ -15,8 +15,9 @@ each answering a question a learner asks:
 - the MLP: ReLU (the original Transformer), GELU (GPT-2) or SwiGLU (Llama), all about equal in
   weights.
 
-Two tasks: the digit operations (`configs/digits.yaml` cut to `--digits-steps`, scored by test
-exact match on data drawn with each seed) and character-level Tiny Shakespeare
+Two tasks, both trained with AdamW: the digit operations (`configs/digits.yaml` cut to
+`--digits-steps`, scored by test exact match on data drawn with each seed) and character-level
+Tiny Shakespeare
 (`configs/speedrun_cpu.yaml` cut to `--text-steps`, scored by validation loss). Every variant
 runs with each seed (`--seeds`; the seed draws the initial weights, the batches and, for the
 digits, the data), in round-robin order so that a busy spell on a shared machine is spread over
@@ -91,6 +92,8 @@ def run_config(task: str, variant: str, seed: int, args, work: Path):
         "train.max_seconds=null",
         "train.sample_at_end=false",
         "train.overwrite=true",
+        # AdamW whatever the recipe says: the grid compares architectures under one optimizer.
+        "optim.name=adamw",
     ]
     if task == "digits":
         data = work / "data" / f"digits{seed}"
