@@ -129,13 +129,13 @@ def run_one(task: str, variant: str, seed: int, args, work: Path) -> dict[str, A
     """Train one (task, variant, seed) and score it; returns one row of the results."""
     from llm_tiny.checkpoint import load_model
     from llm_tiny.metrics import read_metrics
-    from llm_tiny.tasks import predict, read_examples, score, write_dataset
+    from llm_tiny.tasks import DEFAULT_N, predict, read_examples, score, write_dataset
     from llm_tiny.train import train
 
     if task == "digits":
         data = work / "data" / f"digits{seed}"
         if not (data / "test.txt").exists():
-            write_dataset(data, 10_000, 9, seed)
+            write_dataset(data, DEFAULT_N[9], 9, seed)  # the 0-9 task, as `tasks digits` makes it
     cfg = run_config(task, variant, seed, args, work)
     result = train(cfg, progress=False, log=lambda _line: None)
     rows = read_metrics(Path(cfg.train.out_dir) / "metrics.csv")
