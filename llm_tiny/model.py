@@ -263,13 +263,22 @@ class CausalSelfAttention(nn.Module):
 # ----------------------------------------------------------------------------- feed-forward
 
 
-class GeluMLP(nn.Module):
-    """GPT-2's feed-forward layer: C -> 4C (or `mlp_hidden`) -> GELU -> C."""
+# The activation of the two-matrix MLP, by `model.mlp`. GELU with the tanh approximation GPT-2
+# was trained with; ReLU as in the original Transformer; relu(x)^2 (Primer).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
+    "relu2": ReluSquared,
+}
+
+
+class MLP(nn.Module):
+    """GPT-2's feed-forward layer: C -> 4C (or `mlp_hidden`) -> activation -> C."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.fc = Linear(cfg.n_embd, mlp_width(cfg), bias=cfg.bias)
-        self.act = nn.GELU(approximate="tanh")  # the approximation GPT-2 was trained with
+        self.act = ACTIVATIONS[cfg.mlp]()
         self.proj = Linear(mlp_width(cfg), cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -306,28 +315,7 @@ class SwiGLU(nn.Module):
         return self.drop(self.proj(F.silu(gate) * up))  # (B, T, C)
 
 
-class ReluMLP(GeluMLP):
-    """The original Transformer's feed-forward layer: C -> 4C -> ReLU -> C."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.act = nn.ReLU()
-
-
-class ReluSquaredMLP(GeluMLP):
-    """GPT-2's feed-forward layer with relu(x)^2 for the GELU: C -> 4C -> ReLU² -> C."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.act = ReluSquared()
-
-
-MLPS: dict[str, type[nn.Module]] = {
-    "gelu": GeluMLP,
-    "swiglu": SwiGLU,
-    "relu": ReluMLP,
-    "relu2": ReluSquaredMLP,
-}
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, **dict.fromkeys(ACTIVATIONS, MLP)}
 
 
 # ----------------------------------------------------------------------------- block
