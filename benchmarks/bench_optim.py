@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from llm_tiny.config import load_config
         from llm_tiny.model import TinyGPT
-        from llm_tiny.optim import build_optimizer
+        from llm_tiny.train.optim import build_optimizer
 
         if args.threads:
             torch.set_num_threads(args.threads)

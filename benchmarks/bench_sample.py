@@ -25,8 +25,8 @@ import torch
 
 from llm_tiny.config import ModelConfig
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.infer.sampling import generate
 from llm_tiny.model import TinyGPT
-from llm_tiny.sampling import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

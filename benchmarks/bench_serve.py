@@ -123,11 +123,11 @@ def bench(args) -> int:
         raise UserError(
             f"needs the serve extra ({e.name}): pip install 'llm_tiny[serve]'"
         ) from None
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.infer.sample import eot_ids
+    from llm_tiny.infer.sampling import generate
     from llm_tiny.runtime import resolve_device
-    from llm_tiny.sample import eot_ids
-    from llm_tiny.sampling import generate
     from llm_tiny.serve.engine import Engine
+    from llm_tiny.train.checkpoint import load_model
 
     streams = [int(s) for s in args.streams.split(",")]
     if min(streams) < 1 or args.requests < 1 or args.new_tokens < 1:

@@ -91,8 +91,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
 
     from llm_tiny.config import ModelConfig, OptimConfig, load_config
     from llm_tiny.model import TinyGPT
-    from llm_tiny.optim import build_optimizer
     from llm_tiny.runtime import resolve_device
+    from llm_tiny.train.optim import build_optimizer
 
     if job["threads"]:
         torch.set_num_threads(job["threads"])

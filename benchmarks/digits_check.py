@@ -28,7 +28,7 @@ from pathlib import Path
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-# The end-of-run line (`llm_tiny.train.summary`): "done: step N in Ts | ..." or, when the
+# The end-of-run line (`llm_tiny.train.loop.summary`): "done: step N in Ts | ..." or, when the
 # time budget ended the run, "time budget reached (...): step N in Ts | ...".
 DONE = re.compile(r"^(done|time budget reached \(.*\)): step (\d+) in ([\d.]+)s", re.MULTILINE)
 

@@ -127,10 +127,10 @@ def run_config(task: str, variant: str, seed: int, args, work: Path):
 
 def run_one(task: str, variant: str, seed: int, args, work: Path) -> dict[str, Any]:
     """Train one (task, variant, seed) and score it; returns one row of the results."""
-    from llm_tiny.checkpoint import load_model
-    from llm_tiny.metrics import read_metrics
     from llm_tiny.tasks import DEFAULT_N, predict, read_examples, score, write_dataset
-    from llm_tiny.train import train
+    from llm_tiny.train.checkpoint import load_model
+    from llm_tiny.train.loop import train
+    from llm_tiny.train.metrics import read_metrics
 
     if task == "digits":
         data = work / "data" / f"digits{seed}"

@@ -216,7 +216,7 @@ def score_nanogpt(root: Path, ckpt_path: str | Path, text: str) -> dict[str, Any
 def score_ours(run_dir: str | Path, text: str, name: str = "last.pt") -> dict[str, Any]:
     """An llm_tiny run's final model's loss on the same windows: byte-level ids, which are
     the characters themselves for an ASCII text."""
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.train.checkpoint import load_model
 
     model, tok, _, ckpt = load_model(run_dir, "cpu", name=name)
     val = val_text(text)

@@ -13,7 +13,7 @@ other):
   validation split is the **target**.
 - `configs/speedrun_cpu.yaml`, the fastest recipe found that reaches the target.
 
-**Time to target** is the wall time from the start of `llm_tiny.train.train` (the data are
+**Time to target** is the wall time from the start of `llm_tiny.train.loop.train` (the data are
 prepared before it and not counted) to the end of the first evaluation whose full-split
 validation loss is at or below the target. It therefore counts building the model, any
 `torch.compile` work and every evaluation, the one at step 0 included; it leaves out what
@@ -231,7 +231,7 @@ def run_recipe(job: dict[str, Any]) -> dict[str, Any]:
 
     from llm_tiny.config import config_from_dict
     from llm_tiny.data import prepare_data
-    from llm_tiny.train import train
+    from llm_tiny.train.loop import train
 
     cfg = config_from_dict(recipe_raw(job), f"{job['config']} (speedrun)")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llm_tiny import metrics
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.train import metrics
 
 
 def pyplot() -> ModuleType:

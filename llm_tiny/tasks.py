@@ -310,7 +310,7 @@ def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> lis
     """
     import torch
 
-    from llm_tiny.sampling import generate
+    from llm_tiny.infer.sampling import generate
 
     device = next(model.parameters()).device
     newline = tokenizer.encode("\n")
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"wrote {Path(args.out)}/{{train,val,test}}.txt ({counts})")
             return 0
-        from llm_tiny.checkpoint import load_model
+        from llm_tiny.train.checkpoint import load_model
 
         examples = read_examples(args.data)
         model, tokenizer, _, _ = load_model(args.ckpt, args.device)

@@ -38,9 +38,9 @@ def tiny_checkpoint(run_dir: Path, block_size: int = 48) -> Path:
     """A run directory with a best.pt: a 300-token BPE tokenizer of data/tiny.txt (with
     <|endoftext|>) and a random 2-layer model whose weights are large enough to give varied
     text, and whose end-of-text logit is boosted so that some samples end early."""
-    from llm_tiny.checkpoint import FORMAT, VERSION
     from llm_tiny.config import RunConfig, config_from_dict, config_to_dict
     from llm_tiny.model import TinyGPT
+    from llm_tiny.train.checkpoint import FORMAT, VERSION
     from tok.bpe import Tokenizer
 
     text = (ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:20_000]

@@ -16,7 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from llm_tiny.checkpoint import (
+from llm_tiny.config import ModelConfig, config_to_dict, load_config
+from llm_tiny.errors import UserError
+from llm_tiny.model import TinyGPT
+from llm_tiny.runtime import capture_rng, restore_rng
+from llm_tiny.train.checkpoint import (
     FORMAT,
     VERSION,
     check_resume_compatible,
@@ -26,10 +30,6 @@ from llm_tiny.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from llm_tiny.config import ModelConfig, config_to_dict, load_config
-from llm_tiny.errors import UserError
-from llm_tiny.model import TinyGPT
-from llm_tiny.runtime import capture_rng, restore_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_resume_compatibility_names_the_difference():
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from llm_tiny.checkpoint import FORMAT, VERSION, save_checkpoint
+    from llm_tiny.train.checkpoint import FORMAT, VERSION, save_checkpoint
     # 1000 tensors (16 MB) all holding the step: a torn file would show mixed values or a bad
     # zip. Refilling them takes ~3 ms, writing them ~50-100 ms: the kill lands mid-write.
     weights = {f"w{i}": torch.zeros(4000) for i in range(1000)}

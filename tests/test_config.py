@@ -206,7 +206,7 @@ def test_cli_errors_are_one_line_exit_2(args):
 
 
 def test_each_choice_list_has_one_home_and_its_implementations_match_it():
-    from llm_tiny import model, runtime, schedule
+    from llm_tiny import runtime
     from llm_tiny.config import (
         AttnImpl,
         Dtype,
@@ -218,6 +218,8 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
         architecture_fields,
         choices,
     )
+    from llm_tiny.model import model
+    from llm_tiny.train import schedule
 
     assert set(model.NORMS) == set(choices(Norm))
     assert set(model.POSITIONS) == set(choices(PosEmb))

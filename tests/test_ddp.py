@@ -14,9 +14,9 @@ import pytest
 import torch.distributed as dist
 import yaml
 
-from llm_tiny.checkpoint import load_checkpoint
 from llm_tiny.config import load_config
-from llm_tiny.train import train
+from llm_tiny.train.checkpoint import load_checkpoint
+from llm_tiny.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tiny.txt"

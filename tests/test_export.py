@@ -18,13 +18,13 @@ pytest.importorskip("safetensors")
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_tiny.checkpoint import FORMAT, VERSION, load_model, save_checkpoint
 from llm_tiny.config import ModelConfig, RunConfig, config_to_dict
 from llm_tiny.export import cli, importer
 from llm_tiny.export.gguf import interleave_rope_rows
 from llm_tiny.export.hf_tokenizer import tokenizer_json
+from llm_tiny.infer.sampling import generate
 from llm_tiny.model import TinyGPT
-from llm_tiny.sampling import generate
+from llm_tiny.train.checkpoint import FORMAT, VERSION, load_model, save_checkpoint
 from tok.bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

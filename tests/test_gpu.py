@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from llm_tiny.checkpoint import load_checkpoint
 from llm_tiny.config import load_config
 from llm_tiny.runtime import resolve_dtype
-from llm_tiny.train import train
+from llm_tiny.train.checkpoint import load_checkpoint
+from llm_tiny.train.loop import train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -15,9 +15,9 @@ import yaml
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from llm_tiny.checkpoint import load_model
 from llm_tiny.export import importer
 from llm_tiny.export.hf_tokenizer import from_tokenizer_json
+from llm_tiny.train.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000]
@@ -205,15 +205,15 @@ def test_train_export_import_sample_and_fine_tune_through_the_cli(tmp_path, caps
 
 
 def _rows(run: Path) -> list[dict]:
-    from llm_tiny.metrics import read_metrics
+    from llm_tiny.train.metrics import read_metrics
 
     return read_metrics(run / "metrics.csv")
 
 
 def test_init_from_fills_the_model_and_refuses_another_tokenizer(tmp_path, hf_tokenizer):
-    from llm_tiny.checkpoint import start_from
     from llm_tiny.config import load_config
     from llm_tiny.errors import UserError
+    from llm_tiny.train.checkpoint import start_from
     from tok.bpe import Tokenizer
 
     hf_folder(tmp_path / "hf", "llama", hf_tokenizer)

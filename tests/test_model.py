@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llm_tiny import attention
-from llm_tiny.attention import (
+from llm_tiny.config import ModelConfig
+from llm_tiny.model import attention
+from llm_tiny.model.attention import (
     alibi_slopes,
     manual_attention,
     sdpa_attention,
     tiled_attention,
 )
-from llm_tiny.config import ModelConfig
-from llm_tiny.model import (
+from llm_tiny.model.model import (
     ALiBiPositions,
     PostNormBlock,
     RMSNorm,

@@ -14,7 +14,7 @@ import torch
 from llm_tiny.config import ModelConfig, OptimConfig
 from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
-from llm_tiny.optim import Float32Muon, build_optimizer, clip_grad_norm, newton_schulz, set_lr
+from llm_tiny.train.optim import Float32Muon, build_optimizer, clip_grad_norm, newton_schulz, set_lr
 
 
 def tiny_model(seed: int = 0) -> TinyGPT:

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_tiny.config import ModelConfig
-from llm_tiny.model import TinyGPT
-from llm_tiny.sampling import (
+from llm_tiny.infer.sampling import (
     apply_temperature,
     beam_search,
     generate,
@@ -25,6 +24,7 @@ from llm_tiny.sampling import (
     top_k_filter,
     top_p_filter,
 )
+from llm_tiny.model import TinyGPT
 
 INF = float("inf")
 

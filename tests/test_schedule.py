@@ -7,7 +7,7 @@ import math
 import pytest
 
 from llm_tiny.config import load_config
-from llm_tiny.schedule import lr_at, lr_for
+from llm_tiny.train.schedule import lr_at, lr_for
 
 
 def cosine(step: int) -> float:
@@ -107,7 +107,7 @@ def test_bad_arguments_raise():
 
 
 def test_a_time_budget_moves_the_schedule_by_whichever_is_further_along():
-    from llm_tiny.schedule import schedule_step
+    from llm_tiny.train.schedule import schedule_step
 
     assert schedule_step(10, 100) == 10  # no budget: steps only
     assert schedule_step(10, 100, elapsed_s=1.0, max_seconds=60.0) == 10  # steps ahead

@@ -44,7 +44,7 @@ def complete(client, **kw):
 def cli_sample(run_dir, seed: int, capsys) -> str:
     """`python -m llm_tiny sample` (its `main`, in this process) with SAMPLING and `seed`; its
     output is the prompt and the text."""
-    from llm_tiny.sample import main
+    from llm_tiny.infer.sample import main
 
     capsys.readouterr()
     argv = ["--ckpt", str(run_dir), "--prompt", "ROMEO:", "--temperature", "0.9", "--top-p",
@@ -73,7 +73,7 @@ def test_seeded_completions_equal_the_sample_cli(client, run_dir, capsys):
 
 
 def test_a_prompt_longer_than_the_context_keeps_its_end_as_the_cli_does(client, run_dir, capsys):
-    from llm_tiny.sample import main
+    from llm_tiny.infer.sample import main
 
     prompt = "ROMEO: " + "What say you, my lord? " * 12  # well over the 48-token context
     r = complete(client, prompt=prompt, seed=1, max_tokens=8)
@@ -291,7 +291,7 @@ def test_an_abandoned_request_that_is_not_streamed_stops_too(url):
 def test_playground_helpers_tokenize_and_attention(url, run_dir):
     import torch
 
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.train.checkpoint import load_model
 
     status, tok = request(url, "POST", "/api/tokenize", json.dumps({"prompt": "ROMEO:"}).encode())
     assert status == 200 and "".join(tok["tokens"]) == "ROMEO:" and len(tok["ids"]) == 6

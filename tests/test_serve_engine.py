@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from llm_tiny.config import ModelConfig
+from llm_tiny.infer.sampling import generate
 from llm_tiny.model import TinyGPT
-from llm_tiny.sampling import generate
 from llm_tiny.serve.engine import Engine, Settings
 
 V = 40

@@ -47,7 +47,7 @@ def test_time_to_target_is_the_first_evaluation_at_or_below_it():
 
 
 def test_read_evals_keeps_only_the_evaluation_rows(tmp_path):
-    # The layout llm_tiny.metrics writes (docs/training.md): empty cells where not measured.
+    # The layout llm_tiny.train.metrics writes (docs/training.md): empty cells where not measured.
     csv = tmp_path / "metrics.csv"
     csv.write_text(
         "step,tokens,train_loss,val_loss,val_ppl,val_bpb,lr,grad_norm,tokens_per_s,elapsed_s\n"
@@ -380,8 +380,8 @@ def test_nanogpt_comparison_runs_both_whole_processes_and_scores_both_models(tmp
     want = -sum(float(table[a].log_softmax(-1)[b]) for a, b in pairs) / len(pairs)
     assert theirs["val_loss"] == pytest.approx(want, rel=1e-5)
 
-    from llm_tiny.checkpoint import load_model
-    from llm_tiny.evaluate import evaluate_tokens
+    from llm_tiny.eval.loss import evaluate_tokens
+    from llm_tiny.train.checkpoint import load_model
 
     run = tmp_path / "out" / "speedrun_cpu" / "whole0" / "run"
     model, tok, _, _ = load_model(run, "cpu", name="last.pt")

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from llm_tiny.config import config_to_dict, load_config
-from llm_tiny.metrics import final_metrics, read_metrics
 from llm_tiny.plots import pyplot
 from llm_tiny.sweep.results import rank, sweep_figure, trial_styles
 from llm_tiny.sweep.runner import Processes, threads_per_job
@@ -29,6 +28,7 @@ from llm_tiny.sweep.space import (
     trial_overrides,
 )
 from llm_tiny.sweep.spec import SpecError, load_spec, parse_spec
+from llm_tiny.train.metrics import final_metrics, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -204,7 +204,7 @@ def tiny_digits_run(tmp_path: Path) -> tuple[Path, Path]:
     """Generate a small digits dataset with the CLI and train a tiny model on it in-process,
     the way configs/digits.yaml does (val.txt is exactly the validation split)."""
     from llm_tiny.config import config_from_dict
-    from llm_tiny.train import train
+    from llm_tiny.train.loop import train
 
     data = tmp_path / "digits"
     result = cli("digits", "--out", str(data), "--n", "450", "--seed", "3")
@@ -267,7 +267,7 @@ def test_batched_prediction_equals_one_by_one_greedy_decoding(tmp_path):
     each example alone by full recomputation, one argmax at a time."""
     import torch
 
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.train.checkpoint import load_model
 
     run, data = tiny_digits_run(tmp_path)
     model, tokenizer, _, _ = load_model(run)

@@ -17,13 +17,13 @@ import pytest
 import torch
 import yaml
 
-from llm_tiny.checkpoint import load_checkpoint, load_model
 from llm_tiny.config import load_config, override
 from llm_tiny.data import load_prepared
 from llm_tiny.errors import UserError
-from llm_tiny.evaluate import evaluate_tokens
-from llm_tiny.metrics import COLUMNS, MetricsLog
-from llm_tiny.train import main, train
+from llm_tiny.eval.loss import evaluate_tokens
+from llm_tiny.train.checkpoint import load_checkpoint, load_model
+from llm_tiny.train.loop import main, train
+from llm_tiny.train.metrics import COLUMNS, MetricsLog
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tiny.txt"
@@ -351,9 +351,9 @@ def test_label_smoothing_shapes_the_training_loss_only(tmp_path):
     import torch.nn.functional as F
 
     from llm_tiny.data import prepare_data
-    from llm_tiny.metrics import RunLog
     from llm_tiny.runtime import setup_runtime
-    from llm_tiny.train import Trainer
+    from llm_tiny.train.loop import Trainer
+    from llm_tiny.train.metrics import RunLog
 
     cfg = load_config(write_config(tmp_path, optim={"label_smoothing": 0.5}))
     data = prepare_data(cfg.run_data, log=quiet)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from llm_tiny import plots, viz
-from llm_tiny.checkpoint import load_model
 from llm_tiny.config import config_from_dict
-from llm_tiny.train import train
+from llm_tiny.train.checkpoint import load_model
+from llm_tiny.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
@@ -320,7 +320,7 @@ def test_weight_histograms_against_numpy_and_cli(run, capsys):
 
 
 def test_dynamics_are_logged_at_log_interval_and_drawn(run, capsys):
-    from llm_tiny.metrics import read_dynamics
+    from llm_tiny.train.metrics import read_dynamics
 
     series = read_dynamics(run / "dynamics.csv")
     model, _, _, _ = load_model(run)
@@ -335,7 +335,7 @@ def test_dynamics_are_logged_at_log_interval_and_drawn(run, capsys):
 
 
 def test_update_ratio_of_one_real_adamw_step():
-    from llm_tiny.dynamics import measure, snapshot
+    from llm_tiny.train.dynamics import measure, snapshot
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
@@ -405,7 +405,7 @@ def test_log_scale_rule():
 
 
 def write_losses(run_dir: Path, losses: list[float]) -> Path:
-    from llm_tiny.metrics import MetricsLog
+    from llm_tiny.train.metrics import MetricsLog
 
     run_dir.mkdir(parents=True)
     log = MetricsLog(run_dir)

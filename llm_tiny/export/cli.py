@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(args: Any) -> int:
-    from llm_tiny.checkpoint import load_model
     from llm_tiny.export.gguf import check_gguf_exportable
     from llm_tiny.export.hf import ARCHITECTURES, hf_shape
+    from llm_tiny.train.checkpoint import load_model
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -85,7 +85,7 @@ DTYPE_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
 def _eot(tokenizer: Any, cfg: Any) -> int | None:
-    from llm_tiny.sample import eot_ids
+    from llm_tiny.infer.sample import eot_ids
 
     ids = eot_ids(tokenizer, cfg)
     return ids[0] if ids else None

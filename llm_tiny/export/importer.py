@@ -94,11 +94,11 @@ def reorder_rows(t: Tensor, id_map: dict[int, int], rows: int) -> Tensor:
 
 
 def import_hf(folder: Path, out: Path, force: bool = False) -> int:
-    from llm_tiny.checkpoint import FORMAT, VERSION, save_checkpoint
     from llm_tiny.config import RunConfig, config_to_dict, save_config, validate
     from llm_tiny.export.hf import from_hf, model_config_from_hf
     from llm_tiny.export.hf_tokenizer import from_tokenizer_json
     from llm_tiny.model import TinyGPT
+    from llm_tiny.train.checkpoint import FORMAT, VERSION, save_checkpoint
 
     t0 = time.perf_counter()
     if not folder.is_dir():

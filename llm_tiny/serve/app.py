@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.errors import UserError
-from llm_tiny.sample import eot_ids, prompt_ids
+from llm_tiny.infer.sample import eot_ids, prompt_ids
 from llm_tiny.serve.engine import Engine, Event, Sequence, Settings
 from llm_tiny.serve.protocol import (
     CHAT_STOP,

@@ -61,9 +61,9 @@ def _serve(args) -> int:
         raise UserError(
             f"serve needs the serve extra ({e.name}): pip install 'llm_tiny[serve]'"
         ) from None
-    from llm_tiny.checkpoint import load_model
     from llm_tiny.runtime import resolve_device
     from llm_tiny.serve.engine import Engine
+    from llm_tiny.train.checkpoint import load_model
 
     for name in ("max_batch", "max_tokens_cap", "max_body_bytes"):
         if getattr(args, name) < 1:

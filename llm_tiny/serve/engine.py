@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llm_tiny.kvcache import KVCache
+from llm_tiny.infer.sampling import discourage_repeats, sample_next, slide_start
 from llm_tiny.model import TinyGPT, decode_layout
-from llm_tiny.sampling import discourage_repeats, sample_next, slide_start
+from llm_tiny.model.kvcache import KVCache
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from llm_tiny import metrics
 from llm_tiny.config import save_config
 from llm_tiny.sweep import results
 from llm_tiny.sweep.space import Trial, one_line, plan_trials
 from llm_tiny.sweep.spec import SweepSpec
+from llm_tiny.train import metrics
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:

@@ -136,7 +136,7 @@ def _index(value: int | None, n: int, what: str) -> int | None:
 
 
 def attention_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.train.checkpoint import load_model
 
     if not args.text:
         raise UserError("--text is empty; give the text whose attention to draw")

@@ -131,7 +131,7 @@ def plot_embeddings(
 
 
 def embeddings_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model, run_data_dir
+    from llm_tiny.train.checkpoint import load_model, run_data_dir
 
     if args.top < 0:
         raise UserError(f"--top must be >= 0, got {args.top}")

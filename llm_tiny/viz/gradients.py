@@ -92,7 +92,7 @@ def training_batch(cfg: Any, ckpt: dict[str, Any], data_dir: Path, device: torch
 
 
 def grad_flow_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model, run_data_dir
+    from llm_tiny.train.checkpoint import load_model, run_data_dir
 
     model, _, cfg, ckpt = load_model(args.ckpt, args.device)
     device = next(model.parameters()).device

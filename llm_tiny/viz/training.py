@@ -1,6 +1,6 @@
 """Training dynamics over a run (`train.log_dynamics: true`): the norm of every weight matrix
 and the update-to-weight ratio of its steps, one line per matrix, from `dynamics.csv`
-(`llm_tiny.dynamics` says what is measured and why ~1e-3 is the ratio to expect)."""
+(`llm_tiny.train.dynamics` says what is measured and why ~1e-3 is the ratio to expect)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def plot_dynamics(
 
 
 def training_command(args: Any) -> Path:
-    from llm_tiny.metrics import read_dynamics
+    from llm_tiny.train.metrics import read_dynamics
 
     path = run_dir(args.ckpt) / "dynamics.csv"
     if not path.is_file():

@@ -61,7 +61,7 @@ def plot_weight_histograms(hists: list[dict[str, Any]], out: str | Path, title: 
 
 
 def weights_command(args: Any) -> Path:
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.train.checkpoint import load_model
 
     model, _, _, ckpt = load_model(args.ckpt, "cpu")
     hists = weight_histograms(model)

@@ -22,7 +22,7 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
   grouped-query attention (Ainslie et al. 2023). `None` gives every query head its own.
 - `attn_impl`: `sdpa` calls `F.scaled_dot_product_attention`, which runs FlashAttention or the
   memory-efficient kernel on CUDA; `manual` writes softmax(QK^T / sqrt(hs)) V out; `tiled` is
-  FlashAttention's online softmax in plain PyTorch (the kernels are in `llm_tiny.attention`).
+  FlashAttention's online softmax in plain PyTorch (the kernels are in `llm_tiny.model.attention`).
 - `norm_position`: `pre` normalises each sub-layer's input, x + f(norm(x)) (GPT-2); `post`
   normalises after the residual add, norm(x + f(x)), as the original Transformer (Vaswani et
   al. 2017) did, and then needs no final norm.
@@ -34,7 +34,7 @@ Weights are initialised as in GPT-2 (normal, std 0.02; residual projections scal
 `zero_init_proj` starts the residual projections (and an untied LM head) at zero instead.
 
 Shapes: B batch, T time (tokens), C = n_embd, nh = n_head, nkv = n_kv_head, hs = head size,
-V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.sampling`).
+V = vocab_size. For generation the model also takes a `KVCache` (see `llm_tiny.infer.sampling`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from llm_tiny.attention import ATTENTION, alibi_slopes, attention_weights
 from llm_tiny.config import ModelConfig
-from llm_tiny.kvcache import KVCache, LayerCache, Start, repeat_kv, row_positions
-from llm_tiny.layers import Linear, ReluSquared, soft_cap
-from llm_tiny.layers import decode_layout as decode_layout  # re-exported: samplers import it here
+from llm_tiny.model.attention import ATTENTION, alibi_slopes, attention_weights
+from llm_tiny.model.kvcache import KVCache, LayerCache, Start, repeat_kv, row_positions
+from llm_tiny.model.layers import Linear, ReluSquared, soft_cap
+from llm_tiny.model.layers import (
+    decode_layout as decode_layout,  # re-exported: samplers import it here
+)
 
 # A position module (`POSITIONS`), after `start` cached positions (an int, or one per row
 # (B,) when the rows of a batched KV cache hold different lengths): `embed(x, start)` adds

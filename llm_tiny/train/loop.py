@@ -46,25 +46,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llm_tiny.checkpoint import (
-    TrainState,
-    check_resume_compatible,
-    load_checkpoint,
-    restore_training,
-    save_checkpoint,
-    start_from,
-    training_checkpoint,
-)
 from llm_tiny.config import RunConfig, load_config, split_overrides
 from llm_tiny.data import PreparedData, open_split, prepare_data
-from llm_tiny.dynamics import measure, snapshot
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
-from llm_tiny.evaluate import evaluate_split
-from llm_tiny.metrics import RunLog
+from llm_tiny.eval.loss import evaluate_split
 from llm_tiny.model import TinyGPT
-from llm_tiny.optim import build_optimizer, clip_grad_norm, set_lr
-from llm_tiny.profiling import StepProfiler
-from llm_tiny.rundir import resume_path, run_files, start_files
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
@@ -75,7 +61,21 @@ from llm_tiny.runtime import (
     shutdown,
     try_compile,
 )
-from llm_tiny.schedule import lr_for, schedule_step
+from llm_tiny.train.checkpoint import (
+    TrainState,
+    check_resume_compatible,
+    load_checkpoint,
+    restore_training,
+    save_checkpoint,
+    start_from,
+    training_checkpoint,
+)
+from llm_tiny.train.dynamics import measure, snapshot
+from llm_tiny.train.metrics import RunLog
+from llm_tiny.train.optim import build_optimizer, clip_grad_norm, set_lr
+from llm_tiny.train.profiling import StepProfiler
+from llm_tiny.train.rundir import resume_path, run_files, start_files
+from llm_tiny.train.schedule import lr_for, schedule_step
 
 
 class TrainingDiverged(UserError):
@@ -436,8 +436,8 @@ def summary(r: TrainResult, cfg: RunConfig) -> str:
 
 def after_training(cfg: RunConfig, model: nn.Module, tokenizer: Any, rt: Runtime, log) -> None:
     """Rank 0, when training ends normally: `loss.png`, then a sample if `train.sample_at_end`."""
+    from llm_tiny.infer.sample import sample_text
     from llm_tiny.plots import plot_runs
-    from llm_tiny.sample import sample_text
 
     try:
         plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")

@@ -2,7 +2,7 @@
 
 Loads a checkpoint (a run directory means its `best.pt`), encodes the prompt with the
 checkpoint's own tokenizer, and generates with temperature, top-k and nucleus sampling through
-the KV cache (`llm_tiny.sampling`), or deterministically with beam search. Defaults for every
+the KV cache (`llm_tiny.infer.sampling`), or deterministically with beam search. Defaults for every
 option come from the run's `sample` config section. Same seed, same text; `--stream` prints
 tokens as they are produced and never half a UTF-8 character.
 """
@@ -71,7 +71,7 @@ def text_of(tokenizer: Any, ids: list[int], stops: list[int]) -> str:
 
 def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note=print) -> str:
     """One sample with the run config's `sample` settings (the end-of-training sample)."""
-    from llm_tiny.sampling import generate
+    from llm_tiny.infer.sampling import generate
 
     s = cfg.sample
     ids = prompt_ids(tokenizer, s.prompt, cfg.model.block_size, note)
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sample(args) -> int:
-    from llm_tiny.checkpoint import load_model
+    from llm_tiny.infer.sampling import beam_search, generate, generate_stream
     from llm_tiny.runtime import resolve_device
-    from llm_tiny.sampling import beam_search, generate, generate_stream
+    from llm_tiny.train.checkpoint import load_model
     from tok.bpe import StreamDecoder
 
     device = resolve_device(args.device)

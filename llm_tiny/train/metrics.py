@@ -11,7 +11,7 @@ dropped first, so the file never holds two rows for one step.
 
 `dynamics.csv` (with `train.log_dynamics: true`) holds one row per weight matrix per logged
 step, `DYNAMICS_COLUMNS`: its norm and the update-to-weight ratio of that step
-(`llm_tiny.dynamics`); `read_dynamics` is its one reader, for `viz training`.
+(`llm_tiny.train.dynamics`); `read_dynamics` is its one reader, for `viz training`.
 """
 
 from __future__ import annotations

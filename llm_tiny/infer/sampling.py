@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llm_tiny.checkpoint import unwrap_model
 from llm_tiny.config import sampling_problem
-from llm_tiny.kvcache import KVCache
 from llm_tiny.model import TinyGPT, decode_layout
+from llm_tiny.model.kvcache import KVCache
+from llm_tiny.train.checkpoint import unwrap_model
 
 # ----------------------------------------------------------------------------- logits processing
 

@@ -153,8 +153,8 @@ def evaluate_checkpoint(
 ) -> dict:
     """Loss, perplexity and bits per byte of a checkpoint on its run's validation split, or
     on any text file tokenized with the checkpoint's own tokenizer."""
-    from llm_tiny.checkpoint import load_model, run_data_dir
     from llm_tiny.runtime import resolve_device
+    from llm_tiny.train.checkpoint import load_model, run_data_dir
 
     dev = resolve_device(device)
     model, tokenizer, cfg, checkpoint = load_model(ckpt, dev)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llm_tiny.config import RunConfig, save_config
 from llm_tiny.errors import UserError
-from llm_tiny.metrics import RunLog, tensorboard_available
+from llm_tiny.train.metrics import RunLog, tensorboard_available
 
 # What a finished run leaves, in the order the end-of-run line lists them.
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "loss.png", "config.yaml")

@@ -1,0 +1,1 @@
+"""Scoring a model: validation loss, perplexity and bits per byte (`loss`, the `eval` command)."""

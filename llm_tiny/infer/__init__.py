@@ -1,0 +1,1 @@
+"""The inference layer: turning a trained model into text."""

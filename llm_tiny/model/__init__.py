@@ -1,0 +1,11 @@
+"""The model layer: TinyGPT (`model`, the file to read top to bottom), its attention kernels
+(`attention`), config-free pieces (`layers`) and the KV cache (`kvcache`). It imports nothing
+from training, inference or serving."""
+
+from llm_tiny.model.model import (
+    RMSNorm,
+    TinyGPT,
+    decode_layout,
+    mlp_width,
+    swiglu_hidden,
+)
