@@ -117,8 +117,35 @@ def parse_override_value(text: str) -> Any:
         return text
 
 
+# The names other frameworks give to a setting, and llm_tiny's key for it: a key that is not
+# ours is matched here first, by its last part, before spelling distance (which would take
+# `optim.learning_rate` for `optim.min_lr`).
+ALIASES = {
+    "learning_rate": "optim.lr", "lr_max": "optim.lr", "max_lr": "optim.lr",
+    "warmup": "optim.warmup_iters", "warmup_steps": "optim.warmup_iters",
+    "decay_iters": "optim.lr_decay_iters", "optimizer": "optim.name", "clip": "optim.grad_clip",
+    "batch": "train.batch_size", "bs": "train.batch_size", "micro_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps", "accum": "train.grad_accum_steps",
+    "epochs": "train.max_iters", "steps": "train.max_iters", "max_steps": "train.max_iters",
+    "iters": "train.max_iters", "time": "train.max_seconds", "out": "train.out_dir",
+    "output_dir": "train.out_dir", "n_layers": "model.n_layer", "layers": "model.n_layer",
+    "num_layers": "model.n_layer", "n_heads": "model.n_head", "heads": "model.n_head",
+    "num_heads": "model.n_head", "d_model": "model.n_embd", "hidden_size": "model.n_embd",
+    "dim": "model.n_embd", "context": "model.block_size", "context_length": "model.block_size",
+    "seq_len": "model.block_size", "max_seq_len": "model.block_size", "vocab": "data.vocab_size",
+    "data": "data.input", "files": "data.input", "temp": "sample.temperature",
+}  # fmt: skip
+
+
 def closest(name: str, options: list[str]) -> str:
-    """The hint ' (did you mean X?)' naming the option nearest to a misspelt `name`, or ''."""
+    """The hint ' (did you mean X?)' naming the option meant by a misspelt or foreign `name`
+    (`ALIASES` first, then the nearest spelling), or ''.
+
+    closest("optim.learning_rate", keys) -> " (did you mean optim.lr?)".
+    """
+    alias = ALIASES.get(name.rpartition(".")[2])
+    if alias in options:
+        return f" (did you mean {alias}?)"
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     return f" (did you mean {match[0]}?)" if match else ""
 
@@ -206,7 +233,9 @@ def parse_overrides(overrides: list[str]) -> tuple[dict, dict]:
         body = flag[2:] if flag.startswith("--") else flag
         key, eq, text = body.partition("=")
         if not eq or "." not in key:
-            raise ConfigError(f"override {flag!r}: expected --section.key=value")
+            raise ConfigError(
+                f"override {flag!r}: expected --section.key=value (write {flag}=VALUE)"
+            )
         section, name = check_key(key, f"override {flag}")
         nested.setdefault(section, {})[name] = parse_override_value(text)
         sources[key] = f"override {flag}"
@@ -230,7 +259,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(base, dict):
             raise ConfigError(f"{source}: section {section} must be a mapping of key: value")
         merged[section] = {**base, **values}
+    merged = fit_warmup(merged, sources)
     return config_from_dict(merged, source, sources)
+
+
+def fit_warmup(raw: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """A short run asked for on the command line keeps its warmup within it: when
+    `train.max_iters` comes from an override and `optim.warmup_iters` does not, a warmup longer
+    than the run is lowered to the run's length, with a note on stderr. A warmup set by an
+    override, or both set in the file, is left for `validate` to refuse.
+
+    --train.max_iters=5 on a config with warmup 50 -> warmup 5 (the whole run warms up).
+    """
+    import sys
+
+    if "train.max_iters" not in sources or "optim.warmup_iters" in sources:
+        return raw
+    train, optim = raw.get("train") or {}, raw.get("optim") or {}
+    max_iters = train.get("max_iters")
+    warmup = optim.get("warmup_iters", SECTIONS["optim"]().warmup_iters)
+    numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (max_iters, warmup))
+    if not numbers or max_iters < 1 or warmup <= max_iters:
+        return raw
+    print(
+        f"note: optim.warmup_iters lowered from {warmup} to {max_iters} to fit "
+        f"train.max_iters={max_iters} (set --optim.warmup_iters to choose)",
+        file=sys.stderr,
+    )
+    return {**raw, "optim": {**optim, "warmup_iters": max_iters}}
 
 
 def with_dotted(raw: dict[str, Any], dotted: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -275,11 +331,25 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate `--section.key=value` overrides from the other arguments of a command."""
+    """Separate `--section.key=value` overrides from the other arguments of a command. The
+    space form `--section.key value` is accepted too, as argparse accepts it for flags.
+
+    ["cfg.yaml", "--optim.lr", "1e-3", "--resume"] -> (["--optim.lr=1e-3"], ["cfg.yaml", "--resume"])
+    """
     overrides, rest = [], []
-    for arg in argv:
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-        (overrides if "." in name else rest).append(arg)
+        value = argv[i + 1] if i + 1 < len(argv) else None
+        if "." not in name:
+            rest.append(arg)
+        elif "=" in arg or value is None or value.startswith("--"):
+            overrides.append(arg)  # without a value it is refused where it is parsed
+        else:
+            overrides.append(f"{arg}={value}")
+            i += 1
+        i += 1
     return overrides, rest
 
 

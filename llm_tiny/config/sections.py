@@ -353,7 +353,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(t.max_iters >= 1, f"train.max_iters must be >= 1, got {t.max_iters}")
     check(
         o.warmup_iters <= t.max_iters,
-        f"optim.warmup_iters ({o.warmup_iters}) must be <= train.max_iters ({t.max_iters})",
+        f"optim.warmup_iters ({o.warmup_iters}) must be <= train.max_iters ({t.max_iters}); "
+        f"lower it, e.g. --optim.warmup_iters={t.max_iters}",
     )
     check(t.max_seconds is None or t.max_seconds > 0, "train.max_seconds must be > 0")
     check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
