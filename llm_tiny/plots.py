@@ -14,6 +14,7 @@ through them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -160,6 +161,19 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path, log_y: str = "au
     """Plot the runs' loss curves into one PNG at `out_path`; returns the path. `log_y`:
     `auto` (a log y axis when the losses span more than two orders of magnitude), `on`, `off`."""
     return save_figure(loss_figure(run_dirs, log_y), out_path)
+
+
+def plot_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
+    """A finished run's `loss.png`, drawn at the end of training; a note instead when
+    matplotlib is missing."""
+    try:
+        plot_runs([run_dir], Path(run_dir) / "loss.png")
+    except ModuleNotFoundError as e:
+        # NOTE: matplotlib is a dependency, but a GPU machine's Python may have only torch and
+        # the core libraries; the trained run is worth keeping without its picture.
+        if e.name != "matplotlib":
+            raise
+        log("loss.png not drawn: matplotlib is not installed (pip install matplotlib)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,21 @@ class MetricsLog:
             self._tb = None
 
 
+class Throughput:
+    """Tokens per second of training since the last logged step: each step adds its own
+    tokens and time, so the pauses for evaluation and checkpoints do not count."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def rate(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
 class RunLog:
     """Where a run reports: lines to the console (through the progress bar while there is one),
     rows to `metrics.csv` (and TensorBoard). Built with `enabled=False` on every rank but 0,
