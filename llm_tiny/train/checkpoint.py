@@ -47,6 +47,7 @@ from llm_tiny.distributed import strip_wrapper_prefixes, unwrap
 from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
+from llm_tiny.train.rundir import BEST, LAST
 from tok.errors import first_line
 
 FORMAT = "llm_tiny.train.checkpoint"
@@ -130,14 +131,14 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> 
         raise UserError(str(e)) from None
 
 
-def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = "best.pt") -> Path:
+def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = BEST) -> Path:
     """A checkpoint file, or a run directory's `name` (falling back to `last.pt`)."""
     p = Path(path_or_run_dir)
     if p.is_dir():
-        for candidate in (p / name, p / "last.pt"):
+        for candidate in (p / name, p / LAST):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and last.pt)")
+        raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and {LAST})")
     if not p.exists():
         # A misspelt file name in a run directory: say what is there instead.
         there = sorted(c.name for c in p.parent.glob("*.pt")) if p.suffix == ".pt" else []
@@ -312,7 +313,7 @@ def restore_training(
 
 
 def load_model(
-    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = "best.pt"
+    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = BEST
 ) -> tuple[Any, Any, RunConfig, dict[str, Any]]:
     """Load a trained model for inference: `(model, tokenizer, cfg, ckpt)`.
 

@@ -66,7 +66,7 @@ from llm_tiny.train.metrics import RunLog, Throughput
 from llm_tiny.train.optim import build_optimizer, clip_grad_norm, set_lr
 from llm_tiny.train.profiling import StepProfiler
 from llm_tiny.train.result import TrainingDiverged, TrainResult, summary
-from llm_tiny.train.rundir import run_files, start_files
+from llm_tiny.train.rundir import BEST, LAST, run_files, start_files
 from llm_tiny.train.schedule import lr_for, schedule_step
 from llm_tiny.train.start import start_run
 
@@ -205,7 +205,7 @@ class Trainer:
                     self.log.row(s.step, **row, elapsed_s=self.elapsed())
                 # During a run of non-finite losses the last good checkpoint stays.
                 if self.bad_in_row == 0 and (s.step % t.ckpt_interval == 0 or done):
-                    self.save("last.pt")
+                    self.save(LAST)
                 if done:
                     break
         val = last_val or {}
@@ -244,7 +244,7 @@ class Trainer:
             return
         row = {"train_loss": loss, "lr": lr, "grad_norm": norm}
         self.log.row(step, tokens=self.state.tokens_seen, **row, elapsed_s=self.elapsed())
-        raise TrainingDiverged.at(step, self.bad_in_row, self.out_dir / "last.pt")
+        raise TrainingDiverged.at(step, self.bad_in_row, self.out_dir / LAST)
 
     def log_step(self, loss: float, norm: float, lr: float, done: bool) -> dict[str, Any]:
         """Progress bar / log line; the metrics row when this step is logged (else {})."""
@@ -286,7 +286,7 @@ class Trainer:
         if improved:
             s.best_val_loss = val["loss"]
             if s.step > 0:
-                self.save("best.pt")
+                self.save(BEST)
         self.log(
             f"step {s.step}: val loss {val['loss']:.4f} | ppl {val['ppl']:.2f} | "
             f"bpb {val['bpb']:.4f}" + (" (best)" if improved and s.step > 0 else "")
