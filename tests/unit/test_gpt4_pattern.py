@@ -28,9 +28,12 @@ _ATOMS = [
     "a", "Z", "é", "中", "1", "234", "'", "'s", "!", ".", " ", "  ", "\t", "\n", "\r", "\r\n",
     "\x0b", "\x85", "\xa0", "\u3000", "\u2028", "E", "sVe",
 ]  # fmt: skip
+# NOTE: characters unassigned in this Python's Unicode database are left out: the `regex`
+# package and tiktoken's Rust regex each follow their own, later, Unicode version, and a
+# character one of them knows as a letter and the other does not is no question of pattern.
 TEXT = st.one_of(
     st.lists(st.sampled_from(_ATOMS), max_size=12).map("".join),
-    st.text(max_size=12),
+    st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=12),
 )
 
 
