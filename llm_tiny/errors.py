@@ -2,7 +2,9 @@
 
 A `UserError` is a mistake the user can fix (a bad flag, a missing file, an impossible config
 value). Command-line entry points print its message as one line and exit with status 2; any
-other exception is a bug and keeps its traceback.
+other exception is a bug and keeps its traceback. `ArgumentParser` reports bad flags the same
+way; `add_ckpt_arg` and `add_device_arg` are the flags the commands that load a checkpoint
+share, worded and defaulted once.
 """
 
 from __future__ import annotations
@@ -39,3 +41,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# `runtime.resolve_device` reads these names; `auto` is CUDA, then MPS, then the CPU.
+DEFAULT_DEVICE = "auto"
+
+
+def add_ckpt_arg(parser: argparse.ArgumentParser) -> None:
+    """`--ckpt`: the checkpoint a command loads (`checkpoint.resolve_checkpoint_path`)."""
+    parser.add_argument(
+        "--ckpt", required=True, help="run directory (its best checkpoint) or a .pt file"
+    )
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """`--device`: where a command runs the model (`runtime.resolve_device`)."""
+    parser.add_argument(
+        "--device", default=DEFAULT_DEVICE, help=f"{DEFAULT_DEVICE} (default) | cpu | cuda | mps"
+    )

@@ -14,12 +14,14 @@ through them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 from llm_tiny.train import metrics
+from llm_tiny.train.rundir import LOSS_PLOT
 
 
 def pyplot() -> ModuleType:
@@ -57,9 +59,11 @@ def run_columns(run_dir: str | Path) -> dict[str, list[float]]:
     """Columns of `run_dir/metrics.csv` as lists of floats, `nan` where a cell is empty."""
     path = Path(run_dir)
     if path.is_dir():
-        path = path / "metrics.csv"
+        path = path / metrics.METRICS_FILE
     if not path.is_file():
-        raise UserError(f"{path}: no metrics.csv here; is this a training run directory?")
+        raise UserError(
+            f"{path}: no {metrics.METRICS_FILE} here; is this a training run directory?"
+        )
     try:
         rows = metrics.read_metrics(path)
     except ValueError as e:
@@ -162,6 +166,19 @@ def plot_runs(run_dirs: list[str | Path], out_path: str | Path, log_y: str = "au
     return save_figure(loss_figure(run_dirs, log_y), out_path)
 
 
+def plot_run(run_dir: str | Path, log: Callable[[str], None]) -> None:
+    """A finished run's `loss.png`, drawn at the end of training; a note instead when
+    matplotlib is missing."""
+    try:
+        plot_runs([run_dir], Path(run_dir) / LOSS_PLOT)
+    except ModuleNotFoundError as e:
+        # NOTE: matplotlib is a dependency, but a GPU machine's Python may have only torch and
+        # the core libraries; the trained run is worth keeping without its picture.
+        if e.name != "matplotlib":
+            raise
+        log("loss.png not drawn: matplotlib is not installed (pip install matplotlib)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(
         prog="llm_tiny plot",
@@ -182,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        default = Path(args.runs[0]) / "loss.png" if len(args.runs) == 1 else "loss_compare.png"
+        default = Path(args.runs[0]) / LOSS_PLOT if len(args.runs) == 1 else "loss_compare.png"
         path = plot_runs(args.runs, args.out or default, args.log_y)
         print(f"wrote {path}")
         return 0

@@ -23,7 +23,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 
 OPERATIONS = {
     "First": lambda args: args[0],
@@ -389,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         help="nest operations up to this many levels, e.g. 2: Max(First(2,8),5)=5 (default 1)",
     )
     ev = sub.add_parser("eval", help="exact-match accuracy of a trained model")
-    ev.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    add_ckpt_arg(ev)
     ev.add_argument("--data", required=True, help="examples file, e.g. data/digits/test.txt")
-    ev.add_argument("--device", default="auto")
+    add_device_arg(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 

@@ -20,6 +20,7 @@ from tok.corpus import (
 from tok.errors import TokenizerError
 from tok.patterns import (
     GPT2_PATTERN,
+    GPT4_LEGACY_PATTERN,
     GPT4_PATTERN,
     chunk_regular_tails,
     next_safe_cut,
@@ -39,7 +40,7 @@ TEXT = st.one_of(
     st.lists(st.sampled_from(_ATOMS), max_size=40).map("".join),
     st.text(max_size=40),
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "gpt4-legacy": GPT4_LEGACY_PATTERN}
 
 
 def test_resolve_named_and_custom_patterns():

@@ -1,4 +1,6 @@
-"""Reading corpora: which files `data.input` names, and the documents in them."""
+"""Reading corpora: which files the inputs name, and the documents in them. Errors name
+the options as `python -m tok.bpe train` spells them unless the caller passes its own names;
+the run config's are checked in test_documents.py / test_data.py."""
 
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def test_globs(tree):
 
 
 def test_missing_inputs_are_user_errors(tree):
-    with pytest.raises(TokenizerError, match=r"data.input: nope.txt not found"):
+    with pytest.raises(TokenizerError, match=r"--input: nope.txt not found"):
         expand_inputs(["nope.txt"])
     with pytest.raises(TokenizerError, match=r"no files match corpus/\*\.rst"):
         expand_inputs(["corpus/*.rst"])
@@ -134,7 +136,7 @@ def test_not_utf8_text_is_a_bad_record(tmp_path):
     bad = write(tmp_path / "bad.txt", b"ok \xff here")
     with pytest.raises(
         TokenizerError,
-        match=r"bad.txt: not UTF-8 text \(invalid byte at offset 3\); set data.on_bad_record: skip",
+        match=r"bad.txt: not UTF-8 text \(invalid byte at offset 3\); set --on-bad-record skip",
     ):
         docs([good, bad])
     stats = BadRecords()
@@ -176,7 +178,7 @@ def test_a_bad_jsonl_line_names_file_and_line(tmp_path, line, why):
     with pytest.raises(TokenizerError) as e:
         docs([path])
     assert str(e.value).startswith(f"{path}:2: {why}")
-    assert str(e.value).endswith("set data.on_bad_record: skip to skip such records")
+    assert str(e.value).endswith("set --on-bad-record skip to skip such records")
 
 
 def test_bad_jsonl_lines_are_counted_and_skipped(tmp_path):
@@ -270,7 +272,7 @@ def test_parquet_nulls_and_binary_text(tmp_path):
         f"{path}:row 2: not UTF-8 (invalid byte at offset 0)",
     ]
     with pytest.raises(
-        TokenizerError, match=r"a.parquet:row 1: no 'body' value; set data.on_bad_record"
+        TokenizerError, match=r"a.parquet:row 1: no 'body' value; set --on-bad-record"
     ):
         docs([path], text_field="body")
 
@@ -279,7 +281,7 @@ def test_parquet_without_the_column_or_corrupt(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", {"id": [1], "content": ["x"]})
     with pytest.raises(
         TokenizerError,
-        match=r"a.parquet: no column 'text' \(columns: id, content\); set data.text_field",
+        match=r"a.parquet: no column 'text' \(columns: id, content\); set --text-field",
     ):
         docs([path])
     corrupt = write(tmp_path / "b.parquet", b"PAR1 not really")
@@ -307,7 +309,7 @@ def test_no_documents_at_all_is_a_user_error(tmp_path):
     b = write(tmp_path / "b.jsonl", "\n\n")
     with pytest.raises(
         TokenizerError,
-        match=r"data.input: no documents in .*a.txt, .*b.jsonl \(1 empty document\)$",
+        match=r"--input: no documents in .*a.txt, .*b.jsonl \(1 empty document\)$",
     ):
         docs([a, b])
 
@@ -318,7 +320,7 @@ def test_unreadable_input_and_bad_options(tmp_path):
     with pytest.raises(TokenizerError, match=r"dir.txt: cannot read \(Is a directory\)"):
         docs([folder])
     a = write(tmp_path / "a.txt", "x")
-    with pytest.raises(TokenizerError, match=r"data.on_bad_record must be one of"):
+    with pytest.raises(TokenizerError, match=r"--on-bad-record must be one of"):
         docs([a], on_bad_record="ignore")
-    with pytest.raises(TokenizerError, match=r"data.doc_separator must not be empty"):
+    with pytest.raises(TokenizerError, match=r"--doc-separator must not be empty"):
         docs([a], doc_separator="")

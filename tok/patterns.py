@@ -1,12 +1,18 @@
 """Pre-tokenization: the split patterns, and where text can be cut without moving a chunk.
 
 A split pattern cuts text into chunks (words with their leading space, runs of digits,
-punctuation, whitespace); BPE merges never cross a chunk boundary. Two patterns have names:
+punctuation, whitespace); BPE merges never cross a chunk boundary. Three patterns have names:
 
 - ``gpt2``: the pattern of GPT-2 (Radford et al. 2019, `encoder.py` in openai/gpt-2).
-- ``gpt4``: the pattern of OpenAI's ``cl100k_base`` (as published in `tiktoken`): case-insensitive
-  contractions, letters with at most one leading non-letter, numbers of at most 3 digits,
-  punctuation runs that keep their trailing newlines.
+- ``gpt4``: the pattern of OpenAI's ``cl100k_base`` as `tiktoken` publishes it now (checked
+  against tiktoken 0.14's `cl100k_base` by a test): case-insensitive contractions, letters with
+  at most one leading non-letter, numbers of at most 3 digits, punctuation runs that keep their
+  trailing newlines, and (``\\s++$``) whitespace that ends the text as one chunk.
+- ``gpt4-legacy``: the earlier published ``cl100k_base`` pattern, without ``\\s++$``; it cuts
+  whitespace after the text's last newline apart (``"a\\n\\u3000"`` -> ``a``, ``\\n``,
+  ``\\u3000`` where ``gpt4`` gives ``a``, ``\\n\\u3000``). It was this module's ``gpt4`` before,
+  and a tokenizer file stores its regex, so files saved then load under this name and split
+  as they always did. New tokenizers get ``gpt4``.
 
 Any other string is used as a custom regular expression (syntax of the `regex` package). A custom
 pattern is wrapped as ``(?:PATTERN)|[\\s\\S]`` so that a character it does not match still becomes
@@ -31,11 +37,18 @@ import regex
 from tok.errors import TokenizerError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# NOTE: the two cl100k patterns are tiktoken's strings verbatim, not merely equivalent ones: a
+# tokenizer file stores the regex, `resolve_pattern` knows a named pattern by its exact text,
+# and the tiktoken fast path hands it to tiktoken's own regex engine.
 GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+GPT4_LEGACY_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "gpt4-legacy": GPT4_LEGACY_PATTERN}
 DEFAULT_PATTERN = "gpt4"
 
 # Strings a sane split pattern must not match as the empty string: a pattern such as r"\w*"
@@ -57,18 +70,22 @@ _BEFORE_BAD_SPACE = re.compile(r"\s(?= )")
 # `regex` package's \s is [\t\n\x0b\x0c\r ] (not \x1c-\x1f, unlike `re`'s \s, hence the explicit
 # class). NOTE: GPT-4's possessive quantifiers are dropped (Python 3.10's `re` lacks them): they
 # never change a match here, since giving back the optional non-letter before the letters, or a
-# punctuation character before `[\r\n]*`, can never let the rest match differently. A property
-# test checks both against `regex` on arbitrary ASCII text.
+# punctuation character before `[\r\n]*`, can never let the rest match differently; nor can a
+# whitespace run that ends the text (`\Z`, which unlike `re`'s `$` is the very end) be shorter.
+# The last `\s` of `gpt4` matches one character where `gpt4-legacy`'s `\s+` may match more, but
+# `\s+(?!\S)` before it leaves `\s+` only single characters. A property test checks each
+# against `regex` on arbitrary ASCII text.
 _WS = r"\t\n\x0b\x0c\r "
+_GPT4_ASCII_HEAD = (
+    rf"'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{{1,3}}| ?[^{_WS}A-Za-z0-9]+[\r\n]*"
+)
 _ASCII_PATTERNS = {
     "gpt2": (
         rf"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+"
         rf"|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
     ),
-    "gpt4": (
-        rf"'(?i:[sdmt]|ll|ve|re)|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{{1,3}}"
-        rf"| ?[^{_WS}A-Za-z0-9]+[\r\n]*|[{_WS}]*[\r\n]|[{_WS}]+(?![^{_WS}])|[{_WS}]+"
-    ),
+    "gpt4": (rf"{_GPT4_ASCII_HEAD}|[{_WS}]+\Z|[{_WS}]*[\r\n]|[{_WS}]+(?![^{_WS}])|[{_WS}]"),
+    "gpt4-legacy": rf"{_GPT4_ASCII_HEAD}|[{_WS}]*[\r\n]|[{_WS}]+(?![^{_WS}])|[{_WS}]+",
 }
 
 
@@ -107,10 +124,11 @@ class SplitPattern:
 
 
 def resolve_pattern(pattern: str) -> SplitPattern:
-    """Turn ``"gpt2"``, ``"gpt4"`` or a regex into a `SplitPattern`, checking that it compiles.
+    """Turn a name of `PATTERNS` (``"gpt4"``) or a regex into a `SplitPattern`, checking that
+    it compiles.
 
     A regex identical to a named pattern gets that name (so a saved file keeps its fast paths);
-    any other regex gets none, since only the two named patterns have proven cut rules.
+    any other regex gets none, since only the named patterns have proven cut rules.
     """
     if not isinstance(pattern, str) or not pattern:
         raise TokenizerError(f"the split pattern must be a non-empty string, got {pattern!r}")

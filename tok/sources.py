@@ -1,7 +1,9 @@
 """Reading corpora: input paths (files, folders, globs) -> `Document`s, streamed.
 
-`expand_inputs` turns `data.input` entries into a list of files; `iter_documents` reads them as
-documents, each with the place it came from (`a.txt`, `a.jsonl:3`, `b.parquet:row 0`).
+`expand_inputs` turns input entries into a list of files; `iter_documents` reads them as
+documents, each with the place it came from (`a.txt`, `a.jsonl:3`, `b.parquet:row 0`). Errors
+name the caller's options as the caller spells them (`OptionNames`): `python -m tok.bpe train`'s
+flags by default, a run config's keys when `llm_tiny` passes its own.
 
 **Which files.** Each entry is a path or, when no such path exists, a glob pattern (``**``
 matches any depth). A file is read whatever its name (as plain text unless its extension says
@@ -64,20 +66,18 @@ _BATCH = 1024  # Parquet rows turned into Python strings at a time
 
 @dataclass(frozen=True)
 class OptionNames:
-    """How the options are spelled in error messages: the run config's keys by default,
-    `TOKENIZER_CLI` for ``python -m tok.bpe train``."""
+    """How the caller spells the options in error messages (``skip``: how to ask for skipping
+    bad records). The defaults are the flags of ``python -m tok.bpe train``; a caller with
+    other names (a config file's keys) passes its own."""
 
-    input: str = "data.input"
-    text_field: str = "data.text_field"
-    on_bad_record: str = "data.on_bad_record"
-    doc_separator: str = "data.doc_separator"
-    skip: str = "data.on_bad_record: skip"
+    input: str = "--input"
+    text_field: str = "--text-field"
+    on_bad_record: str = "--on-bad-record"
+    doc_separator: str = "--doc-separator"
+    skip: str = "--on-bad-record skip"
 
 
-CONFIG_NAMES = OptionNames()
-TOKENIZER_CLI = OptionNames(
-    "--input", "--text-field", "--on-bad-record", "--doc-separator", "--on-bad-record skip"
-)
+TOKENIZER_CLI = OptionNames()
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,8 @@ def _walk(folder: Path) -> list[Path]:
     return sorted(p for p in found if file_format(p)[0])
 
 
-def expand_inputs(patterns: Sequence[str], names: OptionNames = CONFIG_NAMES) -> list[Path]:
-    """The files that `data.input` names, in order (see the module doc).
+def expand_inputs(patterns: Sequence[str], names: OptionNames = TOKENIZER_CLI) -> list[Path]:
+    """The files that the input entries name, in order (see the module doc).
 
     With ``docs/b.md``, ``docs/a.txt``, ``docs/.hidden.txt`` and ``docs/img.png``:
 
@@ -331,7 +331,7 @@ def iter_documents(
     doc_separator: str | None = None,
     on_bad_record: str = "error",
     stats: BadRecords | None = None,
-    names: OptionNames = CONFIG_NAMES,
+    names: OptionNames = TOKENIZER_CLI,
 ) -> Iterator[Document]:
     """The documents of the files in `paths`, in order, streamed (see the module doc).
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import gc
 import heapq
 import re
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import chain, pairwise
@@ -40,6 +40,7 @@ from itertools import chain, pairwise
 from tok.corpus import Piece, piece_size, piece_text
 from tok.errors import TokenizerError
 from tok.patterns import SplitPattern, resolve_pattern
+from tok.pool import ordered_map
 
 TASK_BYTES = 8 << 20  # pieces per worker task: about this many bytes (or characters)
 
@@ -179,34 +180,13 @@ def _tasks(pieces: Iterable[Piece], task_bytes: int) -> Iterator[list[Piece]]:
 def _count_in_pool(head, tasks, pattern, workers, counts, bar) -> None:
     """Count the tasks `head` then `tasks` in a process pool, adding the results to `counts`
     in the order of the tasks (so that the first failing task is the one reported)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # NOTE: fork where there is one, as `tok.bpe.workers` does: "spawn" re-runs the caller's
-    # main module in every worker, which breaks scripts without an `if __name__ == "__main__"`
-    # guard; the workers only run this package's code, which takes no locks a fork could break.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(pattern.source,)
+    pooled = ordered_map(
+        _count_task, chain(head, tasks), workers, _init_worker, initargs=(pattern.source,)
     )
-    pending: deque = deque()
-    try:
-        for task in chain(head, tasks):
-            pending.append((pool.submit(_count_task, task), task))
-            if len(pending) >= 2 * workers:
-                _collect(pending.popleft(), counts, bar)
-        while pending:
-            _collect(pending.popleft(), counts, bar)
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _collect(item, counts: Counter[str], bar) -> None:
-    future, task = item
-    counts.update(future.result())
-    if bar is not None:
-        bar.update(sum(map(piece_size, task)))
+    for task, counted in pooled:
+        counts.update(counted)
+        if bar is not None:
+            bar.update(sum(map(piece_size, task)))
 
 
 _worker_pattern: SplitPattern | None = None  # the worker process's split pattern

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_tiny.errors import UserError
+from tok.patterns import DEFAULT_PATTERN
+from tok.sources import ON_BAD_RECORD
 
 
 class ConfigError(UserError):
@@ -31,7 +33,7 @@ NormPosition = Literal["pre", "post"]
 Mlp = Literal["gelu", "swiglu", "relu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples"]
-OnBadRecord = Literal["error", "skip"]
+OnBadRecord = Literal[ON_BAD_RECORD]  # the choices `tok.sources.iter_documents` implements
 Schedule = Literal["cosine", "constant", "wsd"]
 OptimName = Literal["adamw", "muon"]
 MuonDtype = Literal["auto", "float32", "bfloat16"]
@@ -89,7 +91,7 @@ class DataConfig:
     # The run's own files unless set (`resolved`): a run never reuses or rewrites another's.
     tokenizer: str | None = None  # trained from `input` if missing; default OUT_DIR/tok/bpe.json
     vocab_size: int = 512  # tokenizer vocabulary when it has to be trained
-    pattern: str = "gpt4"  # pre-tokenizer split pattern: gpt2 | gpt4 | a regex
+    pattern: str = DEFAULT_PATTERN  # pre-tokenizer split pattern: a name in tok.patterns or a regex
     special_tokens: tuple[str, ...] = ()
     data_dir: str | None = None  # train.bin / val.bin / meta.json; default OUT_DIR/data
     val_fraction: float = 0.1  # the last fraction of the text (or of the documents) is validation

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llm_tiny.data.shards import SPLITS, ShardWriter
+from tok.pool import ordered_map
 
 TASK_BYTES = 1 << 20  # text per task sent to a worker: big enough to amortise the pickling
 Item = tuple[str, str, int]  # (split, text, bytes of text)
@@ -41,11 +40,11 @@ def _init(tok_json: str, eot: list[int], allowed: Any, dtype: Any) -> None:
     _worker = (Tokenizer.from_json(tok_json), eot, allowed, dtype)
 
 
-def _encode_task(texts: list[str]) -> list[np.ndarray]:
+def _encode_task(items: list[Item]) -> list[np.ndarray]:
     tok, eot, allowed, dtype = _worker  # set by `_init` in this worker process
     encode = _encoder(tok, eot, allowed)
     # In the shards' dtype already (uint16 for most vocabularies): half the bytes to send back.
-    return [np.asarray(encode(t), dtype=dtype) for t in texts]
+    return [np.asarray(encode(text), dtype=dtype) for _, text, _ in items]
 
 
 def _tasks(items: Iterable[Item]) -> Iterator[list[Item]]:
@@ -77,16 +76,9 @@ def encoded(
             yield item, np.asarray(encode(item[1]), dtype=dtype)
         return
     init = (tok.to_json(), eot, allowed, dtype)
-    with ProcessPoolExecutor(workers, initializer=_init, initargs=init) as pool:
-        pending: deque = deque()
-        for task in _tasks(items):
-            pending.append((task, pool.submit(_encode_task, [t for _, t, _ in task])))
-            if len(pending) > 2 * workers:  # bounded: the input is read only as fast as used
-                task_done, future = pending.popleft()
-                yield from zip(task_done, future.result())
-        while pending:
-            task_done, future = pending.popleft()
-            yield from zip(task_done, future.result())
+    # Bounded and in order (`tok.pool`): the input is read only as fast as it is used.
+    for task, ids in ordered_map(_encode_task, _tasks(items), workers, _init, init):
+        yield from zip(task, ids)
 
 
 def new_counts(documents: bool) -> dict[str, dict[str, int]]:

@@ -50,9 +50,9 @@ from llm_tiny.data.shards import SPLITS, ShardWriter, TokenStream, read_header
 from llm_tiny.errors import UserError
 from tok.corpus import iter_split_blocks, token_dtype
 from tok.sources import (
-    CONFIG_NAMES,
     BadRecords,
     Document,
+    OptionNames,
     expand_inputs,
     file_format,
     iter_documents,
@@ -62,6 +62,14 @@ META_FORMAT = "llm_tiny.data"
 META_VERSION = 2  # 2: token shards with headers (1: one headerless .bin per split)
 BLOCK_BYTES = 4 << 20  # bytes of text tokenized at a time
 _HASH_CHUNK = 1 << 20
+# How `tok.sources` errors name the options: the run config's keys.
+CONFIG_NAMES = OptionNames(
+    input="data.input",
+    text_field="data.text_field",
+    on_bad_record="data.on_bad_record",
+    doc_separator="data.doc_separator",
+    skip="data.on_bad_record: skip",
+)
 
 
 # ----------------------------------------------------------------------------- input files
@@ -95,6 +103,7 @@ def iter_texts(cfg: DataConfig, files: list[Path], stats: BadRecords) -> Iterato
         doc_separator=cfg.doc_separator,
         on_bad_record=cfg.on_bad_record,
         stats=stats,
+        names=CONFIG_NAMES,
     )
 
 

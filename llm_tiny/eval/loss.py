@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llm_tiny.data import TokenArray, load_prepared, open_split
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 
 LN2 = math.log(2.0)
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="llm_tiny eval",
         description="Cross-entropy per token, perplexity and bits per byte of a checkpoint.",
     )
-    parser.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or .pt file")
+    add_ckpt_arg(parser)
     parser.add_argument("--input", help="text file to score (default: the run's validation split)")
     parser.add_argument(
         "--stride",
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "i.e. non-overlapping windows)",
     )
     parser.add_argument("--batch-size", type=int, help="windows per batch")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_device_arg(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, run_cli
 from llm_tiny.export.files import check_out, need, staged_dir
 
 FORMATS = ("hf", "gguf")
@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
         prog="llm_tiny export",
         description="Export a checkpoint to Hugging Face transformers or GGUF (llama.cpp).",
     )
-    p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    add_ckpt_arg(p)
     p.add_argument("--format", choices=FORMATS, default="hf", help="hf (folder) or gguf (file)")
     p.add_argument("--out", required=True, help="output folder (hf) or .gguf file (gguf)")
     p.add_argument(

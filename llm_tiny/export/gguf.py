@@ -35,9 +35,10 @@ from llm_tiny.model import mlp_width
 
 DTYPES = ("f32", "f16", "q8_0")
 # Our named split patterns -> the llama.cpp pre-tokenizer that splits the same way (llama.cpp's
-# `llama-bpe` regex is cl100k's, which is our gpt4; `gpt-2` is GPT-2's). A custom regex has no
-# name llama.cpp knows: it gets "default" (GPT-2-like splitting; see docs/export.md).
-PRE_TOKENIZERS = {"gpt4": "llama-bpe", "gpt2": "gpt-2"}
+# `llama-bpe` regex is of the cl100k family, as are our gpt4 and gpt4-legacy; `gpt-2` is
+# GPT-2's). A custom regex has no name llama.cpp knows: it gets "default" (GPT-2-like
+# splitting; see docs/export.md).
+PRE_TOKENIZERS = {"gpt4": "llama-bpe", "gpt4-legacy": "llama-bpe", "gpt2": "gpt-2"}
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_UNUSED = 1, 3, 5  # gguf.TokenType values
 
 

@@ -99,6 +99,7 @@ def import_hf(folder: Path, out: Path, force: bool = False) -> int:
     from llm_tiny.export.hf_tokenizer import from_tokenizer_json
     from llm_tiny.model import TinyGPT
     from llm_tiny.train.checkpoint import FORMAT, VERSION, save_checkpoint
+    from llm_tiny.train.rundir import BEST, CONFIG_FILE
 
     t0 = time.perf_counter()
     if not folder.is_dir():
@@ -154,9 +155,9 @@ def import_hf(folder: Path, out: Path, force: bool = False) -> int:
         "imported_from": str(folder.resolve()),
     }
     with staged_dir(out) as tmp:
-        save_checkpoint(ckpt, tmp / "best.pt")
+        save_checkpoint(ckpt, tmp / BEST)
         tok.save(tmp / "tok" / "bpe.json")
-        save_config(run_cfg, tmp / "config.yaml")
+        save_config(run_cfg, tmp / CONFIG_FILE)
     arch = (hf_config.get("architectures") or ["?"])[0]
     print(
         f"wrote {out}: {arch} as TinyGPT ({model.num_params() / 1e6:.2f}M parameters, "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from llm_tiny.config import SAMPLING_RULES, sampling_problem
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> str:
@@ -87,7 +87,7 @@ def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="llm_tiny sample", description="Generate text from a checkpoint.")
-    p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    add_ckpt_arg(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
     group.add_argument("--prompt-file", help="read the prompt from this file")
@@ -108,7 +108,7 @@ def build_parser() -> ArgumentParser:
         help="stop at the end-of-text token (default: on when the tokenizer has one)",
     )
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_device_arg(p)
     return p
 
 

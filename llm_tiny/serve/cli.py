@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -21,10 +21,10 @@ def build_parser() -> ArgumentParser:
         prog="llm_tiny serve",
         description="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground.",
     )
-    p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+    add_ckpt_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    add_device_arg(p)
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
     p.add_argument(
         "--api-key",

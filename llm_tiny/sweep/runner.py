@@ -25,6 +25,7 @@ from llm_tiny.sweep import results
 from llm_tiny.sweep.space import Trial, one_line, plan_trials
 from llm_tiny.sweep.spec import SweepSpec
 from llm_tiny.train import metrics
+from llm_tiny.train.rundir import CONFIG_FILE
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:
@@ -81,14 +82,14 @@ class Processes:
 def run_trial(trial: Trial, metric: str, processes: Processes) -> Trial:
     """Train one trial in a subprocess; fill in its status, metric and timings."""
     assert trial.config is not None
-    config_path = trial.out_dir / "config.yaml"
+    config_path = trial.out_dir / CONFIG_FILE
     save_config(trial.config, config_path)  # creates the trial's folder
     (trial.out_dir / "trial.json").write_text(
         json.dumps({"id": trial.id, "values": trial.values}, indent=2, default=str) + "\n",
         encoding="utf-8",
     )
     # A stale metrics.csv from an interrupted attempt must not be read as this one's result.
-    (trial.out_dir / "metrics.csv").unlink(missing_ok=True)
+    (trial.out_dir / metrics.METRICS_FILE).unlink(missing_ok=True)
     threads = str(trial.config.train.threads or 1)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     cmd = [sys.executable, "-m", "llm_tiny", "train", str(config_path)]
@@ -113,7 +114,7 @@ def run_trial(trial: Trial, metric: str, processes: Processes) -> Trial:
         trial.status, trial.error = "failed", one_line(last)
         return trial
     try:
-        final = metrics.final_metrics(metrics.read_metrics(trial.out_dir / "metrics.csv"))
+        final = metrics.final_metrics(metrics.read_metrics(trial.out_dir / metrics.METRICS_FILE))
     except (OSError, ValueError, KeyError) as e:
         trial.status, trial.error = "failed", one_line(f"cannot read metrics: {e}")
         return trial

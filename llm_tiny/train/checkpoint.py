@@ -43,9 +43,11 @@ from llm_tiny.config import (
     config_from_dict,
     config_to_dict,
 )
+from llm_tiny.distributed import strip_wrapper_prefixes, unwrap
 from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
+from llm_tiny.train.rundir import BEST, LAST
 from tok.errors import first_line
 
 FORMAT = "llm_tiny.train.checkpoint"
@@ -57,34 +59,23 @@ REQUIRED_KEYS = ("config", "model", "step", "tokenizer")
 
 
 def unwrap_model(model: nn.Module) -> TinyGPT:
-    """The TinyGPT inside `torch.compile` (`_orig_mod`) and DDP / DataParallel (`module`)."""
-    while not isinstance(model, TinyGPT):
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP, DataParallel, FSDP
-            model = model.module
-        else:
-            raise TypeError(f"expected a TinyGPT (possibly wrapped), got {type(model).__name__}")
-    return model
-
-
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+    """The TinyGPT inside `torch.compile` and the parallel wrappers (`distributed.unwrap`)."""
+    inner = unwrap(model)
+    if not isinstance(inner, TinyGPT):
+        raise TypeError(f"expected a TinyGPT (possibly wrapped), got {type(inner).__name__}")
+    return inner
 
 
 def clean_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The state dict of the unwrapped model, with no `_orig_mod.` / `module.` prefixes.
 
-    Also accepts a state dict already saved with those prefixes and strips them, so old
-    checkpoints of wrapped models load into a bare TinyGPT.
+    Also accepts a state dict (one gathered by `Parallel.full_state_dict`, or one saved with
+    those prefixes) and strips them, so old checkpoints of wrapped models load into a bare
+    TinyGPT.
     """
     if isinstance(model, nn.Module):
         return dict(unwrap_model(model).state_dict())
-    clean = {}
-    for key, value in model.items():
-        while key.startswith(_WRAPPER_PREFIXES):
-            key = key.split(".", 1)[1]
-        clean[key] = value
-    return clean
+    return strip_wrapper_prefixes(model)
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
@@ -140,14 +131,14 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> 
         raise UserError(str(e)) from None
 
 
-def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = "best.pt") -> Path:
+def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = BEST) -> Path:
     """A checkpoint file, or a run directory's `name` (falling back to `last.pt`)."""
     p = Path(path_or_run_dir)
     if p.is_dir():
-        for candidate in (p / name, p / "last.pt"):
+        for candidate in (p / name, p / LAST):
             if candidate.is_file():
                 return candidate
-        raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and last.pt)")
+        raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and {LAST})")
     if not p.exists():
         # A misspelt file name in a run directory: say what is there instead.
         there = sorted(c.name for c in p.parent.glob("*.pt")) if p.suffix == ".pt" else []
@@ -246,7 +237,7 @@ class TrainState:
 
 def training_checkpoint(
     cfg: RunConfig,
-    model: nn.Module,
+    model: nn.Module | Mapping[str, Tensor],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     state: TrainState,
@@ -256,8 +247,9 @@ def training_checkpoint(
     tokenizer: Any,
     data_sha256: str,
 ) -> dict[str, Any]:
-    """The checkpoint dict of a training run (the format in the module docstring). `rng` holds
-    one `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
+    """The checkpoint dict of a training run (the format in the module docstring). `model` is
+    the model or its full state dict (`Parallel.full_state_dict`); `rng` holds one
+    `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -321,7 +313,7 @@ def restore_training(
 
 
 def load_model(
-    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = "best.pt"
+    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = BEST
 ) -> tuple[Any, Any, RunConfig, dict[str, Any]]:
     """Load a trained model for inference: `(model, tokenizer, cfg, ckpt)`.
 

@@ -26,14 +26,13 @@ pure function of (seed, step, micro-batch), and evaluation and sampling run insi
 Distributed: launched by `torchrun --nproc_per_node=N -m llm_tiny train ...`, each process
 trains on its own micro-batches (global micro index `rank * grad_accum_steps + m`, see
 `llm_tiny.data`), the gradients are averaged across processes once per step, and only rank 0
-logs and writes files (`metrics.RunLog` does nothing on the others). The logged loss is
-averaged over ranks too, so N processes with accumulation A log the same curve as 1 process
-with accumulation N x A.
+logs and writes files (`metrics.RunLog` does nothing on the others); the wrapper (DDP today)
+is `llm_tiny.distributed`'s. The logged loss is averaged over ranks too, so N processes with
+accumulation A log the same curve as 1 process with accumulation N x A.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import sys
@@ -43,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from llm_tiny.config import RunConfig, load_config, split_overrides
-from llm_tiny.data import PreparedData, open_split, prepare_data
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+from llm_tiny.data import PreparedData, open_split
+from llm_tiny.distributed import SingleProcess, parallel_for
+from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import (
@@ -61,49 +60,22 @@ from llm_tiny.runtime import (
     shutdown,
     try_compile,
 )
-from llm_tiny.train.checkpoint import (
-    TrainState,
-    check_resume_compatible,
-    load_checkpoint,
-    restore_training,
-    save_checkpoint,
-    start_from,
-    training_checkpoint,
-)
+from llm_tiny.train import checkpoint
 from llm_tiny.train.dynamics import measure, snapshot
-from llm_tiny.train.metrics import RunLog
+from llm_tiny.train.metrics import RunLog, Throughput
 from llm_tiny.train.optim import build_optimizer, clip_grad_norm, set_lr
 from llm_tiny.train.profiling import StepProfiler
-from llm_tiny.train.rundir import resume_path, run_files, start_files
+from llm_tiny.train.result import TrainingDiverged, TrainResult, summary
+from llm_tiny.train.rundir import BEST, LAST, run_files, start_files
 from llm_tiny.train.schedule import lr_for, schedule_step
-
-
-class TrainingDiverged(UserError):
-    """Too many non-finite losses in a row; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a finished (or stopped) run reports."""
-
-    out_dir: Path
-    step: int
-    tokens: int
-    train_loss: float | None
-    val_loss: float | None
-    val_ppl: float | None
-    val_bpb: float | None
-    best_val_loss: float
-    elapsed_s: float
-    skipped_steps: int
-    stopped: str  # "max_iters" | "max_seconds" | "signal"
-    signum: int | None = None
+from llm_tiny.train.start import start_run
 
 
 class Trainer:
     """One training run on prepared data: `Trainer(cfg, rt, data, log).run()`. `cfg.model`
     has its vocabulary size; `ckpt` is the checkpoint to continue from, or None; `weights` a
-    state dict to start from with a fresh optimizer (`train.init_from`), or None."""
+    state dict to start from with a fresh optimizer (`train.init_from`), or None; `par` how
+    the processes share the model (default: `distributed.parallel_for(rt)`)."""
 
     def __init__(
         self,
@@ -113,9 +85,11 @@ class Trainer:
         log: RunLog,
         ckpt: dict[str, Any] | None = None,
         weights: dict[str, Any] | None = None,
+        par: SingleProcess | None = None,
     ) -> None:
         t = cfg.train
         self.cfg, self.rt, self.data, self.log = cfg, rt, data, log
+        self.par = par or parallel_for(rt)
         self.out_dir = Path(t.out_dir)
         self.accum = t.grad_accum_steps
         self.first_micro = rt.rank * self.accum  # this rank's first global micro-batch
@@ -132,26 +106,19 @@ class Trainer:
         seed_everything(t.seed + rt.rank)  # rank-specific dropout masks from here on
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device_type)
         self.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.use_scaler)
-        self.state = TrainState()
+        self.state = checkpoint.TrainState()
         if ckpt is not None:
             parts = (self.model, self.optimizer, self.scaler, self.train_src)
-            self.state = restore_training(ckpt, *parts, rt=rt, log=log)
+            self.state = checkpoint.restore_training(ckpt, *parts, rt=rt, log=log)
         self.resumed = ckpt is not None
         self.skipped = self.bad_in_row = 0
-        self.meter = [0, 0.0]  # tokens and seconds of training since the last log line
+        self.meter = Throughput()  # since the last log line
         self.t0: float | None = None  # when this process's loop started
         self.synced_elapsed = self.state.elapsed_s  # the ranks' mean, as of the last step
         self.batch = self.train_src.get_batch(self.state.step, self.first_micro)
 
-        self.runner: nn.Module = self.model
-        if t.compile:
-            self.runner = try_compile(self.model, self.batch, rt, log)
-        self.eval_model = self.runner  # evaluation skips DDP: no gradients to synchronise
-        if rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [rt.device.index] if rt.device_type == "cuda" else None
-            self.runner = DDP(self.runner, device_ids=ids)
+        compiled = try_compile(self.model, self.batch, rt, log) if t.compile else self.model
+        self.runner: nn.Module = self.par.wrap(compiled)
 
     # --------------------------------------------------------------------- one step
 
@@ -160,7 +127,7 @@ class Trainer:
 
         `stop` is this rank's wish to stop after the step. Returns (loss, grad norm, finite,
         stop_all): loss and norm are averaged over ranks and `stop_all` is true when any rank
-        wants to stop, so every rank takes the same decisions.
+        wants to stop (the mean of the wishes is above 0), so every rank decides the same.
         """
         rt, A, step = self.rt, self.accum, self.state.step
         set_lr(self.optimizer, lr)
@@ -168,9 +135,7 @@ class Trainer:
         for m in range(A):
             x, y = self.batch
             last = m == A - 1
-            # DDP: skip the gradient all-reduce on all but the last micro-batch. NOTE: `no_sync`
-            # must cover the forward pass too; that is where DDP decides.
-            with self.runner.no_sync() if rt.distributed and not last else contextlib.nullcontext():
+            with self.par.sync(last):  # gradients are exchanged on the last micro-batch only
                 with rt.autocast():
                     # Label smoothing shapes the training objective only; evaluation (and so
                     # the validation loss and bits per byte) calls the model without it.
@@ -187,10 +152,7 @@ class Trainer:
         # One small read from the device per step (plus one all-reduce with several ranks).
         # The elapsed time is averaged too: every rank then schedules the same learning rate.
         extra = torch.tensor([float(stop), self.elapsed()], device=rt.device)
-        flags = torch.cat([torch.stack([loss_sum / A, norm.float()]), extra])
-        if rt.distributed:
-            dist.all_reduce(flags)
-            flags[[0, 1, 3]] /= rt.world_size
+        flags = self.par.mean(torch.cat([torch.stack([loss_sum / A, norm.float()]), extra]))
         loss_v, norm_v, stop_v, self.synced_elapsed = flags.tolist()
         # With float16 the GradScaler owns inf gradients (it skips the update and lowers the
         # scale); only a non-finite loss is ours to handle.
@@ -210,9 +172,7 @@ class Trainer:
         train_loss: float | None = None
         stopped = "max_iters"
         self.t0 = time.perf_counter()
-        profiler = StepProfiler(
-            t.profile_steps if self.log.enabled else 0, self.out_dir, self.rt.device_type, self.log
-        )
+        profiler = StepProfiler(t.profile_steps, self.out_dir, self.rt.device_type, self.log)
         with StopSignal(self.log) as stopper, self.log.running(t.max_iters, s.step), profiler:
             if not self.resumed and t.eval_at_start:
                 last_val = self.evaluate_and_log(row={"tokens": 0})
@@ -230,10 +190,7 @@ class Trainer:
                 if before is not None:
                     self.log.dynamics(s.step, measure(self.model, before))
                 s.tokens_seen += self.tokens_per_step
-                self.meter = [
-                    self.meter[0] + self.tokens_per_step,
-                    self.meter[1] + time.perf_counter() - started,
-                ]
+                self.meter.add(self.tokens_per_step, time.perf_counter() - started)
                 if finite:
                     self.bad_in_row, train_loss = 0, loss
                 else:
@@ -248,7 +205,7 @@ class Trainer:
                     self.log.row(s.step, **row, elapsed_s=self.elapsed())
                 # During a run of non-finite losses the last good checkpoint stays.
                 if self.bad_in_row == 0 and (s.step % t.ckpt_interval == 0 or done):
-                    self.save("last.pt")
+                    self.save(LAST)
                 if done:
                     break
         val = last_val or {}
@@ -287,21 +244,11 @@ class Trainer:
             return
         row = {"train_loss": loss, "lr": lr, "grad_norm": norm}
         self.log.row(step, tokens=self.state.tokens_seen, **row, elapsed_s=self.elapsed())
-        last = self.out_dir / "last.pt"
-        keep = (
-            f"the last good checkpoint {last} is kept"
-            if last.exists()
-            else "no checkpoint was written"
-        )
-        raise TrainingDiverged(
-            f"stopped after {self.bad_in_row} non-finite losses in a row at step {step} ({keep}); "
-            "lower optim.lr, keep optim.grad_clip on, or use train.dtype bfloat16/float32"
-        )
+        raise TrainingDiverged.at(step, self.bad_in_row, self.out_dir / LAST)
 
     def log_step(self, loss: float, norm: float, lr: float, done: bool) -> dict[str, Any]:
         """Progress bar / log line; the metrics row when this step is logged (else {})."""
-        tokens, seconds = self.meter
-        tps = tokens / max(seconds, 1e-9)
+        tps = self.meter.rate()
         self.log.advance(f"loss {loss:.4f} lr {lr:.2e} {tps:,.0f} tok/s")
         step = self.state.step
         if step % self.cfg.train.log_interval != 0 and not done:
@@ -311,7 +258,7 @@ class Trainer:
             f"grad norm {norm:.3f} | {tps:,.0f} tok/s"
             + self.rt.mfu_text(self.model.flops_per_token(), tps, self.cfg.train.peak_flops)
         )
-        self.meter = [0, 0.0]
+        self.meter = Throughput()
         return {
             "tokens": self.state.tokens_seen,
             "train_loss": loss,
@@ -326,7 +273,7 @@ class Trainer:
         t, s = self.cfg.train, self.state
         with preserved_rng(self.rt.device):
             val = evaluate_split(
-                self.eval_model,
+                self.par.eval_model,
                 self.val_src,
                 self.data.split("val")["scored_bytes"],
                 batch_size=t.eval_batch_size,
@@ -339,7 +286,7 @@ class Trainer:
         if improved:
             s.best_val_loss = val["loss"]
             if s.step > 0:
-                self.save("best.pt")
+                self.save(BEST)
         self.log(
             f"step {s.step}: val loss {val['loss']:.4f} | ppl {val['ppl']:.2f} | "
             f"bpb {val['bpb']:.4f}" + (" (best)" if improved and s.step > 0 else "")
@@ -348,19 +295,20 @@ class Trainer:
         self.log.row(s.step, **row, **metrics, elapsed_s=self.elapsed())
         return val
 
-    def save(self, *names: str) -> None:
-        """Write checkpoints (all ranks take part: RNG states are gathered to rank 0)."""
-        states = gather_rng(self.rt)
-        if not self.rt.is_main:
-            return
+    def save(self, name: str) -> None:
+        """Write checkpoints. Every rank takes part: the RNG states (and, with a sharded
+        wrapper, the weights) are gathered to rank 0, which writes."""
+        rng, weights = gather_rng(self.rt), self.par.full_state_dict()
+        self.par.on_main(self._write, name, rng, weights)
+
+    def _write(self, name: str, rng: list[dict[str, Any]], weights: dict) -> None:
         state = dataclasses.replace(self.state, elapsed_s=self.elapsed())
-        ckpt = training_checkpoint(
-            self.cfg, self.model, self.optimizer, self.scaler, state,
-            rng=states, sampler=self.train_src.state_dict(), tokenizer=self.data.tokenizer,
+        ckpt = checkpoint.training_checkpoint(
+            self.cfg, weights, self.optimizer, self.scaler, state,
+            rng=rng, sampler=self.train_src.state_dict(), tokenizer=self.data.tokenizer,
             data_sha256=self.data.meta["input_sha256"],
         )  # fmt: skip
-        for name in names:
-            save_checkpoint(ckpt, self.out_dir / name)
+        checkpoint.save_checkpoint(ckpt, self.out_dir / name)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -375,29 +323,17 @@ def train(
     `log`: where rank 0's lines go (default: print).
     """
     rt = setup_runtime(cfg.train)
-    interactive = rt.is_main and (sys.stderr.isatty() if progress is None else progress)
-    out = RunLog(enabled=rt.is_main, interactive=interactive, print_fn=log or print)
+    par = parallel_for(rt)
+    interactive = par.is_main and (sys.stderr.isatty() if progress is None else progress)
+    out = RunLog(enabled=par.is_main, interactive=interactive, print_fn=log or print)
     try:
-        # Everything that can fail on bad input happens before any file of the run is written.
-        resume_from = resume_path(cfg, out)
-        ckpt = load_checkpoint(resume_from) if resume_from else None
-        weights = None
-        if ckpt is None and cfg.train.init_from:
-            cfg, weights = start_from(cfg)
-        data = rt.main_first(lambda: prepare_data(cfg.run_data, progress=out.interactive, log=out))
-        # The vocabulary size is known now; it flows into the model config (the config check
-        # `model.vocab_size >= data.vocab_size` and data's tokenizer check cover a given one).
-        vocab = cfg.model.vocab_size or data.tokenizer.vocab_size
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
-        if ckpt is not None:
-            check_resume_compatible(ckpt, cfg, data.tokenizer.fingerprint, resume_from)
-        trainer = Trainer(cfg, rt, data, out, ckpt, weights)
-        if resume_from is not None:
-            out(f"resuming from {resume_from} at step {trainer.state.step}")
-        elif weights is not None:
-            out(f"starting from the weights of {cfg.train.init_from} (new optimizer, step 0)")
-        if rt.is_main:
-            start_files(cfg, out, resumed_at=trainer.state.step if ckpt is not None else None)
+        start = start_run(cfg, rt, out)  # all checks before any file of the run is written
+        cfg = start.cfg
+        trainer = Trainer(cfg, rt, start.data, out, start.ckpt, start.weights, par)
+        if (note := start.describe(trainer.state.step)) is not None:
+            out(note)
+        resumed_at = trainer.state.step if start.ckpt is not None else None
+        par.on_main(start_files, cfg, out, resumed_at=resumed_at)
         where = f"{rt.device} {rt.dtype_name}" + (
             f", {rt.world_size} processes" if rt.distributed else ""
         )
@@ -407,53 +343,23 @@ def train(
         )
         result = trainer.run()
         out(summary(result, cfg))
-        if result.stopped != "signal" and rt.is_main:
-            after_training(cfg, trainer.model, data.tokenizer, rt, out)
+        if result.stopped != "signal":
+            par.on_main(after_training, cfg, trainer.model, start.data.tokenizer, rt, out)
         out("files: " + ", ".join(map(str, run_files(cfg.train.out_dir))))
         return result
     finally:
         shutdown(rt)
 
 
-def summary(r: TrainResult, cfg: RunConfig) -> str:
-    """The end-of-run line; it says what ended the run."""
-    t = cfg.train
-    why = {
-        "max_iters": "done",
-        "max_seconds": f"time budget reached (train.max_seconds={t.max_seconds:g}; step "
-        f"{r.step} of train.max_iters={t.max_iters}, the schedule completed by time)"
-        if t.max_seconds
-        else "",
-        "signal": "interrupted",
-    }[r.stopped]
-    best = r.best_val_loss if math.isfinite(r.best_val_loss) else None
-    return (
-        f"{why}: step {r.step} in {r.elapsed_s:.1f}s | val loss {_fmt(r.val_loss)} | "
-        f"ppl {_fmt(r.val_ppl, '.2f')} | bpb {_fmt(r.val_bpb)} | best val loss {_fmt(best)}"
-        + (f" | {r.skipped_steps} steps skipped" if r.skipped_steps else "")
-    )
-
-
 def after_training(cfg: RunConfig, model: nn.Module, tokenizer: Any, rt: Runtime, log) -> None:
     """Rank 0, when training ends normally: `loss.png`, then a sample if `train.sample_at_end`."""
     from llm_tiny.infer.sample import sample_text
-    from llm_tiny.plots import plot_runs
+    from llm_tiny.plots import plot_run
 
-    try:
-        plot_runs([cfg.train.out_dir], Path(cfg.train.out_dir) / "loss.png")
-    except ModuleNotFoundError as e:
-        # NOTE: matplotlib is a dependency, but a GPU machine's Python may have only torch and
-        # the core libraries; the trained run is worth keeping without its picture.
-        if e.name != "matplotlib":
-            raise
-        log("loss.png not drawn: matplotlib is not installed (pip install matplotlib)")
+    plot_run(cfg.train.out_dir, log)
     if cfg.train.sample_at_end and cfg.sample.max_new_tokens > 0:
         with preserved_rng(rt.device), rt.autocast():
             log("sample:\n" + sample_text(model, tokenizer, cfg, rt.device, note=log))
-
-
-def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
 # ----------------------------------------------------------------------------- command line

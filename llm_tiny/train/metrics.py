@@ -39,6 +39,9 @@ COLUMNS = (
     "elapsed_s",
 )
 DYNAMICS_COLUMNS = ("step", "param", "weight_norm", "update_ratio")
+# The files' names in a run directory (the other run files are named in `rundir`).
+METRICS_FILE = "metrics.csv"
+DYNAMICS_FILE = "dynamics.csv"
 
 
 def _cell(value: Any) -> str:
@@ -144,7 +147,7 @@ class MetricsLog:
     def __init__(
         self, out_dir: str | Path, resume_step: int | None = None, tensorboard: bool = False
     ) -> None:
-        self.path = Path(out_dir) / "metrics.csv"
+        self.path = Path(out_dir) / METRICS_FILE
         self._csv = CsvFile(self.path, COLUMNS, resume_step)
         self._tb = None
         if tensorboard and tensorboard_available():
@@ -168,6 +171,21 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class Throughput:
+    """Tokens per second of training since the last logged step: each step adds its own
+    tokens and time, so the pauses for evaluation and checkpoints do not count."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def rate(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
 
 
 class RunLog:
@@ -217,7 +235,7 @@ class RunLog:
         if self.enabled:
             self._metrics = MetricsLog(out_dir, resume_step=resume_step, tensorboard=tensorboard)
             if dynamics:
-                path = Path(out_dir) / "dynamics.csv"
+                path = Path(out_dir) / DYNAMICS_FILE
                 self._dynamics = CsvFile(path, DYNAMICS_COLUMNS, resume_step)
 
     def dynamics(self, step: int, rows: list[tuple[str, float, float]]) -> None:

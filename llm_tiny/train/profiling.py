@@ -23,7 +23,8 @@ TOP = 30  # operators in the table
 
 class StepProfiler:
     """`with StepProfiler(steps, out_dir, device_type, log) as prof:` then `prof.step()` after
-    every optimizer step; does nothing when `steps` is 0."""
+    every optimizer step; does nothing when `steps` is 0, or off rank 0 (`log`, a
+    `metrics.RunLog`, is disabled there)."""
 
     def __init__(self, steps: int, out_dir: str | Path, device_type: str, log: Any) -> None:
         self.steps, self.out_dir, self.device_type, self.log = (
@@ -35,7 +36,7 @@ class StepProfiler:
         self._prof: Any = None
 
     def __enter__(self) -> StepProfiler:
-        if self.steps > 0:
+        if self.steps > 0 and self.log.enabled:
             from torch.profiler import ProfilerActivity, profile, schedule
 
             activities = [ProfilerActivity.CPU]

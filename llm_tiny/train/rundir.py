@@ -9,10 +9,14 @@ from pathlib import Path
 
 from llm_tiny.config import RunConfig, save_config
 from llm_tiny.errors import UserError
-from llm_tiny.train.metrics import RunLog, tensorboard_available
+from llm_tiny.train.metrics import METRICS_FILE, RunLog, tensorboard_available
 
+# The files of a run directory, named here once: the checkpoint of the best validation loss,
+# the latest one (what a resumed run continues from), the loss curves and the resolved config.
+# `metrics.csv` is named beside its writer and reader (`metrics.METRICS_FILE`).
+BEST, LAST, LOSS_PLOT, CONFIG_FILE = "best.pt", "last.pt", "loss.png", "config.yaml"
 # What a finished run leaves, in the order the end-of-run line lists them.
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "loss.png", "config.yaml")
+RUN_FILES = (BEST, LAST, METRICS_FILE, LOSS_PLOT, CONFIG_FILE)
 
 
 def check_out_dir(path: str | Path) -> None:
@@ -51,9 +55,9 @@ def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
             "(pip install tensorboard); writing metrics.csv only"
         )
     out_dir = Path(cfg.train.out_dir)
-    last = out_dir / "last.pt"
+    last = out_dir / LAST
     if cfg.train.resume == "never" or (cfg.train.resume == "auto" and not last.exists()):
-        old = [n for n in ("best.pt", "last.pt") if (out_dir / n).exists()]
+        old = [n for n in (BEST, LAST) if (out_dir / n).exists()]
         if old and not cfg.train.overwrite:
             raise UserError(
                 f"{out_dir} already holds a run ({', '.join(old)}); pass --resume to continue "
@@ -68,12 +72,12 @@ def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
 def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
     """Rank 0, before the first step: the out dir, `config.yaml` and the metrics log."""
     out_dir = prepare_out_dir(cfg.train.out_dir)
-    save_config(cfg, out_dir / "config.yaml")
+    save_config(cfg, out_dir / CONFIG_FILE)
     if resumed_at is None:
-        stale = [n for n in ("last.pt", "best.pt") if (out_dir / n).exists()]
+        stale = [n for n in (LAST, BEST) if (out_dir / n).exists()]
         if stale:  # train.overwrite is on (`resume_path` refused otherwise)
             out(f"note: starting a new run in {out_dir}; its old {' and '.join(stale)} go")
-            (out_dir / "best.pt").unlink(missing_ok=True)
+            (out_dir / BEST).unlink(missing_ok=True)
     out.open_metrics(
         out_dir,
         resume_step=resumed_at,

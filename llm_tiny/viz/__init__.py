@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-from llm_tiny.errors import ArgumentParser, run_cli
+from llm_tiny.errors import ArgumentParser, add_ckpt_arg, add_device_arg, run_cli
 from llm_tiny.viz.attention import (
     MAX_ATTENTION_TOKENS,
     AttentionLayout,
@@ -63,7 +63,7 @@ def build_parser() -> ArgumentParser:
     sub = p.add_subparsers(dest="picture", required=True, metavar="PICTURE")
 
     def common(q: ArgumentParser, default_name: str) -> None:
-        q.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
+        add_ckpt_arg(q)
         q.add_argument("--out", help=f"output PNG (default: RUN/{default_name})")
         q.set_defaults(default_name=default_name)
 
@@ -74,7 +74,7 @@ def build_parser() -> ArgumentParser:
     a.add_argument(
         "--head", type=int, help="one large heatmap of this head (of --layer, default the last)"
     )
-    a.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    add_device_arg(a)
     a.set_defaults(command=attention_command)
 
     e = sub.add_parser("embeddings", help="the token embeddings in 2-D (PCA or t-SNE)")
@@ -89,7 +89,7 @@ def build_parser() -> ArgumentParser:
     g = sub.add_parser("grad-flow", help="gradient size per layer for one training batch")
     common(g, "grad_flow.png")
     g.add_argument("--data-dir", help="prepared data to take the batch from (default: the run's)")
-    g.add_argument("--device", default="cpu", help="cpu (default), cuda, mps or auto")
+    add_device_arg(g)
     g.set_defaults(command=grad_flow_command)
 
     w = sub.add_parser("weights", help="histograms of every weight matrix")

@@ -41,9 +41,9 @@ def plot_dynamics(
 
 
 def training_command(args: Any) -> Path:
-    from llm_tiny.train.metrics import read_dynamics
+    from llm_tiny.train.metrics import DYNAMICS_FILE, read_dynamics
 
-    path = run_dir(args.ckpt) / "dynamics.csv"
+    path = run_dir(args.ckpt) / DYNAMICS_FILE
     if not path.is_file():
         raise UserError(
             f"{path} not found: train with --train.log_dynamics=true to record the dynamics"

@@ -23,6 +23,7 @@ import time
 from tok.bpe.tokenizer import Tokenizer
 from tok.corpus import decode_utf8, file_size, read_utf8
 from tok.errors import EXIT_USAGE, ArgumentParser, TokenizerError, is_int
+from tok.patterns import DEFAULT_PATTERN, PATTERNS
 from tok.serialize import DEFAULT_PATH, render_token
 from tok.sources import ON_BAD_RECORD, TOKENIZER_CLI, expand_inputs, file_format, iter_documents
 
@@ -64,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a bad JSONL line or Parquet row: stop (default) or count and skip",
     )
     t.add_argument("--vocab-size", type=int, required=True, metavar="N")
-    t.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 (default) or a regex")
+    t.add_argument(
+        "--pattern",
+        default=DEFAULT_PATTERN,
+        help=f"{', '.join(PATTERNS)} (default {DEFAULT_PATTERN}) or a regex",
+    )
     t.add_argument("--special", nargs="*", default=[], metavar="TOKEN", help="special tokens")
     t.add_argument("--min-frequency", type=int, default=1, metavar="K")
     t.add_argument("--out", default=DEFAULT_PATH, help=f"tokenizer file (default {DEFAULT_PATH})")

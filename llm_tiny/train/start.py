@@ -1,0 +1,61 @@
+"""What a run starts from, settled before any file of the run is written: the checkpoint it
+continues (`train.resume`), or the weights it starts from (`train.init_from`), and the prepared
+data, whose tokenizer fixes the vocabulary size of the model.
+
+Everything that can fail on bad input (a run directory that cannot be written, a missing or
+incompatible checkpoint, bad data) fails here, so a mistake never leaves half a run behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from llm_tiny.config import RunConfig
+from llm_tiny.data import PreparedData, prepare_data
+from llm_tiny.runtime import Runtime
+from llm_tiny.train.checkpoint import check_resume_compatible, load_checkpoint, start_from
+from llm_tiny.train.metrics import RunLog
+from llm_tiny.train.rundir import resume_path
+
+
+@dataclasses.dataclass
+class RunStart:
+    """The inputs of a `Trainer`: `cfg` with its vocabulary size filled in, the data, and the
+    checkpoint to continue from (`ckpt`, read from `resume_from`) or the weights to start from
+    with a fresh optimizer (`weights`), or neither."""
+
+    cfg: RunConfig
+    data: PreparedData
+    ckpt: dict[str, Any] | None = None
+    resume_from: Path | None = None
+    weights: dict[str, Any] | None = None
+
+    def describe(self, step: int) -> str | None:
+        """The log line that says what the run continues, or None for a fresh start."""
+        if self.resume_from is not None:
+            return f"resuming from {self.resume_from} at step {step}"
+        if self.weights is not None:
+            return (
+                f"starting from the weights of {self.cfg.train.init_from} (new optimizer, step 0)"
+            )
+        return None
+
+
+def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
+    """Check the run directory, read what the run continues or starts from, and prepare the
+    data (rank 0 first; the other ranks find it ready)."""
+    resume_from = resume_path(cfg, out)
+    ckpt = load_checkpoint(resume_from) if resume_from else None
+    weights = None
+    if ckpt is None and cfg.train.init_from:
+        cfg, weights = start_from(cfg)
+    data = rt.main_first(lambda: prepare_data(cfg.run_data, progress=out.interactive, log=out))
+    # The vocabulary size is known now; it flows into the model config (the config check
+    # `model.vocab_size >= data.vocab_size` and data's tokenizer check cover a given one).
+    vocab = cfg.model.vocab_size or data.tokenizer.vocab_size
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    if ckpt is not None:
+        check_resume_compatible(ckpt, cfg, data.tokenizer.fingerprint, resume_from)
+    return RunStart(cfg, data, ckpt, resume_from, weights)
