@@ -76,7 +76,14 @@ LAYERS = [
     ("llm_tiny.model",),
     ("llm_tiny.data", "llm_tiny.train", "llm_tiny.plots"),
     ("llm_tiny.infer", "llm_tiny.eval"),
-    ("llm_tiny.train.loop", "llm_tiny.tasks", "llm_tiny.serve", "llm_tiny.export", "llm_tiny.sweep", "llm_tiny.viz"),
+    (
+        "llm_tiny.train.loop",
+        "llm_tiny.tasks",
+        "llm_tiny.serve",
+        "llm_tiny.export",
+        "llm_tiny.sweep",
+        "llm_tiny.viz",
+    ),
     ("llm_tiny.__main__", "llm_tiny"),
 ]
 

@@ -26,10 +26,16 @@ _PIECES = [
     "\n", "\n\n", "\r\n", "  \n  ", "é", "e\u0301", "n\u0303\u0303", "中文", "日本語", "😀",
     "👍🏽", "👨‍👩‍👧", "\u00a0", "\u2028", "\u3000", "\x1c", "\x00", "ǅ", "١٢٣",
 ]  # fmt: skip
+# NOTE: characters unassigned in this Python's Unicode database are left out: the `regex`
+# package (the pure path) and tiktoken's Rust regex (the fast path) each follow their own, later,
+# Unicode version, and may disagree on whether such a character is a letter.
+ASSIGNED = st.characters(exclude_categories=("Cn", "Cs"))
 TEXT = st.one_of(
-    st.text(max_size=60),
+    st.text(ASSIGNED, max_size=60),
     st.lists(st.sampled_from(_PIECES), max_size=30).map("".join),
-    st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=3)), max_size=20).map("".join),
+    st.lists(st.one_of(st.sampled_from(_PIECES), st.text(ASSIGNED, max_size=3)), max_size=20).map(
+        "".join
+    ),
 )
 MIXED_CORPUS = (
     "Hello world! It's 2024, isn't it?\r\n"
