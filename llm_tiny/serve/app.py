@@ -32,10 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.errors import UserError
-from llm_tiny.infer.sample import eot_ids, prompt_ids
-from llm_tiny.serve.engine import Engine, Event, Sequence, Settings
+from llm_tiny.infer.engine import Event, Row
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, prompt_ids, render_chat
+from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
-    CHAT_STOP,
     MAX_LOGPROBS,
     ApiError,
     ChatRequest,
@@ -44,7 +45,7 @@ from llm_tiny.serve.protocol import (
     check_values,
     parse_json,
     parse_request,
-    render_chat,
+    sampling_params,
     stop_strings,
 )
 from tok.bpe import StreamDecoder
@@ -126,6 +127,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = await _read(server, request, CompletionRequest)
+        params = sampling_params(req, server.cfg.sample)
         check_values(req, req.max_tokens, server.max_tokens_cap)
         if req.logprobs is not None and not 0 <= req.logprobs <= MAX_LOGPROBS:
             raise ApiError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}", "logprobs")
@@ -136,7 +138,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
         ids = [_prompt_ids(server, p) for p in prompts]
         jobs = [
-            (p, _settings(server, req, req.max_tokens, j, req.logprobs))
+            (p, _choice_params(server, params, req, req.max_tokens, j, req.logprobs))
             for p in ids
             for j in range(req.n)
         ]
@@ -149,11 +151,14 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
     async def chat(request: Request) -> Any:
         req = await _read(server, request, ChatRequest)
         max_tokens = req.max_completion_tokens or req.max_tokens
+        params = sampling_params(req, server.cfg.sample)
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        ids = _prompt_ids(server, render_chat(req.messages))
-        jobs = [(ids, _settings(server, req, max_tokens, j, None)) for j in range(req.n)]
+        ids = _prompt_ids(server, render_chat(req.conversation()))
+        jobs = [
+            (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
+        ]
         run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
         run.prompt_tokens = len(ids)
         return await run.respond(req.stream)
@@ -252,21 +257,16 @@ def _prompt_ids(server: Server, prompt: str) -> list[int]:
         raise ApiError(400, "prompt must not be empty", param="prompt") from None
 
 
-def _settings(server: Server, req: Any, max_tokens: int | None, j: int, logprobs: int | None):
-    s = server.cfg.sample
+def _choice_params(
+    server: Server, params: SamplingParams, req: Any, max_tokens: int | None, j: int,
+    logprobs: int | None,
+) -> SamplingParams:  # fmt: skip
+    """Choice j's params: the request's, with seed + j, the token cap and the stop token."""
     base = req.seed if req.seed is not None else secrets.randbits(62)
-
-    def pick(name: str) -> Any:
-        value = getattr(req, name)
-        return getattr(s, name) if value is None else value
-
-    return Settings(
-        max_tokens=max_tokens or max(1, min(s.max_new_tokens, server.max_tokens_cap)),
-        temperature=pick("temperature"), top_k=pick("top_k"), top_p=pick("top_p"),
-        repetition_penalty=pick("repetition_penalty"), no_repeat_ngram=pick("no_repeat_ngram"),
-        seed=base + j,
+    default_max = max(1, min(server.cfg.sample.max_new_tokens, server.max_tokens_cap))
+    return params.replace(
+        max_new_tokens=max_tokens or default_max, seed=base + j, logprobs=logprobs,
         stop_tokens=() if req.ignore_eos else tuple(eot_ids(server.tokenizer, server.cfg)),
-        logprobs=logprobs,
     )  # fmt: skip
 
 
@@ -330,7 +330,7 @@ class _Run:
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.choices = [_Choice(server, stops) for _ in jobs]
-        self.seqs: list[Sequence] = []
+        self.seqs: list[Row] = []
 
     async def respond(self, stream: bool) -> Any:
         loop = asyncio.get_running_loop()
