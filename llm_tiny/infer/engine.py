@@ -268,31 +268,46 @@ class Decoder:
 
     def _draw(self, logits: Tensor) -> list[int]:
         """One token per row of logits (B, V): argmax for greedy rows; for the others the
-        filters of their params (one call per distinct setting) and one multinomial draw per
-        generator (rows sharing a generator draw together, in the order they were made, as
-        `torch.multinomial` on their stacked rows would)."""
+        filters of their params (one call per distinct setting), then one draw per row from
+        its generator (rows sharing a generator draw together, in the order they were made,
+        as `torch.multinomial` on their stacked rows would)."""
         rows = self.rows
-        tokens = logits.argmax(dim=-1)  # (B,): right for greedy rows, overwritten for others
         settings: dict[tuple, list[int]] = {}
         for i, p in enumerate(r.params for r in rows):
             if not p.greedy:
                 settings.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
-        if settings:
-            probs = logits  # rows of greedy rows are left as they are and never drawn from
-            for (t, k, p), index in settings.items():
-                if len(index) == len(rows):
-                    probs = F.softmax(filtered(logits, t, k, p), dim=-1)
-                else:
-                    probs = probs.clone() if probs is logits else probs
-                    probs[index] = F.softmax(filtered(logits[index], t, k, p), dim=-1)
-            draws: dict[Any, list[int]] = {}
-            for index in settings.values():
-                for i in index:
-                    draws.setdefault(rows[i].generator, []).append(i)
-            for generator, index in draws.items():
+        if not settings:
+            return logits.argmax(dim=-1).tolist()
+        probs = logits  # greedy rows keep their logits here and are never drawn from
+        for (t, k, p), index in settings.items():
+            if len(index) == len(rows):
+                probs = F.softmax(filtered(logits, t, k, p), dim=-1)
+            else:
+                probs = probs.clone() if probs is logits else probs
+                probs[index] = F.softmax(filtered(logits[index], t, k, p), dim=-1)
+        # NOTE: torch.multinomial(p, 1, generator=g) is argmax(p / q), q ~ Exp(1) drawn from g
+        # in p's shape (its "exponential race" path for one sample). Drawing q row by row and
+        # dividing once for the whole batch gives its tokens with one op per row instead of
+        # several, which is most of the step's work outside the forward pass at 16 rows.
+        # tests/unit/test_engine.py holds it to torch.multinomial on every torch upgrade.
+        q = torch.ones_like(probs)
+        draws: dict[Any, list[int]] = {}
+        for index in settings.values():
+            for i in index:
+                draws.setdefault(rows[i].generator, []).append(i)
+        for generator, index in draws.items():
+            if len(index) == 1:
+                q[index[0]].exponential_(1, generator=generator)
+            else:
                 index.sort(key=lambda i: rows[i].order)
-                part = probs[index[0] : index[0] + 1] if len(index) == 1 else probs[index]
-                tokens[index] = torch.multinomial(part, 1, generator=generator).squeeze(-1)
+                q[index] = torch.empty(len(index), q.size(1), device=q.device).exponential_(
+                    1, generator=generator
+                )
+        tokens = (probs / q).argmax(dim=-1)  # (B,)
+        if len(settings) == 1 and len(next(iter(settings.values()))) == len(rows):
+            return tokens.tolist()
+        greedy = [i for i, r in enumerate(rows) if r.params.greedy]
+        tokens[greedy] = logits[greedy].argmax(dim=-1)
         return tokens.tolist()
 
     @staticmethod

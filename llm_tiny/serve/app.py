@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Server:
     max_tokens_cap: int = 1024
     max_body_bytes: int = 1 << 20
     created: int = field(default_factory=lambda: int(time.time()))
+    inbox: _Inbox | None = None  # the engine's events on their way to the event loop
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -318,6 +320,33 @@ class _Choice:
         self.offset += len(text)
 
 
+class _Inbox:
+    """Events from the engine's thread to the event loop's queues, with one wake-up of the loop
+    per batch: a step of 16 streams makes 16 events, and waking the loop for each costs the
+    engine's thread time it needs for the next step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue, Any]] = []
+
+    def put(self, queue: asyncio.Queue, item: Any) -> None:
+        """From any thread: deliver `item` to `queue` soon."""
+        with self.lock:
+            self.items.append((queue, item))
+            if len(self.items) > 1:
+                return  # a delivery is already scheduled
+        # RuntimeError: the event loop has closed (the server is shutting down).
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class _Run:
     """One request's sequences in the engine, answered as one JSON body or as a stream."""
 
@@ -333,16 +362,14 @@ class _Run:
         self.seqs: list[Row] = []
 
     async def respond(self, stream: bool) -> Any:
-        loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if self.server.inbox is None or self.server.inbox.loop is not loop:
+            self.server.inbox = _Inbox(loop)
+        inbox = self.server.inbox
 
         def emitter(i: int):
-            def emit(ev: Event) -> None:
-                # RuntimeError: the event loop has closed (the server is shutting down).
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
-
-            return emit
+            return lambda ev: inbox.put(self.queue, (i, ev))
 
         engine = self.server.engine
         self.seqs = [engine.submit(ids, st, emitter(i)) for i, (ids, st) in enumerate(self.jobs)]
