@@ -47,11 +47,6 @@ def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note
     return text_of(tokenizer, out[0].tolist(), stops)
 
 
-# The flags that override a `SamplingParams` field of the same name.
-FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed", "repetition_penalty",
-         "no_repeat_ngram")  # fmt: skip
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="llm_tiny sample", description="Generate text from a checkpoint.")
     p.add_argument("--ckpt", required=True, help="run directory (uses best.pt) or a .pt file")
@@ -94,10 +89,10 @@ def _sample(args) -> int:
     device = resolve_device(args.device)
     model, tokenizer, cfg, _ = load_model(args.ckpt, device)
     stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
-    # Each flag left out takes the run's `sample` value (the flags are named after its fields).
+    # Each flag left out takes the run's `sample` value (flags are named after the fields).
     params = SamplingParams.from_config(
         cfg.sample, lambda k: "--" + k.replace("_", "-"), stop_tokens=stops,
-        **{k: getattr(args, k) for k in FLAGS},
+        **{k: getattr(args, k) for k in SamplingParams().values() if hasattr(args, k)},
     )  # fmt: skip
     num_samples = cfg.sample.num_samples if args.num_samples is None else args.num_samples
     problem = sampling_problem(lambda k: "--num-samples", num_samples=num_samples)
