@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class Row:
 
     def __post_init__(self) -> None:
         self.tokens = list(self.tokens)
+        if not self.tokens:
+            raise ValueError("a row needs at least one prompt token")
         self.prompt_len = len(self.tokens)
 
     @property
@@ -111,8 +114,9 @@ class Row:
 
     def fork(self) -> Row:
         """A copy that grows on its own (a beam that two children continue)."""
-        return Row(list(self.tokens), self.params, self.generator, self.tag, self.prompt_len,
-                   self.start, self.produced, self.finish, self.cancelled, self.order)  # fmt: skip
+        twin = copy.copy(self)
+        twin.tokens = list(self.tokens)
+        return twin
 
 
 class Decoder:
@@ -141,8 +145,6 @@ class Decoder:
 
     def add(self, row: Row) -> Row:
         """Queue a row; a prompt longer than the context is seen through its last block."""
-        if not row.tokens:
-            raise ValueError("a row needs at least one prompt token")
         row.start = max(0, len(row.tokens) - self.block_size)
         self.waiting.append(row)
         return row

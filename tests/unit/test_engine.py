@@ -114,3 +114,13 @@ def test_run_reports_the_models_logprobs_and_stops_nothing_at_zero():
     want = [float(logp[2 + j, seq[3 + j]]) for j in range(3)]
     assert got.logprobs == pytest.approx(want, abs=1e-5)
     assert run(model, [[1]], params.replace(max_new_tokens=0))[0].tokens == []
+
+
+def test_a_forked_row_grows_on_its_own():
+    row = Row([1, 2], SamplingParams())
+    row.tokens.append(3)
+    twin = row.fork()
+    twin.tokens.append(4)
+    assert (row.generated, twin.generated) == ([3], [3, 4])
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        Row([], SamplingParams())
