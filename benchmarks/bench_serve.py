@@ -6,7 +6,7 @@
 The server runs in this process (uvicorn in a thread, a real socket on 127.0.0.1); client
 threads send the same `--requests` streamed completions (seeds 0, 1, ...) at each
 concurrency. Concurrency 1 is one-at-a-time generation through the server; the reference
-without a server is `sampling.generate` (the CLI's loop) on the same requests one after the
+without a server is `sampling.generate` (the CLI's path through the same engine) on the same requests one after the
 other. Every variant must produce the same tokens (the script checks, and exits 1 if not).
 Variants run in the same process, one after another, and are compared as ratios, because a
 shared machine makes absolute numbers noisy. Prints a table, then one JSON line (also written
@@ -123,7 +123,7 @@ def bench(args) -> int:
         raise UserError(
             f"needs the serve extra ({e.name}): pip install 'llm_tiny[serve]'"
         ) from None
-    from llm_tiny.infer.sample import eot_ids
+    from llm_tiny.infer.prompt import eot_ids
     from llm_tiny.infer.sampling import generate
     from llm_tiny.runtime import resolve_device
     from llm_tiny.serve.engine import Engine
@@ -152,8 +152,8 @@ def bench(args) -> int:
         out = []
         for seed in seeds:
             g = torch.Generator(device=device).manual_seed(seed)
-            t = generate(model, torch.tensor([ids], device=device), args.new_tokens,
-                         *sampling.values(), stops, g, **repeats)[0, len(ids):].tolist()  # fmt: skip
+            t = generate(model, torch.tensor([ids], device=device), args.new_tokens, **sampling,
+                         stop_tokens=stops, generator=g, **repeats)[0, len(ids):].tolist()  # fmt: skip
             out.append(t)
         return out
 

@@ -1,5 +1,6 @@
 """Logits processors on worked examples and brute-force references; generation with the KV
-cache against a plain recomputing loop; beam search against greedy and exhaustive search."""
+cache against a plain recomputing loop; beam search against greedy and exhaustive search.
+(The processors against transformers' own: tests/unit/test_processors.py.)"""
 
 from __future__ import annotations
 
@@ -11,19 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from llm_tiny.config import ModelConfig
-from llm_tiny.infer.sampling import (
+from llm_tiny.infer.beam import beam_search
+from llm_tiny.infer.engine import slide_start
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.processors import (
     apply_temperature,
-    beam_search,
-    generate,
-    generate_stream,
     no_repeat_ngram,
     repeating_tokens,
     repetition_penalty,
     sample_next,
-    slide_start,
     top_k_filter,
     top_p_filter,
 )
+from llm_tiny.infer.sampling import generate, generate_stream
 from llm_tiny.model import TinyGPT
 
 INF = float("inf")
@@ -90,7 +91,7 @@ def test_temperature_zero_keeps_only_the_first_argmax():
 @pytest.mark.parametrize("bad", [-0.1, -1, float("nan")])
 def test_negative_temperature_is_rejected(bad):
     with pytest.raises(ValueError, match=r"temperature must be >= 0 \(0 means greedy\)"):
-        apply_temperature(torch.zeros(1, 3), bad)
+        SamplingParams(temperature=bad)
 
 
 # ----------------------------------------------------------------------------- top-k
@@ -118,7 +119,7 @@ def test_top_k_rows_are_independent():
 @pytest.mark.parametrize("bad", [0, -3, 1.5, True])
 def test_invalid_top_k_is_rejected(bad):
     with pytest.raises(ValueError, match=r"top_k must be >= 1"):
-        top_k_filter(torch.zeros(1, 3), bad)
+        SamplingParams(top_k=bad)
 
 
 # ----------------------------------------------------------------------------- top-p
@@ -164,7 +165,7 @@ def test_top_p_matches_a_brute_force_smallest_set():
 @pytest.mark.parametrize("bad", [0, -0.1, 1.01, float("nan")])
 def test_invalid_top_p_is_rejected(bad):
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
-        top_p_filter(torch.zeros(1, 3), bad)
+        SamplingParams(top_p=bad)
 
 
 # ----------------------------------------------------------------------------- sample_next
@@ -176,15 +177,16 @@ def test_sample_next_greedy_uses_no_randomness():
     logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
     assert sample_next(logits, temperature=0, generator=gen).tolist() == [1, 0]
     assert torch.equal(gen.get_state(), state)
-    assert sample_next(logits, top_k=1, generator=gen).tolist() == [1, 0]
+    assert sample_next(logits, 1.0, top_k=1, generator=gen).tolist() == [1, 0]
 
 
 def test_sample_next_follows_the_filtered_distribution():
     logits = torch.tensor([0.1, 0.2, 0.3, 0.4]).log().expand(40_000, 4)
     gen = torch.Generator().manual_seed(0)
-    counts = torch.bincount(sample_next(logits, generator=gen), minlength=4) / 40_000
+    counts = torch.bincount(sample_next(logits, 1.0, generator=gen), minlength=4) / 40_000
     torch.testing.assert_close(counts, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01, rtol=0)
-    counts = torch.bincount(sample_next(logits, top_k=2, generator=gen), minlength=4) / 40_000
+    counts = torch.bincount(sample_next(logits, 1.0, top_k=2, generator=gen), minlength=4)
+    counts = counts / 40_000
     torch.testing.assert_close(counts, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01, rtol=0)
     counts = torch.bincount(sample_next(logits, 0.5, generator=gen), minlength=4) / 40_000
     sharp = torch.tensor([0.01, 0.04, 0.09, 0.16]) / 0.30  # p^(1/T) renormalised, T = 0.5
@@ -193,8 +195,8 @@ def test_sample_next_follows_the_filtered_distribution():
 
 def test_sample_next_is_deterministic_for_a_seed():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
-    a = sample_next(logits, top_p=0.9, generator=torch.Generator().manual_seed(7))
-    b = sample_next(logits, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    a = sample_next(logits, 1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    b = sample_next(logits, 1.0, top_p=0.9, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
 
 
@@ -306,8 +308,9 @@ def test_kv_cache_sampling_equals_full_recomputation(pos_emb):
             if seq.size(1) - start > bs:
                 start = seq.size(1) - bs // 2
             logits, _ = model(seq[:, start:])
-            seq = torch.cat([seq, sample_next(logits[:, -1], generator=gen)[:, None]], dim=1)
-    out = generate(model, idx, 30, temperature=1.0, generator=torch.Generator().manual_seed(5))
+            seq = torch.cat([seq, sample_next(logits[:, -1], 1.0, generator=gen)[:, None]], dim=1)
+    gen = torch.Generator().manual_seed(5)
+    out = generate(model, idx, 30, temperature=1.0, top_p=None, generator=gen)
     assert out.tolist() == seq.tolist()
     assert all(len(set(row[2:].tolist())) >= 8 for row in out)
 
@@ -319,7 +322,7 @@ def test_sampling_is_deterministic_for_a_seed_and_cache_independent():
     def run(seed: int, use_cache: bool = True) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         return generate(
-            model, idx, 20, 1.2, top_k=10, top_p=0.9, generator=gen, use_cache=use_cache
+            model, idx, 20, temperature=1.2, top_k=10, top_p=0.9, generator=gen, use_cache=use_cache
         )
 
     assert torch.equal(run(1), run(1))
@@ -382,7 +385,8 @@ def test_generate_unwraps_a_compiled_model():
     model = lively_model()
     idx = prompt(1, 3)
     # generation runs the bare model eagerly: nothing is compiled here
-    assert torch.equal(generate(torch.compile(model), idx, 5, 0), generate(model, idx, 5, 0))
+    compiled = generate(torch.compile(model), idx, 5, temperature=0)
+    assert torch.equal(compiled, generate(model, idx, 5, temperature=0))
 
 
 # ----------------------------------------------------------------------------- beam search

@@ -1,5 +1,6 @@
-"""The batching engine against `sampling.generate` (the CLI's loop), and the protocol's pure
-parts (stop strings, the chat template, request checks) on worked examples."""
+"""The server's threaded driver of the decoding engine against `sampling.generate` (the CLI's
+path), and the protocol's pure parts (stop strings, chat messages, request checks) on worked
+examples."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import queue
 import pytest
 import torch
 
-from llm_tiny.config import ModelConfig
+from llm_tiny.config import ModelConfig, SampleConfig
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.prompt import render_chat
 from llm_tiny.infer.sampling import generate
 from llm_tiny.model import TinyGPT
-from llm_tiny.serve.engine import Engine, Settings
+from llm_tiny.serve.engine import Engine
 
 V = 40
 
@@ -27,7 +30,7 @@ def lively_model(**overrides) -> TinyGPT:
     return model
 
 
-def run_all(engine: Engine, jobs: list[tuple[list[int], Settings]]) -> list[tuple[list, str]]:
+def run_all(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> list[tuple[list, str]]:
     """Submit every job at once; (tokens, finish reason) of each, in order."""
     done: queue.Queue = queue.Queue()
     results: dict[int, tuple[list[int], str]] = {}
@@ -51,24 +54,21 @@ def run_all(engine: Engine, jobs: list[tuple[list[int], Settings]]) -> list[tupl
     return [results[i] for i in range(len(jobs))]
 
 
-def reference(model: TinyGPT, ids: list[int], s: Settings) -> tuple[list[int], str]:
-    """The CLI's loop for one prompt: `generate` with the same settings and seed."""
+def reference(model: TinyGPT, ids: list[int], s: SamplingParams) -> tuple[list[int], str]:
+    """The CLI's path for one prompt: `generate` with the same params and seed."""
     g = torch.Generator().manual_seed(s.seed)
-    out = generate(
-        model, torch.tensor([ids]), s.max_tokens, s.temperature, s.top_k, s.top_p,
-        s.stop_tokens, g, repetition_penalty=s.repetition_penalty,
-        no_repeat_ngram=s.no_repeat_ngram,
-    )[0, len(ids) :].tolist()  # fmt: skip
+    out = generate(model, torch.tensor([ids]), params=s, generator=g)[0, len(ids) :].tolist()
     stopped = bool(out) and out[-1] in s.stop_tokens
     return out, "stop" if stopped else "length"
 
 
+P = SamplingParams
 SETTINGS = [
-    Settings(max_tokens=40, temperature=0.9, top_k=20, seed=1),  # slides past block_size 16
-    Settings(max_tokens=30, temperature=0.0, seed=2),
-    Settings(max_tokens=25, temperature=1.2, top_p=0.8, seed=3, stop_tokens=(7, 8)),
-    Settings(max_tokens=20, temperature=1.0, repetition_penalty=1.5, no_repeat_ngram=2, seed=4),
-    Settings(max_tokens=1, temperature=0.7, seed=5),
+    P(max_new_tokens=40, temperature=0.9, top_k=20, seed=1),  # slides past block_size 16
+    P(max_new_tokens=30, temperature=0.0, seed=2),
+    P(max_new_tokens=25, temperature=1.2, top_p=0.8, seed=3, stop_tokens=(7, 8)),
+    P(max_new_tokens=20, temperature=1.0, repetition_penalty=1.5, no_repeat_ngram=2, seed=4),
+    P(max_new_tokens=1, temperature=0.7, top_p=None, seed=5),
 ]
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13] * 10, [3, 3, 3, 3]]
 
@@ -95,7 +95,7 @@ def test_logprobs_are_the_models_own():
     engine = Engine(model, torch.device("cpu")).start()
     events: queue.Queue = queue.Queue()
     try:
-        engine.submit([1, 2, 3], Settings(max_tokens=1, temperature=0.0, logprobs=3), events.put)
+        engine.submit([1, 2, 3], P(max_new_tokens=1, temperature=0.0, logprobs=3), events.put)
         ev = events.get(timeout=30)
     finally:
         engine.stop()
@@ -112,7 +112,7 @@ def test_cancel_stops_a_sequence_and_the_engine_keeps_going():
     engine = Engine(lively_model(), torch.device("cpu")).start()
     events: queue.Queue = queue.Queue()
     try:
-        seq = engine.submit([1], Settings(max_tokens=10**9), events.put)
+        seq = engine.submit([1], P(max_new_tokens=10**9), events.put)
         events.get(timeout=30)
         seq.cancel()
         engine.wake()
@@ -120,7 +120,7 @@ def test_cancel_stops_a_sequence_and_the_engine_keeps_going():
             pass
         assert ev.finish == "cancelled"
         assert engine.stats()["active"] == 0 and engine.stats()["cancelled"] == 1
-        assert run_all(engine, [([2], Settings(max_tokens=3, seed=0))])[0][1] == "length"
+        assert run_all(engine, [([2], P(max_new_tokens=3, seed=0))])[0][1] == "length"
         assert engine.call(lambda: 6 * 7).result(timeout=30) == 42
     finally:
         engine.stop()
@@ -141,10 +141,11 @@ def test_text_stream_holds_back_a_possible_stop_string():
     assert protocol.TextStream([]).push("anything") == "anything"
 
 
-def test_chat_template():
-    msgs = [protocol.ChatMessage(role=r, content=c) for r, c in
+def test_chat_template_of_a_request():
+    msgs = [{"role": r, "content": c} for r, c in
             [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), ("user", "Bye")]]  # fmt: skip
-    assert protocol.render_chat(msgs) == (
+    req = protocol.ChatRequest(model="m", messages=msgs)
+    assert render_chat(req.conversation()) == (
         "Be brief.\n\nUser: Hi\n\nAssistant: Hello.\n\nUser: Bye\n\nAssistant:"
     )
 
@@ -164,6 +165,7 @@ def test_chat_template():
 def test_request_checks_name_the_field(fields, param):
     req = protocol.CompletionRequest(model="m", prompt="x", **fields)
     with pytest.raises(protocol.ApiError) as e:
+        protocol.sampling_params(req, SampleConfig())
         protocol.check_values(req, None, cap=100)
     assert e.value.status == 400 and e.value.param == param
     assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}

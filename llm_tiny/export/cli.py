@@ -85,7 +85,7 @@ DTYPE_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
 
 def _eot(tokenizer: Any, cfg: Any) -> int | None:
-    from llm_tiny.infer.sample import eot_ids
+    from llm_tiny.infer.prompt import eot_ids
 
     ids = eot_ids(tokenizer, cfg)
     return ids[0] if ids else None

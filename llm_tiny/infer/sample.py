@@ -2,8 +2,9 @@
 
 Loads a checkpoint (a run directory means its `best.pt`), encodes the prompt with the
 checkpoint's own tokenizer, and generates with temperature, top-k and nucleus sampling through
-the KV cache (`llm_tiny.infer.sampling`), or deterministically with beam search. Defaults for every
-option come from the run's `sample` config section. Same seed, same text; `--stream` prints
+the one decoding engine (`llm_tiny.infer.engine`), or deterministically with beam search.
+Defaults for every option come from the run's `sample` config section
+(`SamplingParams.from_config`). Same seed, same text; `--stream` prints
 tokens as they are produced and never half a UTF-8 character.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llm_tiny.config import SAMPLING_RULES, sampling_problem
+from llm_tiny.config import sampling_problem
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.prompt import eot_ids, prompt_ids, text_of
 
 
 def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> str:
@@ -32,56 +34,16 @@ def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> st
     return default if prompt is None else prompt
 
 
-def prompt_ids(
-    tokenizer: Any,
-    prompt: str,
-    block_size: int,
-    note: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-) -> list[int]:
-    """The prompt's token ids; a prompt longer than the context keeps its last `block_size`
-    tokens (with a `note`), an empty one is a UserError."""
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        raise UserError("the prompt is empty; give --prompt with at least one character")
-    if len(ids) > block_size:
-        note(
-            f"note: prompt is {len(ids)} tokens, longer than the context ({block_size}); "
-            f"keeping its last {block_size} tokens"
-        )
-        ids = ids[-block_size:]
-    return ids
-
-
-def eot_ids(tokenizer: Any, cfg: Any, stop: bool | None = None) -> list[int]:
-    """The end-of-text token to stop at: the run's `data.eot` (default `<|endoftext|>`) when
-    the tokenizer has it and `stop` is not False; [] otherwise."""
-    name = cfg.data.eot or "<|endoftext|>"
-    return (
-        [tokenizer.special_tokens[name]]
-        if stop is not False and name in tokenizer.special_tokens
-        else []
-    )
-
-
-def text_of(tokenizer: Any, ids: list[int], stops: list[int]) -> str:
-    """The text of `ids` up to (not including) the first stop token."""
-    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-    return tokenizer.decode(ids[:cut])
-
-
 def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note=print) -> str:
     """One sample with the run config's `sample` settings (the end-of-training sample)."""
     from llm_tiny.infer.sampling import generate
 
-    s = cfg.sample
-    ids = prompt_ids(tokenizer, s.prompt, cfg.model.block_size, note)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(s.seed)
+    ids = prompt_ids(tokenizer, cfg.sample.prompt, cfg.model.block_size, note)
     stops = eot_ids(tokenizer, cfg)
-    out = generate(
-        model, idx, s.max_new_tokens, s.temperature, s.top_k, s.top_p, stops, generator,
-        repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram,
-    )  # fmt: skip
+    params = SamplingParams.from_config(cfg.sample, stop_tokens=stops)
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = generate(model, idx, params=params, generator=generator)
     return text_of(tokenizer, out[0].tolist(), stops)
 
 
@@ -118,23 +80,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sample(args) -> int:
-    from llm_tiny.infer.sampling import beam_search, generate, generate_stream
+    from llm_tiny.infer.beam import beam_search
+    from llm_tiny.infer.sampling import generate, generate_stream
     from llm_tiny.runtime import resolve_device
     from llm_tiny.train.checkpoint import load_model
     from tok.bpe import StreamDecoder
 
     device = resolve_device(args.device)
     model, tokenizer, cfg, _ = load_model(args.ckpt, device)
-    s = cfg.sample
-    # Each flag left out takes the run's `sample` value (the flags are named after its fields).
-    v = {
-        k: getattr(s, k) if getattr(args, k) is None else getattr(args, k)
-        for k in (*SAMPLING_RULES, "seed")
-    }
-    num_samples, max_new = v["num_samples"], v["max_new_tokens"]
-    problem = sampling_problem(
-        lambda k: "--" + k.replace("_", "-"), **{k: v[k] for k in SAMPLING_RULES}
-    )
+    stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
+    # Each flag left out takes the run's `sample` value (flags are named after the fields).
+    params = SamplingParams.from_config(
+        cfg.sample, lambda k: "--" + k.replace("_", "-"), stop_tokens=stops,
+        **{k: getattr(args, k) for k in SamplingParams().values() if hasattr(args, k)},
+    )  # fmt: skip
+    num_samples = cfg.sample.num_samples if args.num_samples is None else args.num_samples
+    problem = sampling_problem(lambda k: "--num-samples", num_samples=num_samples)
     if problem is not None:
         raise UserError(problem)
     if args.beam_width < 0:
@@ -144,34 +105,35 @@ def _sample(args) -> int:
     if args.beam_width and num_samples != 1:
         raise UserError("beam search is deterministic: use --num-samples 1 with --beam-width")
 
-    prompt = read_prompt(args.prompt, args.prompt_file, s.prompt)
+    prompt = read_prompt(args.prompt, args.prompt_file, cfg.sample.prompt)
     ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    generator = torch.Generator(device=device).manual_seed(v["seed"])
-    stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
-    repeats = {k: v[k] for k in ("repetition_penalty", "no_repeat_ngram")} | {"stop_tokens": stops}
-    options = {k: v[k] for k in ("temperature", "top_k", "top_p")} | {"generator": generator}
-    options.update(repeats)
+    # NOTE: one generator for every sample, so sample i + 1 goes on where sample i stopped.
+    generator = torch.Generator(device=device).manual_seed(params.seed)
 
     out = sys.stdout
     for i in range(num_samples):
         if num_samples > 1:
             print(f"---------- sample {i + 1} ----------", file=out)
         if args.beam_width:
-            tokens = beam_search(model, idx, max_new, beam_width=args.beam_width, **repeats)
+            tokens = beam_search(
+                model, idx, params.max_new_tokens, beam_width=args.beam_width, stop_tokens=stops,
+                repetition_penalty=params.repetition_penalty,
+                no_repeat_ngram=params.no_repeat_ngram,
+            )  # fmt: skip
             out.write(text_of(tokenizer, tokens[0].tolist(), stops))
         elif args.stream:
             decoder = StreamDecoder(tokenizer)
             out.write(tokenizer.decode(ids))
             out.flush()
-            for token in generate_stream(model, idx, max_new, **options):
+            for token in generate_stream(model, idx, params=params, generator=generator):
                 if token in stops:
                     break
                 out.write(decoder.push(token))
                 out.flush()
             out.write(decoder.flush())
         else:
-            tokens = generate(model, idx, max_new, **options)
+            tokens = generate(model, idx, params=params, generator=generator)
             out.write(text_of(tokenizer, tokens[0].tolist(), stops))
         out.write("\n")
         out.flush()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,10 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.errors import UserError
-from llm_tiny.infer.sample import eot_ids, prompt_ids
-from llm_tiny.serve.engine import Engine, Event, Sequence, Settings
+from llm_tiny.infer.engine import Event, Row
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, prompt_ids, render_chat
+from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
-    CHAT_STOP,
     MAX_LOGPROBS,
     ApiError,
     ChatRequest,
@@ -44,7 +46,7 @@ from llm_tiny.serve.protocol import (
     check_values,
     parse_json,
     parse_request,
-    render_chat,
+    sampling_params,
     stop_strings,
 )
 from tok.bpe import StreamDecoder
@@ -62,6 +64,7 @@ class Server:
     max_tokens_cap: int = 1024
     max_body_bytes: int = 1 << 20
     created: int = field(default_factory=lambda: int(time.time()))
+    inbox: _Inbox | None = None  # the engine's events on their way to the event loop
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -126,6 +129,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = await _read(server, request, CompletionRequest)
+        params = sampling_params(req, server.cfg.sample)
         check_values(req, req.max_tokens, server.max_tokens_cap)
         if req.logprobs is not None and not 0 <= req.logprobs <= MAX_LOGPROBS:
             raise ApiError(400, f"logprobs must be between 0 and {MAX_LOGPROBS}", "logprobs")
@@ -136,7 +140,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
         ids = [_prompt_ids(server, p) for p in prompts]
         jobs = [
-            (p, _settings(server, req, req.max_tokens, j, req.logprobs))
+            (p, _choice_params(server, params, req, req.max_tokens, j, req.logprobs))
             for p in ids
             for j in range(req.n)
         ]
@@ -149,11 +153,14 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
     async def chat(request: Request) -> Any:
         req = await _read(server, request, ChatRequest)
         max_tokens = req.max_completion_tokens or req.max_tokens
+        params = sampling_params(req, server.cfg.sample)
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        ids = _prompt_ids(server, render_chat(req.messages))
-        jobs = [(ids, _settings(server, req, max_tokens, j, None)) for j in range(req.n)]
+        ids = _prompt_ids(server, render_chat(req.conversation()))
+        jobs = [
+            (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
+        ]
         run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
         run.prompt_tokens = len(ids)
         return await run.respond(req.stream)
@@ -252,21 +259,16 @@ def _prompt_ids(server: Server, prompt: str) -> list[int]:
         raise ApiError(400, "prompt must not be empty", param="prompt") from None
 
 
-def _settings(server: Server, req: Any, max_tokens: int | None, j: int, logprobs: int | None):
-    s = server.cfg.sample
+def _choice_params(
+    server: Server, params: SamplingParams, req: Any, max_tokens: int | None, j: int,
+    logprobs: int | None,
+) -> SamplingParams:  # fmt: skip
+    """Choice j's params: the request's, with seed + j, the token cap and the stop token."""
     base = req.seed if req.seed is not None else secrets.randbits(62)
-
-    def pick(name: str) -> Any:
-        value = getattr(req, name)
-        return getattr(s, name) if value is None else value
-
-    return Settings(
-        max_tokens=max_tokens or max(1, min(s.max_new_tokens, server.max_tokens_cap)),
-        temperature=pick("temperature"), top_k=pick("top_k"), top_p=pick("top_p"),
-        repetition_penalty=pick("repetition_penalty"), no_repeat_ngram=pick("no_repeat_ngram"),
-        seed=base + j,
+    default_max = max(1, min(server.cfg.sample.max_new_tokens, server.max_tokens_cap))
+    return params.replace(
+        max_new_tokens=max_tokens or default_max, seed=base + j, logprobs=logprobs,
         stop_tokens=() if req.ignore_eos else tuple(eot_ids(server.tokenizer, server.cfg)),
-        logprobs=logprobs,
     )  # fmt: skip
 
 
@@ -318,6 +320,33 @@ class _Choice:
         self.offset += len(text)
 
 
+class _Inbox:
+    """Events from the engine's thread to the event loop's queues, with one wake-up of the loop
+    per batch: a step of 16 streams makes 16 events, and waking the loop for each costs the
+    engine's thread time it needs for the next step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: list[tuple[asyncio.Queue, Any]] = []
+
+    def put(self, queue: asyncio.Queue, item: Any) -> None:
+        """From any thread: deliver `item` to `queue` soon."""
+        with self.lock:
+            self.items.append((queue, item))
+            if len(self.items) > 1:
+                return  # a delivery is already scheduled
+        # RuntimeError: the event loop has closed (the server is shutting down).
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class _Run:
     """One request's sequences in the engine, answered as one JSON body or as a stream."""
 
@@ -330,19 +359,17 @@ class _Run:
         self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.choices = [_Choice(server, stops) for _ in jobs]
-        self.seqs: list[Sequence] = []
+        self.seqs: list[Row] = []
 
     async def respond(self, stream: bool) -> Any:
-        loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if self.server.inbox is None or self.server.inbox.loop is not loop:
+            self.server.inbox = _Inbox(loop)
+        inbox = self.server.inbox
 
         def emitter(i: int):
-            def emit(ev: Event) -> None:
-                # RuntimeError: the event loop has closed (the server is shutting down).
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self.queue.put_nowait, (i, ev))
-
-            return emit
+            return lambda ev: inbox.put(self.queue, (i, ev))
 
         engine = self.server.engine
         self.seqs = [engine.submit(ids, st, emitter(i)) for i, (ids, st) in enumerate(self.jobs)]

@@ -1,19 +1,10 @@
-"""The OpenAI wire format: request schemas, errors, the chat template and stop strings.
+"""The OpenAI wire format: request schemas, errors and stop strings.
 
-Requests are validated by pydantic models and the project's own sampling rules
-(`config.SAMPLING_RULES`); every problem becomes an `ApiError`, sent in OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
-
-The chat template (for base models, which know no roles) writes each message as a paragraph,
-`System`/`User`/`Assistant` then a colon, and ends with `Assistant:` for the model to continue:
-
-    You are terse.            (a system message: its text alone)
-
-    User: Hi!
-
-    Assistant:
-
-Generation of a chat reply also stops at "\\nUser:" (the model starting the next turn).
+Requests are validated by pydantic models, then converted into the decoding engine's own
+types: `sampling_params` builds the one `SamplingParams` (its rules: `config.SAMPLING_RULES`),
+`ChatRequest.conversation` gives the (role, content) pairs that `infer.prompt.render_chat`
+renders (the chat template lives there, free of HTTP). Every problem becomes an `ApiError`,
+sent in OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -23,12 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llm_tiny.config import sampling_problem
+from llm_tiny.config import SampleConfig
+from llm_tiny.infer.params import SamplingError, SamplingParams
 
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions endpoint allows
-CHAT_LABELS = {"system": "", "user": "User: ", "assistant": "Assistant: "}
-CHAT_STOP = "\nUser:"
 
 
 class ApiError(Exception):
@@ -93,6 +83,10 @@ class ChatRequest(_Request):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
 
+    def conversation(self) -> list[tuple[str, str]]:
+        """The messages as (role, content) pairs, for `infer.prompt.render_chat`."""
+        return [(m.role, m.content) for m in self.messages]
+
 
 def parse_json(body: bytes) -> dict[str, Any]:
     """The JSON object of a request body, or a 400."""
@@ -117,16 +111,20 @@ def parse_request(cls: type[_Request], data: dict[str, Any]) -> Any:
         raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
 
 
+def sampling_params(req: _Request, sample: SampleConfig) -> SamplingParams:
+    """The request's sampling values over the run's `sample` section (a field left out takes
+    the run's value, as a flag left out does for the CLI); a broken rule is a 400 naming it."""
+    try:
+        return SamplingParams.from_config(
+            sample, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+            repetition_penalty=req.repetition_penalty, no_repeat_ngram=req.no_repeat_ngram,
+        )  # fmt: skip
+    except SamplingError as e:
+        raise ApiError(400, str(e), param=e.key) from None
+
+
 def check_values(req: _Request, max_tokens: int | None, cap: int) -> None:
-    """The checks a schema cannot make: the sampling rules, the token cap, unsupported fields."""
-    values = {
-        "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p,
-        "repetition_penalty": req.repetition_penalty, "no_repeat_ngram": req.no_repeat_ngram,
-    }  # fmt: skip
-    for key, value in values.items():
-        problem = value is not None and sampling_problem(**{key: value})
-        if problem:
-            raise ApiError(400, problem, param=key)
+    """The checks a schema cannot make: the token cap, unsupported fields."""
     if max_tokens is not None and not 1 <= max_tokens <= cap:
         raise ApiError(
             400, f"max_tokens must be between 1 and {cap} (this server's cap), got {max_tokens}",
@@ -149,11 +147,6 @@ def stop_strings(stop: str | list[str] | None) -> list[str]:
     if len(stops) > 4 or any(s == "" for s in stops):
         raise ApiError(400, "stop must be up to 4 non-empty strings", param="stop")
     return stops
-
-
-def render_chat(messages: list[ChatMessage]) -> str:
-    """The prompt for a conversation (the template in the module docstring)."""
-    return "".join(CHAT_LABELS[m.role] + m.content + "\n\n" for m in messages) + "Assistant:"
 
 
 class TextStream:
