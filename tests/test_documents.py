@@ -14,7 +14,7 @@ from llm_tiny.config import DataConfig, RunConfig
 from llm_tiny.data import prepare_data
 from llm_tiny.data.prepare import is_validation
 from llm_tiny.errors import UserError
-from llm_tiny.infer.sample import eot_ids, text_of
+from llm_tiny.infer.prompt import eot_ids, text_of
 from tok.bpe import Tokenizer
 from tok.errors import TokenizerError
 
