@@ -141,3 +141,28 @@ def test_the_map_names_real_functions_and_every_module():
         rel = path.relative_to(ROOT)
         shown = str(rel) in text or f"`{path.stem}`" in text or f"{rel.parent}/" in text
         assert shown, f"docs/architecture.md does not mention {rel}"
+
+
+def module_table() -> dict[str, str]:
+    """docs/architecture.md's module table: the path in the first cell -> the description."""
+    text = MAP.read_text(encoding="utf-8").split("## The modules", 1)[1]
+    rows = re.findall(r"^\| `([\w./]+)` \| (.*) \|$", text, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def test_the_module_table_has_a_row_for_each_package_naming_each_of_its_modules():
+    table = module_table()
+    for path in table:
+        assert (ROOT / path).exists(), f"architecture.md's table names {path}, which does not exist"
+    for path in modules().values():
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] == "llm_tiny" and len(rel.parts) == 2:  # a top-level module
+            if rel.name != "__init__.py":
+                assert str(rel) in table, f"architecture.md's table has no row for {rel}"
+            continue
+        package = f"{rel.parent}/"
+        assert package in table, f"architecture.md's table has no row for {package}"
+        if rel.name != "__init__.py":
+            assert f"`{rel.stem}`" in table[package], (
+                f"the row for {package} does not name {rel.stem}"
+            )
