@@ -1,6 +1,6 @@
 """benchmarks/*.py as a user runs them: tiny sizes through a subprocess, the JSON they print
 and write, and one line with exit status 2 for bad input. (Speeds are not asserted here; they
-are what the scripts measure. benchmarks/speedrun.py has its own tests/test_speedrun.py.)"""
+are what the scripts measure. benchmarks/speedrun.py has its own tests/e2e/test_speedrun_runs.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TEXT = ROOT / "data" / "tiny.txt"
 
 
@@ -207,3 +207,18 @@ def test_digits_check_reports_a_run_that_the_time_budget_ended(tmp_path):
     (row,) = json_lines(proc.stdout)[0]["seeds"]
     assert row["stopped_by_time"] and 0 < row["steps"] < 100000
     assert "(stopped by the time budget)" in proc.stdout
+
+
+def test_bench_optim_times_every_optimizer():
+    root = Path(__file__).resolve().parents[2]
+    args = ["--config", "configs/tiny.yaml", "--iters", "1", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/bench_optim.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("adamw", "muon float32", "muon bfloat16"):
+        assert 0 < result[name]["min_ms"] <= result[name]["median_ms"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def llm(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

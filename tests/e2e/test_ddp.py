@@ -18,7 +18,7 @@ from llm_tiny.config import load_config
 from llm_tiny.train.checkpoint import load_checkpoint
 from llm_tiny.train.loop import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny.txt"
 
 

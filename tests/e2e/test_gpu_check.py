@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py: its dry run (every stage at toy size on the CPU, on a Python where
-only torch and the core libraries can be imported), the report it writes, and its pure parts.
+only torch and the core libraries can be imported), and the report it writes (its pure parts are tests/unit/test_gpu_check_parts.py).
 The figures themselves are what the script measures on a GPU (docs/gpu.md)."""
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_tiny.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
@@ -103,7 +101,7 @@ def test_dry_run_runs_every_stage_on_a_bare_python(dry_run):
     assert report["elapsed_s"] < report["budget_s"]
 
     tests = stages["tests"]
-    assert tests["status"] == "ok" and tests["files"] == ["tests/test_gpu.py"]
+    assert tests["status"] == "ok" and tests["files"] == ["tests/integration/test_gpu.py"]
     assert tests["tests"] >= 4 and tests["failed"] == tests["errors"] == 0
     if not torch.cuda.is_available():
         assert tests["skipped"] == tests["tests"]
@@ -167,29 +165,3 @@ def test_user_mistakes_are_one_line_with_status_2(tmp_path, args, message):
     proc = run_script("--out", str(tmp_path), "--dry-run", *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "gpu_check.json").exists()
-
-
-def test_pure_parts():
-    assert gpu_check.remaining_timeout(60, deadline=100.0, now=70.0) == 30.0
-    assert gpu_check.remaining_timeout(60, deadline=100.0, now=120.0) == 0.0
-    assert gpu_check.normalise({"status": "failed: OOM", "x": 1}) == {
-        "x": 1,
-        "status": "failed",
-        "error": "OOM",
-    }
-    xml = '<testsuites><testsuite tests="5" failures="1" errors="1" skipped="1"/></testsuites>'
-    assert gpu_check.junit_counts(xml) == {
-        "tests": 5, "passed": 2, "failed": 1, "errors": 1, "skipped": 1,
-    }  # fmt: skip
-    mfu, loss = gpu_check.targets(
-        [
-            {"name": "train/bf16+compile", "status": "ok", "mfu": 0.47},
-            {"name": "shakespeare_char", "status": "ok", "time_to_target_s": 200.0},
-        ],
-        dry_run=False,
-    )
-    assert (mfu["met"], mfu["measured"], loss["met"]) == (True, "47.0%", False)
-    assert bench_train.variant_features("bf16+compile") == {"bf16", "compile"}
-    assert bench_train.variant_features("sdpa") == set()
-    with pytest.raises(UserError, match="unknown variant 'fp8'"):
-        bench_train.variant_features("bf16+fp8")

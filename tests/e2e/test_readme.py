@@ -1,6 +1,6 @@
 """The README's commands run as written: every `python -m llm_tiny ...` line of its bash blocks
 (and the shell lines that make their input files), against a small run standing in for
-`out/tiny` and `out/smoke`. The `make` lines are exercised by tests/test_cli.py."""
+`out/tiny` and `out/smoke`. The `make` lines are exercised by tests/e2e/test_cli.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_commands() -> list[str]:

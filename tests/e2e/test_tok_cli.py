@@ -12,7 +12,7 @@ import pytest
 
 from tok.bpe import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = "".join(
     f"Line {i}: Hello world number {i * 37 % 101}! Naïve café, 日本語 😀 {'ab' * (i % 7)}\r\n"
     for i in range(200)

@@ -31,7 +31,7 @@ from llm_tiny.train.checkpoint import (
     unwrap_model,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def minimal(step: int = 0, **extra) -> dict:

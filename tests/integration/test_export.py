@@ -27,7 +27,7 @@ from llm_tiny.model import TinyGPT
 from llm_tiny.train.checkpoint import FORMAT, VERSION, load_model, save_checkpoint
 from tok.bpe import Tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000]
 EOT = "<|endoftext|>"
 TRICKY = "héllo 世界 🙂🙂 e\u0301 \r\n\r\n  x\t\t y  <|endoftext|>hi<|endoftext|> 1234567 it's"

@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "tiny.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "tiny.txt"
 
 
 def run(tmp_path: Path, **train_values) -> tuple[object, list[dict[str, str]], dict]:

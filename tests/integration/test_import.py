@@ -19,7 +19,7 @@ from llm_tiny.export import importer
 from llm_tiny.export.hf_tokenizer import from_tokenizer_json
 from llm_tiny.train.checkpoint import load_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = (ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:30_000]
 EOT = "<|endoftext|>"
 TRICKY = "héllo 世界 🙂 e\u0301 \r\n\r\n  x\t\t y  <|endoftext|>hi 1234567 it's"

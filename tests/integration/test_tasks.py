@@ -27,7 +27,7 @@ from llm_tiny.tasks import (
     split_examples,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

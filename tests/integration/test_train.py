@@ -25,7 +25,7 @@ from llm_tiny.train.checkpoint import load_checkpoint, load_model
 from llm_tiny.train.loop import main, train
 from llm_tiny.train.metrics import COLUMNS, MetricsLog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny.txt"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_docs import definitions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAP = ROOT / "docs" / "architecture.md"
 REFERENCE = re.compile(r"`([\w./-]+\.py)::([A-Za-z_][\w.]*)`")
 PACKAGES = ("llm_tiny", "tok")

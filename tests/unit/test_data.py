@@ -25,7 +25,7 @@ from tok.bpe import Tokenizer
 from tok.corpus import token_dtype
 from tok.errors import TokenizerError
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "tiny.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "tiny.txt"
 
 
 def quiet(_: str) -> None:
@@ -52,6 +52,9 @@ def data_cfg(tmp_path: Path, tokenizer: Path, inputs: list[Path], **kw) -> DataC
         "vocab_size": 300,
         "data_dir": str(tmp_path / "data"),
         "val_fraction": 0.1,
+        # one process: unit tests start none (tests/integration/test_shards.py checks that
+        # two workers write the same shards)
+        "workers": 1,
     }
     values.update(kw)
     return DataConfig(**values)

@@ -19,7 +19,7 @@ from tok.bpe import Tokenizer
 from tok.errors import TokenizerError
 
 EOT = "<|endoftext|>"
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "tiny.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "data" / "tiny.txt"
 
 
 def corpus_docs(n: int = 60) -> list[str]:
@@ -35,6 +35,7 @@ def cfg(tmp_path: Path, inputs: list[Path | str], **kw) -> DataConfig:
         "vocab_size": 300,
         "data_dir": str(tmp_path / "data"),
         "val_fraction": 0.2,
+        "workers": 1,  # unit tests start no process (tests/integration/test_shards.py: 2 workers)
     }
     return DataConfig(**{**base, **kw})
 

@@ -1,12 +1,8 @@
-"""Pictures of a trained model: the numbers behind them against references, and the CLI end to
-end on a tiny model trained once for the whole module."""
+"""Pictures of a model: the pure functions behind them against references, layouts and figures
+(on a trained run: tests/integration/test_viz_run.py; the command: tests/e2e/test_viz_cli.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -15,46 +11,6 @@ import pytest
 import torch
 
 from llm_tiny import plots, viz
-from llm_tiny.config import config_from_dict
-from llm_tiny.train.checkpoint import load_model
-from llm_tiny.train.loop import train
-
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide byte-level model trained for a few steps on a little Shakespeare."""
-    tmp = tmp_path_factory.mktemp("viz")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text((ROOT / "data" / "tiny.txt").read_text(encoding="utf-8")[:6000])
-    cfg = config_from_dict(
-        {
-            "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-            "data": {
-                "input": [str(corpus)],
-                "tokenizer": str(tmp / "tok.json"),
-                "vocab_size": 256,
-                "data_dir": str(tmp / "data"),
-            },
-            "optim": {"lr": 3e-3, "warmup_iters": 2},
-            "train": {
-                "out_dir": str(tmp / "run"),
-                "max_iters": 6,
-                "batch_size": 8,
-                "eval_interval": 3,
-                "eval_iters": 2,
-                "log_interval": 2,
-                "log_dynamics": True,
-                "threads": 1,
-                "device": "cpu",
-                "sample_at_end": False,
-            },
-        }
-    )
-    train(cfg, progress=False, log=lambda _: None)
-    return tmp / "run"
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -67,18 +23,6 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def expected(figsize: tuple[float, float]) -> tuple[int, int]:
     return round(figsize[0] * plots.DPI), round(figsize[1] * plots.DPI)
-
-
-def viz_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "llm_tiny", "viz", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -129,58 +73,6 @@ def test_fallback_ranking_puts_merges_first():
     assert ranking[:3] == [256, 257, 258]
     assert ranking[3:6] == [33, 34, 35]
     assert 10 not in ranking and 32 not in ranking  # newline and space are not "printable" here
-
-
-def test_token_frequencies_count_the_training_split(run):
-    _, _, cfg, ckpt = load_model(run)
-    meta = json.loads((Path(cfg.data.data_dir) / "meta.json").read_text())
-    counts = viz.token_frequencies(cfg.data.data_dir, 256, ckpt["tokenizer_fingerprint"])
-    assert counts is not None and counts.shape == (256,)
-    assert counts.sum() == meta["splits"]["train"]["tokens"]
-    # Byte-level: the count of a token is the count of its byte in the training text.
-    train_bytes = Path(cfg.data.input[0]).read_bytes()[: meta["splits"]["train"]["bytes"]]
-    for ch in b"e \n:Z":
-        assert counts[ch] == train_bytes.count(bytes([ch]))
-    assert viz.token_frequencies(cfg.data.data_dir, 256, "another tokenizer") is None
-    assert viz.token_frequencies(run / "nowhere", 256) is None
-
-
-def test_gradient_stats_against_torch_norms(run):
-    model, _, cfg, ckpt = load_model(run)
-    x, y = viz.training_batch(cfg, ckpt, Path(cfg.data.data_dir), torch.device("cpu"))
-    assert x.shape == (cfg.train.batch_size, cfg.model.block_size)
-    model.train()
-    _, loss = model(x, y)
-    loss.backward()
-    stats = viz.gradient_stats(model, weights_only=False)
-    total = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-    ours = sum(s.norm**2 for s in stats) ** 0.5
-    assert ours == pytest.approx(float(total), rel=1e-5)
-    names = [s.name for s in stats]
-    assert "lm_head.weight" not in names and names[0] == "wte.weight"  # tied: listed once
-    qkv = model.blocks[1].attn.qkv.weight.grad
-    stat = next(s for s in stats if s.name == "blocks.1.attn.qkv.weight")
-    assert stat.mean_abs == pytest.approx(float(qkv.abs().mean()))
-    assert stat.max_abs == pytest.approx(float(qkv.abs().max()))
-    weights = viz.gradient_stats(model)
-    assert all(model.get_parameter(s.name).dim() >= 2 for s in weights)
-
-
-def test_attention_weights_are_causal_distributions(run):
-    model, tokenizer, cfg, _ = load_model(run)
-    ids = tokenizer.encode(TEXT)[: cfg.model.block_size]
-    maps = viz.attention_for_text(model, ids, torch.device("cpu"))
-    assert len(maps) == cfg.model.n_layer
-    T = len(ids)
-    for m in maps:
-        assert m.shape == (cfg.model.n_head, T, T)
-        torch.testing.assert_close(m.sum(-1), torch.ones(cfg.model.n_head, T))
-        assert torch.all(m.triu(diagonal=1) == 0)  # no query sees a later key
-        assert torch.all(m >= 0)
-    # Causality, against the model itself on a shorter input: a prefix gets the same weights.
-    prefix = viz.attention_for_text(model, ids[:10], torch.device("cpu"))
-    for full, short in zip(maps, prefix):
-        torch.testing.assert_close(full[:, :10, :10], short)
 
 
 @pytest.mark.parametrize(
@@ -239,54 +131,6 @@ def test_attention_figure_has_axis_titles_a_colour_bar_and_readable_ticks():
 # ----------------------------------------------------------------------------- the command line
 
 
-def test_cli_attention_grid_and_single_head(run, tmp_path):
-    out = tmp_path / "grid.png"
-    result = viz_cli("attention", "--ckpt", str(run), "--text", TEXT[:20], "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert f"wrote {out}" in result.stdout
-    n_tokens = 20  # byte level: one token per character
-    assert image_size(out) == expected(viz.attention_layout(2, 2, n_tokens).figsize)
-
-    single = tmp_path / "head.png"
-    assert viz.main(["attention", "--ckpt", str(run), "--text", TEXT[:20], "--head", "1",
-                     "--layer", "0", "--out", str(single)]) == 0  # fmt: skip
-    assert image_size(single) == expected(viz.attention_layout(1, 1, n_tokens).figsize)
-
-    layer = tmp_path / "layer.png"
-    assert viz.main(["attention", "--ckpt", str(run), "--text", "hear me", "--layer", "-1",
-                     "--out", str(layer)]) == 0  # fmt: skip
-    assert image_size(layer) == expected(viz.attention_layout(1, 2, 7).figsize)
-
-
-def test_attention_text_longer_than_the_context_is_cut(run, tmp_path, capsys):
-    out = tmp_path / "long.png"
-    assert viz.main(["attention", "--ckpt", str(run), "--text", TEXT * 3, "--out", str(out)]) == 0
-    assert "drawing the first 32" in capsys.readouterr().err
-    assert image_size(out) == expected(viz.attention_layout(2, 2, 32).figsize)
-
-
-def test_cli_embeddings_with_and_without_the_data(run, tmp_path, capsys):
-    result = viz_cli("embeddings", "--ckpt", str(run), "--top", "10")
-    assert result.returncode == 0, result.stderr
-    default = run / "embeddings.png"
-    assert image_size(default) == expected(viz.embeddings_figsize())
-
-    missing = tmp_path / "fallback.png"
-    args = ["embeddings", "--ckpt", str(run / "best.pt"), "--data-dir", str(tmp_path / "gone")]
-    assert viz.main([*args, "--out", str(missing)]) == 0
-    assert "no token counts" in capsys.readouterr().err
-    assert image_size(missing) == expected(viz.embeddings_figsize())
-
-
-def test_cli_grad_flow(run):
-    result = viz_cli("grad-flow", "--ckpt", str(run))
-    assert result.returncode == 0, result.stderr
-    assert "wte = lm_head" in result.stdout and "1.mlp.proj" in result.stdout
-    model, _, _, _ = load_model(run)
-    n_weights = sum(1 for p in model.parameters() if p.dim() >= 2)  # a tied matrix counts once
-    assert image_size(run / "grad_flow.png") == expected(viz.grad_flow_figsize(n_weights))
-
-
 def test_tsne_keeps_clusters_apart_and_is_seeded():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(20, 16, generator=g) * 0.1
@@ -297,41 +141,6 @@ def test_tsne_keeps_clusters_apart_and_is_seeded():
     gap = (ca.mean(0) - cb.mean(0)).norm()
     assert gap > 3 * max(ca.std(0).norm(), cb.std(0).norm())  # two clusters stay two clusters
     assert torch.equal(coords, viz.tsne_2d(torch.cat([a, b]), seed=1))
-
-
-def test_cli_embeddings_tsne(run, tmp_path):
-    out = tmp_path / "tsne.png"
-    assert viz.main(["embeddings", "--ckpt", str(run), "--method", "tsne", "--out", str(out)]) == 0
-    assert image_size(out) == expected(viz.embeddings_figsize())
-
-
-def test_weight_histograms_against_numpy_and_cli(run, capsys):
-    model, _, _, _ = load_model(run)
-    hists = viz.weight_histograms(model)
-    matrices = [(n, p) for n, p in model.named_parameters() if p.dim() >= 2]
-    assert [h["name"] for h in hists] == [n.removesuffix(".weight") for n, _ in matrices]
-    for h, (_, p) in zip(hists, matrices):
-        w = p.detach().numpy().ravel()
-        assert h["counts"].sum() == w.size
-        assert h["std"] == pytest.approx(float(w.std()), rel=1e-5)
-    assert viz.main(["weights", "--ckpt", str(run)]) == 0
-    assert "wte" in capsys.readouterr().out
-    assert image_size(run / "weights.png")[0] > 0
-
-
-def test_dynamics_are_logged_at_log_interval_and_drawn(run, capsys):
-    from llm_tiny.train.metrics import read_dynamics
-
-    series = read_dynamics(run / "dynamics.csv")
-    model, _, _, _ = load_model(run)
-    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
-    assert list(series) == names
-    for points in series.values():
-        assert [p[0] for p in points] == [2, 4, 6]
-        assert all(w > 0 and 0 < r < 1 for _, w, r in points)
-    assert viz.main(["training", str(run)]) == 0
-    assert "update/weight" in capsys.readouterr().out
-    assert image_size(run / "dynamics.png")[0] > 0
 
 
 def test_update_ratio_of_one_real_adamw_step():
@@ -352,33 +161,10 @@ def test_update_ratio_of_one_real_adamw_step():
         assert ratio == pytest.approx(float((new - old).norm() / old.norm()), rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["attention", "--text", "hi", "--layer", "2"], "--layer 2 is out of range"),
-        (["attention", "--text", "hi", "--head", "-3"], "--head -3 is out of range"),
-        (["attention", "--text", ""], "--text is empty"),
-        (["embeddings", "--top", "-1"], "--top must be >= 0"),
-        (["grad-flow", "--data-dir", "/nonexistent/data"], "prepared data is missing"),
-    ],
-)
-def test_user_errors_are_one_line(run, capsys, args, message):
-    assert viz.main([*args[:1], "--ckpt", str(run), *args[1:]]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-
-
 def test_training_picture_without_a_dynamics_log_is_one_line(tmp_path, capsys):
     assert viz.main(["training", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--train.log_dynamics=true" in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_error_exits_2_without_traceback(tmp_path):
-    result = viz_cli("attention", "--ckpt", str(tmp_path / "no_run"), "--text", "x")
-    assert result.returncode == 2
-    assert "not found" in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_unknown_picture_is_a_usage_error(capsys):
