@@ -23,7 +23,7 @@ stage the results so far are written to OUT/gpu_check.json and OUT/gpu_check.md.
 
 `--dry-run` runs every stage at toy size on the CPU (the compile stage with the `eager`
 backend, which traces without generating code) in well under a minute: the script is known to
-work before a GPU is ever seen (tests/test_gpu_check.py). On the measuring path only torch,
+work before a GPU is ever seen (tests/e2e/test_gpu_check.py). On the measuring path only torch,
 numpy, pyyaml, regex and tqdm are imported, so it runs on a bare CUDA Python; without
 matplotlib the Shakespeare run just draws no loss.png. Exit status 1 if a stage failed.
 """
@@ -451,7 +451,7 @@ def gpu_test_files() -> list[Path]:
     """The test files that hold `gpu`-marked tests (only those are collected: the others would
     import optional libraries that a bare CUDA machine does not have)."""
     mark = re.compile(r"pytest\.mark\.gpu\b")
-    return sorted(p for p in (ROOT / "tests").glob("test_*.py") if mark.search(p.read_text()))
+    return sorted(p for p in (ROOT / "tests").rglob("test_*.py") if mark.search(p.read_text()))
 
 
 def has_module(name: str) -> bool:
@@ -570,7 +570,7 @@ def stage_ddp(check: Check, timeout: float) -> dict[str, Any]:
         gpus = "dry run, no GPU" if check.dry_run else f"{n} GPU"
         return {
             "status": "skipped",
-            "reason": f"{gpus}: DDP needs two or more (tests/test_ddp.py checks it on 2 CPU "
+            "reason": f"{gpus}: DDP needs two or more (tests/e2e/test_ddp.py checks it on 2 CPU "
             "processes)",
         }
     with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:

@@ -66,7 +66,7 @@ ONLY = {"nanogpt": "nanogpt_cpu", "speedrun": "speedrun_cpu"}
 # The ablation: each rung adds one lever to the previous rung, starting from nanogpt_cpu.yaml.
 # A rung that shortens training also shortens its schedule (warmup, decay) to match, so that
 # every rung is a complete recipe whose final evaluation is meant to reach the target. The
-# last rung must equal configs/speedrun_cpu.yaml (tests/test_speedrun.py checks it).
+# last rung must equal configs/speedrun_cpu.yaml (tests/unit/test_speedrun.py checks it).
 
 
 def steps(n: int) -> dict[str, int]:

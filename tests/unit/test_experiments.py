@@ -1,0 +1,70 @@
+"""benchmarks/experiments.py: the architecture grid, its summary and the doc it writes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import experiments  # noqa: E402
+
+from llm_tiny.config import ModelConfig  # noqa: E402
+from llm_tiny.config.sections import Mlp, Norm, NormPosition, PosEmb  # noqa: E402
+
+
+def test_every_variant_changes_one_field_from_the_baseline():
+    names = experiments.variant_names()
+    assert names[0] == "baseline" and len(names) == len(set(names)) == 7
+    for name in names[1:]:
+        changed = {
+            k: v for k, v in experiments.model_of(name).items() if experiments.BASELINE[k] != v
+        }
+        assert len(changed) == 1 and name == "{}={}".format(*changed.popitem())
+        ModelConfig(**experiments.model_of(name))  # a valid model
+    # The questions cover every choice the config allows for these fields.
+    allowed = {"pos_emb": PosEmb, "norm_position": NormPosition, "norm": Norm}
+    for field, choices in experiments.QUESTIONS.values():
+        if field in allowed:
+            assert set(choices) == set(allowed[field].__args__)
+    assert set(experiments.QUESTIONS["MLP"][1]) <= set(Mlp.__args__)
+
+
+def test_summary_is_mean_and_sample_sd_over_seeds():
+    runs = [
+        {"task": "text", "variant": "baseline", "seed": s, "params": 10, "val_loss": v,
+         "seconds": 2.0}
+        for s, v in ((1, 1.0), (2, 2.0), (3, 3.0))
+    ]  # fmt: skip
+    entry = experiments.summarise(runs)["text"]["baseline"]
+    assert entry["seeds"] == 3 and entry["val_loss"] == (2.0, 1.0)
+    assert entry["seconds"] == (2.0, 0.0) and "accuracy" not in entry
+
+
+def test_write_doc_replaces_only_the_results_section(tmp_path):
+    doc = tmp_path / "e.md"
+    experiments.write_doc(doc, f"{experiments.START}\nold\n{experiments.END}")
+    text = doc.read_text().replace("# Architecture experiments", "# Title\n\nmy conclusions")
+    doc.write_text(text + "\nafter\n")
+    experiments.write_doc(doc, f"{experiments.START}\nnew\n{experiments.END}")
+    text = doc.read_text()
+    assert "my conclusions" in text and "after" in text and "new" in text
+    assert "old" not in text and text.count(experiments.START) == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tasks", "vision"], "--tasks: unknown task 'vision'"),
+        (["--variants", "mlp=tanh"], "--variants: unknown 'mlp=tanh'"),
+        (["--input", "nowhere.txt"], "--input nowhere.txt: not found"),
+        (["--seeds", "0", "--tasks", "digits"], "--seeds must be >= 1"),
+        (["--from-json", "nowhere.json"], "--from-json nowhere.json: not a result of this script"),
+    ],
+)
+def test_bad_flags_get_one_line_and_status_2(flags, message, capsys):
+    assert experiments.main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
