@@ -166,3 +166,19 @@ def test_the_module_table_has_a_row_for_each_package_naming_each_of_its_modules(
             assert f"`{rel.stem}`" in table[package], (
                 f"the row for {package} does not name {rel.stem}"
             )
+
+
+def test_http_libraries_stay_in_the_server():
+    # Prompt and chat rules live in `infer`, free of HTTP: only `serve` may import the web stack.
+    web = ("pydantic", "fastapi", "starlette", "uvicorn")
+    for name, path in modules().items():
+        if name.startswith("llm_tiny.serve"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found = [node.module or ""]
+            else:
+                continue
+            assert not [f for f in found if f.split(".")[0] in web], f"{name} imports {found}"
