@@ -15,8 +15,13 @@ CONFIG ?= configs/tiny.yaml
 ARGS ?=
 # make train DATA=my.txt: the default recipe on your own text, in out/my (its own tokenizer and
 # prepared data; data/tiny.txt's run in out/tiny is left alone).
+# The run's name: a .txt file's stem (my.txt -> out/my), a folder's name (mydocs/ -> out/mydocs),
+# any other file's name with its dots as dashes (x.jsonl -> out/x-jsonl, x.parquet ->
+# out/x-parquet), so that no two inputs share a run.
 DATA ?=
-DATA_ARGS := $(if $(DATA),--data.input=[$(DATA)] --train.out_dir=out/$(basename $(notdir $(DATA))))
+DATA_FILE := $(notdir $(patsubst %/,%,$(DATA)))
+DATA_RUN := $(if $(filter %.txt,$(DATA_FILE)),$(basename $(DATA_FILE)),$(subst .,-,$(DATA_FILE)))
+DATA_ARGS := $(if $(DATA),--data.input=[$(DATA)] --train.out_dir=out/$(DATA_RUN))
 RUN ?= out/tiny
 # torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
 TORCH_SPEC ?= torch==2.13.0

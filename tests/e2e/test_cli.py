@@ -235,3 +235,21 @@ def test_make_train_data_trains_on_your_own_text(tmp_path):
         ["make", "-n", "-C", str(ROOT), "train", "DATA=my.txt"], capture_output=True, text=True
     )
     assert "--data.input=[my.txt] --train.out_dir=out/my" in dry.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "run"),
+    [
+        ("my.txt", "out/my"),
+        ("docs/mydocs/", "out/mydocs"),  # tab completion's trailing slash
+        ("mydocs", "out/mydocs"),
+        ("x.jsonl", "out/x-jsonl"),
+        ("x.parquet", "out/x-parquet"),
+        ("a/x.jsonl.gz", "out/x-jsonl-gz"),
+    ],
+)
+def test_make_train_names_each_input_its_own_run(data, run):
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "train", f"DATA={data}"], capture_output=True, text=True
+    )
+    assert f"--data.input=[{data}] --train.out_dir={run} " in dry.stdout + " "
