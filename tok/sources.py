@@ -40,7 +40,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,17 +130,39 @@ def file_format(path: Path) -> tuple[str | None, str | None]:
     return ("parquet" if ext[0] in PARQUET_EXTENSIONS else None), compression
 
 
-def _walk(folder: Path) -> list[Path]:
-    """The non-hidden files of known formats under `folder`, sorted."""
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The non-hidden files under `folder`, sorted: those of known formats, and the others
+    (unknown extensions, such as ``README`` or ``img.png``), which are skipped."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune: never enter .git/
         found += [Path(root, f) for f in files if not f.startswith(".")]
-    return sorted(p for p in found if file_format(p)[0])
+    known = [p for p in found if file_format(p)[0]]
+    return sorted(known), sorted(set(found) - set(known))
 
 
-def expand_inputs(patterns: Sequence[str], names: OptionNames = TOKENIZER_CLI) -> list[Path]:
-    """The files that the input entries name, in order (see the module doc).
+def skipped_notice(entry: str, skipped: list[Path], shown: int = 3) -> str:
+    """One line about the files of a folder that were left out for their extension, and how to
+    read them anyway (a file named directly, or matched by a glob, is read as text).
+
+    skipped_notice("docs", [Path("docs/README"), Path("docs/a.png")])
+    -> "note: docs: skipped 2 files with unknown extensions (docs/README, docs/a.png); ..."
+    """
+    names = ", ".join(map(str, skipped[:shown])) + (", ..." if len(skipped) > shown else "")
+    files = "file" if len(skipped) == 1 else "files"
+    return (
+        f"note: {entry}: skipped {len(skipped)} {files} with unknown extensions ({names}); "
+        f"to read them as text, name them or match them with a glob, e.g. '{entry}/**/README*'"
+    )
+
+
+def expand_inputs(
+    patterns: Sequence[str],
+    names: OptionNames = TOKENIZER_CLI,
+    note: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """The files that the input entries name, in order (see the module doc). A folder's files
+    of unknown extensions are left out, with one `skipped_notice` per folder sent to `note`.
 
     With ``docs/b.md``, ``docs/a.txt``, ``docs/.hidden.txt`` and ``docs/img.png``:
 
@@ -160,9 +182,13 @@ def expand_inputs(patterns: Sequence[str], names: OptionNames = TOKENIZER_CLI) -
                 raise TokenizerError(f"{names.input}: no files match {entry}")
         else:
             raise TokenizerError(f"{names.input}: {entry} not found")
-        found = []
+        found, skipped = [], []
         for p in matches:
-            found += _walk(p) if p.is_dir() else [p]
+            known, unknown = _walk(p) if p.is_dir() else ([p], [])
+            found += known
+            skipped += unknown
+        if skipped and note is not None:
+            note(skipped_notice(entry.rstrip("/") or entry, skipped))
         if not found:
             raise TokenizerError(
                 f"{names.input}: no text, JSONL or Parquet files in {entry} "

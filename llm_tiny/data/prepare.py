@@ -75,9 +75,14 @@ CONFIG_NAMES = OptionNames(
 # ----------------------------------------------------------------------------- input files
 
 
-def check_inputs(paths: tuple[str, ...] | list[str], key: str = "data.input") -> list[Path]:
-    """The input files (`sources.expand_inputs`); a missing or (all) empty input is a UserError."""
-    files = expand_inputs(paths, dataclasses.replace(CONFIG_NAMES, input=key))
+def check_inputs(
+    paths: tuple[str, ...] | list[str],
+    key: str = "data.input",
+    note: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """The input files (`sources.expand_inputs`, which sends `note` what a folder skipped); a
+    missing or (all) empty input is a UserError."""
+    files = expand_inputs(paths, dataclasses.replace(CONFIG_NAMES, input=key), note)
     if sum(p.stat().st_size for p in files) == 0:
         names = ", ".join(map(str, files))
         raise UserError(f"{key}: {names} {'is' if len(files) == 1 else 'are'} empty")
@@ -255,8 +260,8 @@ def prepare_data(
     """
     if cfg.tokenizer is None or cfg.data_dir is None:
         raise ValueError("the data paths are not resolved: pass RunConfig.run_data")  # a bug
-    files = check_inputs(cfg.input)
-    val_files = check_inputs(cfg.val_input, "data.val_input") if cfg.val_input else []
+    files = check_inputs(cfg.input, note=log)
+    val_files = check_inputs(cfg.val_input, "data.val_input", log) if cfg.val_input else []
     documents = as_documents(cfg, files)
     tok = load_or_train_tokenizer(cfg, files, progress, log, documents)
     data_dir = Path(cfg.data_dir)

@@ -165,3 +165,18 @@ def test_the_tokenizer_can_be_trained_on_a_sample(tmp_path):
     )
     assert sample.tokenizer.vocab_size == whole.vocab_size == 300
     assert sample.tokenizer.merges != whole.merges  # learnt from the first 3,000 bytes only
+
+
+def test_prepare_says_which_files_of_a_folder_it_skipped(tmp_path):
+    folder = tmp_path / "mydocs"
+    folder.mkdir()
+    for i, doc in enumerate(corpus_docs(20)):
+        (folder / f"{i:02d}.txt").write_text(doc, encoding="utf-8")
+    (folder / "README").write_text("read me", encoding="utf-8")
+    lines: list[str] = []
+    prepare_data(cfg(tmp_path, [folder]), log=lines.append)
+    notes = [line for line in lines if "skipped" in line]
+    assert notes == [
+        f"note: {folder}: skipped 1 file with unknown extensions ({folder}/README); to read them "
+        f"as text, name them or match them with a glob, e.g. '{folder}/**/README*'"
+    ]

@@ -17,7 +17,7 @@ import zstandard
 
 from tok import sources
 from tok.errors import TokenizerError
-from tok.sources import BadRecords, Document, expand_inputs, iter_documents
+from tok.sources import BadRecords, Document, expand_inputs, iter_documents, skipped_notice
 
 
 def write(path: Path, data: str | bytes) -> Path:
@@ -324,3 +324,29 @@ def test_unreadable_input_and_bad_options(tmp_path):
         docs([a], on_bad_record="ignore")
     with pytest.raises(TokenizerError, match=r"--doc-separator must not be empty"):
         docs([a], doc_separator="")
+
+
+def test_a_folder_says_what_it_skipped_and_how_to_read_it(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    for name in ("a.txt", "b.md", "README", "sub/README.Debian", "sub/c.png", ".hidden.txt"):
+        (docs / name).write_text("x")
+    notes: list[str] = []
+    files = expand_inputs([str(docs) + "/"], note=notes.append)
+    assert [p.name for p in files] == ["a.txt", "b.md"]
+    assert len(notes) == 1  # one line per folder; hidden files are not counted
+    assert f"{docs}: skipped 3 files with unknown extensions" in notes[0]
+    assert "README" in notes[0] and f"'{docs}/**/README*'" in notes[0]
+    # Named directly or matched by a glob, such a file is read (as text).
+    named = expand_inputs([str(docs / "README"), str(docs / "**" / "README*")], note=notes.append)
+    assert [p.name for p in named] == ["README", "README.Debian"]
+    assert len(notes) == 1
+    assert expand_inputs([str(docs / "a.txt")], note=notes.append) and len(notes) == 1
+
+
+def test_the_notice_of_many_skipped_files_shows_a_few():
+    skipped = [Path(f"d/f{i}") for i in range(5)]
+    line = skipped_notice("d", skipped)
+    assert line.startswith(
+        "note: d: skipped 5 files with unknown extensions (d/f0, d/f1, d/f2, ...)"
+    )

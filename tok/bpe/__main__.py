@@ -123,7 +123,8 @@ def _load(args) -> Tokenizer:
 
 
 def _train(args) -> None:
-    files = expand_inputs(args.input, TOKENIZER_CLI)  # a missing file fails before any work
+    # A missing file fails before any work; what a folder skips is said on stderr.
+    files = expand_inputs(args.input, TOKENIZER_CLI, lambda m: print(m, file=sys.stderr))
     n_bytes = sum(map(file_size, files))
     if n_bytes == 0:
         raise TokenizerError(f"{', '.join(args.input)}: empty; there is no text to train on")
