@@ -61,7 +61,8 @@ def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
         if old and not cfg.train.overwrite:
             raise UserError(
                 f"{out_dir} already holds a run ({', '.join(old)}); pass --resume to continue "
-                "it, --overwrite to replace it, or choose another train.out_dir"
+                "it, --overwrite to replace it, or choose another train.out_dir (with make: "
+                "ARGS=--resume, ARGS=--overwrite or ARGS=--train.out_dir=out/NAME)"
             )
         return None
     if not last.exists():

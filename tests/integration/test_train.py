@@ -300,6 +300,7 @@ def test_a_new_run_never_silently_replaces_an_old_one(tmp_path):
     again = cli(config)
     assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
     assert "already holds a run (best.pt, last.pt)" in again.stderr
+    assert "(with make: ARGS=--resume, ARGS=--overwrite" in again.stderr
     assert "--resume" in again.stderr and "--overwrite" in again.stderr
     replaced = cli(config, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
