@@ -4,7 +4,7 @@ A checkpoint is a plain dict saved with `torch.save` and read back with
 `torch.load(..., weights_only=True)`, so it may only contain tensors, numbers, strings, lists,
 tuples and dicts (no pickled classes: loading a downloaded checkpoint runs no code):
 
-    format, version        "llm_tiny.train.checkpoint", 1
+    format, version        "llm_tiny.checkpoint", 1
     config                 the resolved run config (`config_to_dict`)
     model                  state dict of the plain module (no `_orig_mod.` / `module.` prefixes)
     optimizer, scaler      AdamW and GradScaler state (scaler: {} when not used)
@@ -50,7 +50,7 @@ from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
 from tok.errors import first_line
 
-FORMAT = "llm_tiny.train.checkpoint"
+FORMAT = "llm_tiny.checkpoint"  # NOTE: the format name, kept from before the module moved
 VERSION = 1
 
 REQUIRED_KEYS = ("config", "model", "step", "tokenizer")
