@@ -104,9 +104,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: is a directory, expected a checkpoint file (.pt)")
     if not path.exists():
         raise UserError(f"{path}: checkpoint not found")
+    with path.open("rb") as f:  # every checkpoint llm_tiny writes is in torch's zip format
+        if f.read(4) != b"PK\x03\x04":
+            raise UserError(f"{path} is not an llm_tiny checkpoint (not a PyTorch .pt file)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        # NOTE: torch's own text for a file holding pickled objects suggests weights_only=False,
+        # which would run the file's code; llm_tiny never does, so it is not repeated here.
+        if "Weights only load failed" in str(e):
+            raise UserError(
+                f"{path} is not an llm_tiny checkpoint (it holds Python objects, not only "
+                "tensors, and llm_tiny never unpickles them)"
+            ) from None
         raise UserError(
             f"{path}: not a readable checkpoint (corrupt or truncated?): {first_line(e)}"
         ) from None

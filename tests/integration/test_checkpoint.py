@@ -71,12 +71,16 @@ def test_round_trip_with_rng_states_under_weights_only(tmp_path):
     ("content", "message"),
     [
         (None, "checkpoint not found"),
-        (b"definitely not a zip file", "not a readable checkpoint"),
+        (
+            b"definitely not a zip file",
+            r"is not an llm_tiny checkpoint \(not a PyTorch \.pt file\)",
+        ),
         ("truncated", "not a readable checkpoint"),
         ({"format": "something.else", "version": 1}, "not an llm_tiny checkpoint"),
         ({"format": FORMAT, "version": 99}, "checkpoint version 99 is not supported"),
         ({"format": FORMAT, "version": VERSION, "step": 1}, "checkpoint is missing config"),
         ([1, 2, 3], "not an llm_tiny checkpoint"),
+        ("pickled", r"is not an llm_tiny checkpoint \(it holds Python objects"),
     ],
 )
 def test_bad_checkpoints_are_one_line_errors(tmp_path, content, message):
@@ -87,11 +91,14 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, content, message):
         save_checkpoint(minimal(), path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+    elif content == "pickled":  # a torch file with a class in it: never unpickled
+        torch.save({"x": Path("a")}, path)
     elif content is not None:
         torch.save(content, path)
     with pytest.raises(UserError, match=message) as info:
         load_checkpoint(path)
     assert "\n" not in str(info.value)
+    assert "weights_only" not in str(info.value)  # never suggest loading with code execution
 
 
 def test_a_directory_is_not_a_checkpoint(tmp_path):
