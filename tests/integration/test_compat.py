@@ -22,7 +22,7 @@ EXPECTED += [137, 246, 26, 58]
 
 def test_a_run_from_before_the_layout_loads_and_generates_the_same_tokens(tmp_path):
     run = shutil.copytree(FIXTURE, tmp_path / "run")
-    model, tok, cfg, _ = load_model(run, torch.device("cpu"))
+    model, tok, _cfg, _ = load_model(run, torch.device("cpu"))
     assert tok.pattern_name == "gpt4-legacy"  # saved as "gpt4" before the pattern was updated
     idx = torch.tensor([tok.encode("ROMEO:")])
     generator = torch.Generator().manual_seed(7)
