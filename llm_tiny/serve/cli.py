@@ -7,7 +7,9 @@ rate limits and, without `--api-key`, no authentication).
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -71,6 +73,8 @@ def _serve(args) -> int:
             raise UserError(f"{flag} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port < 65536:
         raise UserError(f"--port must be in [0, 65535], got {args.port}")
+    sock = bind_socket(args.host, args.port)  # before the model loads: a busy port fails fast
+    port = sock.getsockname()[1]  # --port 0: the one the system chose
     device = resolve_device(args.device)
     model, tokenizer, cfg, _ = load_model(args.ckpt, device)
     if args.host not in LOCAL_HOSTS:
@@ -88,12 +92,37 @@ def _serve(args) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"llm_tiny serve: model {server.model_id!r} on {device}; playground at "
-        f"http://{host}:{args.port}/ and the OpenAI API at http://{host}:{args.port}/v1",
+        f"http://{host}:{port}/ and the OpenAI API at http://{host}:{port}/v1",
         file=sys.stderr,
         flush=True,
     )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.stop()
+        sock.close()
     return 0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for uvicorn to serve on; a port in use or an address
+    this machine does not have is a one-line UserError (before anything is printed)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"--port {port}: {host}:{port} is already in use (another server?); stop it or "
+                f"pass another --port, e.g. --port {port + 1 if port < 65535 else 8000}"
+            ) from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
