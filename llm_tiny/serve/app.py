@@ -138,7 +138,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
-        ids = [_prompt_ids(server, p) for p in prompts]
+        ids = [_prompt_ids(server, p, req) for p in prompts]
         jobs = [
             (p, _choice_params(server, params, req, req.max_tokens, j, req.logprobs))
             for p in ids
@@ -157,7 +157,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        ids = _prompt_ids(server, render_chat(req.conversation()))
+        ids = _prompt_ids(server, render_chat(req.conversation()), req, "messages")
         jobs = [
             (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
         ]
@@ -251,12 +251,29 @@ async def _read(server: Server, request: Request, cls: type, check_model: bool =
     return parse_request(cls, data)
 
 
-def _prompt_ids(server: Server, prompt: str) -> list[int]:
-    """The CLI's prompt rule (`sample.prompt_ids`): longer than the context keeps its end."""
+def _prompt_ids(server: Server, prompt: str, req: Any, param: str = "prompt") -> list[int]:
+    """The prompt's ids. Longer than the context, it is refused as OpenAI refuses it, unless
+    the request asks for `truncate_prompt_tokens` (vLLM's field): then its last N tokens are
+    kept, the CLI's rule (`infer.prompt.prompt_ids`) with N for the context."""
+    block = server.cfg.model.block_size
+    keep = req.truncate_prompt_tokens
+    if keep is not None and not 1 <= keep <= block:
+        raise ApiError(
+            400, f"truncate_prompt_tokens must be between 1 and {block}, got {keep}",
+            param="truncate_prompt_tokens",
+        )  # fmt: skip
+    n = len(server.tokenizer.encode(prompt)) if keep is None else 0
+    if n > block:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {block} tokens; the {param} has {n} tokens. "
+            "Shorten it, or send truncate_prompt_tokens to keep its last tokens.",
+            param=param, code="context_length_exceeded",
+        )  # fmt: skip
     try:
-        return prompt_ids(server.tokenizer, prompt, server.cfg.model.block_size, lambda m: None)
+        return prompt_ids(server.tokenizer, prompt, keep or block, lambda m: None)
     except UserError:
-        raise ApiError(400, "prompt must not be empty", param="prompt") from None
+        raise ApiError(400, f"{param} must not be empty", param=param) from None
 
 
 def _choice_params(

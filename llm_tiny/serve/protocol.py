@@ -56,6 +56,9 @@ class _Request(BaseModel):
     repetition_penalty: float | None = None  # extra (vLLM's name)
     no_repeat_ngram: int | None = None  # extra
     ignore_eos: bool = False  # extra (vLLM's): go on past the end-of-text token
+    # extra (vLLM's): keep only the prompt's last N tokens; without it a prompt longer than
+    # the context is refused with OpenAI's context_length_exceeded
+    truncate_prompt_tokens: int | None = None
     n: int = 1
     stop: str | list[str] | None = None
     seed: int | None = None

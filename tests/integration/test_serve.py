@@ -10,6 +10,7 @@ import json
 import time
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -72,11 +73,13 @@ def test_seeded_completions_equal_the_sample_cli(client, run_dir, capsys):
     assert complete(client, seed=1).choices[0].text != complete(client, seed=3).choices[0].text
 
 
-def test_a_prompt_longer_than_the_context_keeps_its_end_as_the_cli_does(client, run_dir, capsys):
+def test_a_truncated_long_prompt_keeps_its_end_as_the_cli_does(client, run_dir, capsys):
     from llm_tiny.infer.sample import main
 
     prompt = "ROMEO: " + "What say you, my lord? " * 12  # well over the 48-token context
-    r = complete(client, prompt=prompt, seed=1, max_tokens=8)
+    r = complete(
+        client, prompt=prompt, seed=1, max_tokens=8, extra_body={"truncate_prompt_tokens": 48}
+    )
     assert r.usage.prompt_tokens == 48
     argv = ["--ckpt", str(run_dir), "--prompt", prompt, "--temperature", "0.9", "--top-p",
             "0.95", "--max-new-tokens", "8", "--seed", "1", "--device", "cpu"]  # fmt: skip
@@ -304,3 +307,30 @@ def test_playground_helpers_tokenize_and_attention(url, run_dir):
     torch.testing.assert_close(torch.tensor(att["weights"]), want, atol=1e-4, rtol=0)
     status, err = request(url, "POST", "/api/attention", json.dumps({"ids": [10**6]}).encode())
     assert status == 400 and err["error"]["param"] == "ids"
+
+
+def test_a_prompt_longer_than_the_context_is_refused_unless_truncation_is_asked(client, run_dir):
+    from llm_tiny.train.checkpoint import load_model
+
+    _, tok, cfg, _ = load_model(run_dir, torch.device("cpu"))
+    block = cfg.model.block_size
+    long = "to be or not " * block  # several tokens per repeat: well past the context
+    n = len(tok.encode(long))
+    with pytest.raises(openai.BadRequestError) as e:
+        complete(client, prompt=long, seed=1)
+    err = e.value.body
+    assert err["code"] == "context_length_exceeded" and err["param"] == "prompt"
+    assert f"maximum context length is {block} tokens; the prompt has {n} tokens" in err["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": long}], max_tokens=4
+        )
+    assert e.value.body["param"] == "messages"
+    # Asked for, the prompt keeps its last tokens: the CLI's rule for a long prompt.
+    kept = complete(client, prompt=long, seed=1, extra_body={"truncate_prompt_tokens": block})
+    assert kept.usage.prompt_tokens == block
+    short = complete(client, prompt=long, seed=1, extra_body={"truncate_prompt_tokens": 8})
+    assert short.usage.prompt_tokens == 8
+    with pytest.raises(openai.BadRequestError) as e:
+        complete(client, prompt="hi", extra_body={"truncate_prompt_tokens": block + 1})
+    assert e.value.body["param"] == "truncate_prompt_tokens"
