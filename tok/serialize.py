@@ -153,6 +153,26 @@ def parse(text: str) -> tuple[list[tuple[int, int]], str, dict[str, int]]:
     return merges, pattern, specials
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain `open` or `mkdir` would give under this process's umask
+    (0o644 and 0o755 for the usual 022). Temporary files and folders are made owner-only
+    (0o600, 0o700); what is renamed into place from them is given these instead, so that what a
+    user shares (a tokenizer, an export) is readable by whoever may read their other files."""
+    # NOTE: the umask can only be read by setting it; set it straight back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def make_shareable(path: str | os.PathLike) -> None:
+    """Give `path`, and everything under it if it is a folder, `default_mode`'s permissions."""
+    path = Path(path)
+    if path.is_dir():
+        for sub in path.rglob("*"):
+            os.chmod(sub, default_mode(sub.is_dir()))
+    os.chmod(path, default_mode(path.is_dir()))
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename, so that
     a reader never sees half a file and a crash never leaves one."""
@@ -167,6 +187,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())  # mkstemp's file is owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

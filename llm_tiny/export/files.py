@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 
 from llm_tiny.errors import UserError
+from tok.serialize import make_shareable
 
 
 def need(module: str, extra: str = "export") -> ModuleType:
@@ -47,6 +48,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        make_shareable(tmp)  # mkdtemp's folder is owner-only
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

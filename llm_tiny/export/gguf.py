@@ -32,6 +32,7 @@ from llm_tiny.errors import UserError
 from llm_tiny.export.hf import hf_shape, norm_eps, to_hf
 from llm_tiny.export.hf_tokenizer import spell
 from llm_tiny.model import mlp_width
+from tok.serialize import make_shareable
 
 DTYPES = ("f32", "f16", "q8_0")
 # Our named split patterns -> the llama.cpp pre-tokenizer that splits the same way (llama.cpp's
@@ -131,6 +132,7 @@ def write_gguf(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        make_shareable(writer_path)  # mkstemp made it owner-only
         os.replace(writer_path, path)
     finally:
         writer_path.unlink(missing_ok=True)
