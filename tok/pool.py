@@ -11,7 +11,13 @@ that run only this project's code whatever the caller's main module does.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -20,6 +26,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: enough to keep each busy, few to hold
 
 
@@ -44,7 +51,10 @@ def ordered_map(
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
     )
     pending: deque[tuple[T, Future]] = deque()
     try:
@@ -58,3 +68,35 @@ def ordered_map(
             yield done, future.result()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _start_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """A worker's set-up: die with the parent, then the caller's initializer.
+
+    A worker whose parent is killed (`kill -9`, the out-of-memory killer) would otherwise live
+    on, holding its memory. On Linux the kernel sends it SIGKILL when the parent dies
+    (`prctl(PR_SET_PDEATHSIG)`); elsewhere a thread notices that the parent changed.
+    """
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the worker could ask
+        os._exit(1)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to SIGKILL this process when its parent dies; False where that is unknown."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
