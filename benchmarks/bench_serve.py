@@ -48,6 +48,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps | auto")
     p.add_argument("--json-out", "--json", dest="json", type=Path, default=None)
+    p.add_argument(
+        "--profile", action="store_true",
+        help="also print where each server variant's time goes, in ms per engine step",
+    )  # fmt: skip
     return p
 
 
@@ -94,6 +98,79 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class Profile:
+    """--profile: per engine step of a variant, the engine thread's wall time in the forward
+    pass (`Decoder.logits`, with admissions), in the rest of `Decoder.step` (sampling, events)
+    and in handing the events over (`Engine._emit`), and the CPU time of the engine thread, the
+    server's thread (event loop, SSE) and the client threads. The threads share one interpreter
+    lock, so the CPU times add up to about the wall time per step when the lock is the limit."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.wall: dict[str, float] = {"forward": 0.0, "step": 0.0, "emit": 0.0}
+        self.client_cpu = 0.0
+        self.lock = threading.Lock()
+        decoder = engine.decoder
+        decoder.logits = self._timed(decoder.logits, "forward")
+        decoder.step = self._timed(decoder.step, "step")
+        engine._emit = self._timed(engine._emit, "emit")
+
+    def _timed(self, fn, key: str):
+        def timed(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.wall[key] += time.perf_counter() - t0
+
+        return timed
+
+    def client(self, fn):
+        def timed(*args):
+            t0 = time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                with self.lock:
+                    self.client_cpu += time.thread_time() - t0
+
+        return timed
+
+    @staticmethod
+    def cpu(thread: threading.Thread | None) -> float:
+        if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+            return float("nan")
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+    def start(self, server_thread: threading.Thread) -> None:
+        self.server_thread = server_thread
+        self.counters = dict(self.engine.decoder.counters)
+        self.wall = dict.fromkeys(self.wall, 0.0)
+        self.client_cpu = 0.0
+        self.cpu0 = (self.cpu(self.engine._thread), self.cpu(server_thread))
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        cpu = (self.cpu(self.engine._thread), self.cpu(self.server_thread))
+        c = self.engine.decoder.counters
+        steps = max(1, c["steps"] - self.counters["steps"])
+        ms = 1000 / steps
+        return {
+            "steps": steps,
+            "rows_per_step": round(
+                (c["generated_tokens"] - self.counters["generated_tokens"]) / steps, 2
+            ),
+            "wall_ms": round(wall * ms, 3),
+            "forward_ms": round(self.wall["forward"] * ms, 3),
+            "step_rest_ms": round((self.wall["step"] - self.wall["forward"]) * ms, 3),
+            "emit_ms": round(self.wall["emit"] * ms, 3),
+            "engine_cpu_ms": round((cpu[0] - self.cpu0[0]) * ms, 3),
+            "server_cpu_ms": round((cpu[1] - self.cpu0[1]) * ms, 3),
+            "client_cpu_ms": round(self.client_cpu * ms, 3),
+        }
 
 
 def stream_tokens(port: int, body: dict) -> list[int]:
@@ -167,16 +244,22 @@ def bench(args) -> int:
     server = Server(engine, tokenizer, cfg, "bench", max_tokens_cap=args.new_tokens)
     body = {"model": "bench", "prompt": PROMPT, "max_tokens": args.new_tokens, "stream": True,
             "return_token_ids": True, **sampling}  # fmt: skip
+    profile = Profile(engine) if args.profile else None
+    profiles: dict[str, dict[str, float]] = {}
+    client = profile.client(stream_tokens) if profile else stream_tokens
     try:
         with ServerThread(create_app(server)) as srv:
             stream_tokens(srv.port, body | {"seed": 0, "max_tokens": 4})  # warm-up
             for c in streams:
+                name = f"server, {c} concurrent"
+                if profile:
+                    profile.start(srv.thread)
                 with ThreadPoolExecutor(c) as pool:
                     t0 = time.perf_counter()
-                    got = list(
-                        pool.map(lambda s: stream_tokens(srv.port, body | {"seed": s}), seeds)
-                    )
-                    timings[f"server, {c} concurrent"] = (time.perf_counter() - t0, got)
+                    got = list(pool.map(lambda s: client(srv.port, body | {"seed": s}), seeds))
+                    timings[name] = (time.perf_counter() - t0, got)
+                if profile:
+                    profiles[name] = profile.stop()
             stats = engine.stats()
     finally:
         engine.stop()
@@ -215,12 +298,21 @@ def bench(args) -> int:
         "largest_batch": stats["max_rows"],
         "same_tokens": same,
     }
+    if profile:
+        result["profile"] = profiles
     print(f"model {result['model']}, {result['threads']} threads, {args.requests} requests")
     print(f"{'variant':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>11}{'vs 1 stream':>13}")
     for name, r in rows.items():
         print(f"{name:<28}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>11.1f}"
               f"{r['speedup_vs_one_stream']:>12.2f}x")  # fmt: skip
     print(f"same tokens in every variant: {same}")
+    if profiles:
+        keys = list(next(iter(profiles.values())))
+        print("profile, ms per engine step (forward, step_rest, emit: the engine's wall time)")
+        heads = [k.removesuffix("_ms") for k in keys]
+        print(f"{'variant':<24}" + "".join(f"{h:>{len(h) + 2}}" for h in heads))
+        for name, prof in profiles.items():
+            print(f"{name:<24}" + "".join(f"{prof[k]:>{len(h) + 2}g}" for k, h in zip(keys, heads)))
     line = json.dumps(result)
     print(line)
     if args.json:

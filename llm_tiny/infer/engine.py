@@ -293,13 +293,14 @@ class Decoder:
         # several, which is most of the step's work outside the forward pass at 16 rows.
         # tests/unit/test_engine.py holds it to torch.multinomial on every torch upgrade.
         q = torch.ones_like(probs)
+        q_rows = q.unbind(0)  # every row's view in one op, not one indexing op per row
         draws: dict[Any, list[int]] = {}
         for index in settings.values():
             for i in index:
                 draws.setdefault(rows[i].generator, []).append(i)
         for generator, index in draws.items():
             if len(index) == 1:
-                q[index[0]].exponential_(1, generator=generator)
+                q_rows[index[0]].exponential_(1, generator=generator)
             else:
                 index.sort(key=lambda i: rows[i].order)
                 q[index] = torch.empty(len(index), q.size(1), device=q.device).exponential_(
