@@ -174,3 +174,14 @@ def test_troubleshooting_config_keys_exist():
     for section, key in keys:
         fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
         assert key in fields, f"troubleshooting.md names {section}.{key}, which is not a config key"
+
+
+def test_files_the_readme_examples_write_in_the_root_are_ignored_by_git():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = "\n".join(re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL))
+    written = set(re.findall(r"> ([\w.-]+\.\w+)", blocks))  # `... > my.txt`
+    written |= set(re.findall(r"--out ([\w.-]+\.\w+)", blocks))  # `plot ... --out compare.png`
+    written |= set(re.findall(r"write_table\(.*?'([\w.-]+\.parquet)'\)", blocks))
+    assert {"my.txt", "notes.jsonl", "rows.parquet", "prompt.txt", "compare.png"} <= written
+    ignored = set((ROOT / ".gitignore").read_text(encoding="utf-8").split())
+    assert {f"/{name}" for name in written} <= ignored
