@@ -252,9 +252,11 @@ def prepare_data(
     progress: bool = False,
     log: Callable[[str], None] = print,
     block_bytes: int = BLOCK_BYTES,
+    before_replacing: Callable[[Path], None] | None = None,
 ) -> PreparedData:
     """Tokenize `cfg.input` into shards in `cfg.data_dir` (or reuse what is there, or continue
-    an interrupted preparation); see the module doc.
+    an interrupted preparation); see the module doc. `before_replacing(data_dir)` is called
+    before finished data prepared from other input is removed: it may refuse (a run's data).
 
     Text that is not UTF-8 raises `tok.errors.TokenizerError` naming the file and offset.
     """
@@ -297,6 +299,8 @@ def prepare_data(
     if resume is not None:
         log(f"{data_dir}: continuing an interrupted preparation")
     else:
+        if meta is not None and before_replacing is not None:
+            before_replacing(data_dir)
         if meta is not None:
             log(f"{data_dir}: input or tokenizer changed; preparing the data again")
         _remove_prepared(data_dir)
@@ -462,11 +466,30 @@ def main(argv: list[str] | None = None) -> int:
         "training would (it then finds them ready). Interrupted, it continues where it stopped.",
     )
     parser.add_argument("config", help="YAML run config, e.g. configs/tiny.yaml")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the data of a run in OUT_DIR prepared from other input (train.overwrite)",
+    )
     args = parser.parse_args(rest)
 
     def run() -> int:
-        cfg = load_config(args.config, overrides)
-        prepare_data(cfg.run_data, progress=sys.stderr.isatty())
+        from llm_tiny.train.rundir import BEST, LAST
+
+        cfg = load_config(args.config, overrides + ["--train.overwrite=true"] * args.overwrite)
+        out_dir = Path(cfg.train.out_dir)
+        trained = [n for n in (BEST, LAST) if (out_dir / n).exists()]
+
+        def refuse(data_dir: Path) -> None:
+            raise UserError(
+                f"{data_dir} holds the data the run in {out_dir} was trained on "
+                f"({', '.join(trained)}), prepared from other input; preparing again would "
+                "replace it: pass --overwrite (with make: ARGS=--overwrite) to replace it, or "
+                "choose another train.out_dir"
+            )
+
+        guard = refuse if trained and not cfg.train.overwrite else None
+        prepare_data(cfg.run_data, progress=sys.stderr.isatty(), before_replacing=guard)
         return 0
 
     return run_cli(run, "llm_tiny prepare")

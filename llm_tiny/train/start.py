@@ -14,6 +14,7 @@ from typing import Any
 
 from llm_tiny.config import RunConfig
 from llm_tiny.data import PreparedData, prepare_data
+from llm_tiny.errors import UserError
 from llm_tiny.runtime import Runtime
 from llm_tiny.train.checkpoint import check_resume_compatible, load_checkpoint, start_from
 from llm_tiny.train.metrics import RunLog
@@ -51,7 +52,21 @@ def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
     weights = None
     if ckpt is None and cfg.train.init_from:
         cfg, weights = start_from(cfg)
-    data = rt.main_first(lambda: prepare_data(cfg.run_data, progress=out.interactive, log=out))
+
+    def refuse(data_dir: Path) -> None:  # a resumed run goes on with the data it began with
+        raise UserError(
+            f"{data_dir} holds the data {resume_from} was trained on, prepared from other input "
+            "than this config's; resuming would replace it: resume with the run's own "
+            "data.input, or start a new run (another train.out_dir, or train.init_from to "
+            "fine-tune on the new text)"
+        )
+
+    guard = refuse if ckpt is not None else None
+    data = rt.main_first(
+        lambda: prepare_data(
+            cfg.run_data, progress=out.interactive, log=out, before_replacing=guard
+        )
+    )
     # The vocabulary size is known now; it flows into the model config (the config check
     # `model.vocab_size >= data.vocab_size` and data's tokenizer check cover a given one).
     vocab = cfg.model.vocab_size or data.tokenizer.vocab_size

@@ -589,3 +589,27 @@ def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path):
     with pytest.raises(KeyError, match="unknown metrics columns"):
         fresh.write(1, loss=1.0)
     fresh.close()
+
+
+def test_a_runs_data_is_not_replaced_by_prepare_or_a_resume_on_other_input(tmp_path, capsys):
+    from llm_tiny.data.prepare import main as prepare_main
+    from llm_tiny.train.loop import main as train_main
+
+    config = write_config(tmp_path, **{"train": {"max_iters": 6, "eval_interval": 3}})
+    assert train_main([str(config)]) == 0
+    meta = (tmp_path / "data" / "meta.json").read_text()
+    other = tmp_path / "other.txt"
+    other.write_text(CORPUS.read_text(encoding="utf-8")[20_000:40_000], encoding="utf-8")
+    new_input = f"--data.input=[{other}]"
+    capsys.readouterr()
+    assert prepare_main([str(config), new_input]) == 2
+    err = capsys.readouterr().err
+    assert "holds the data the run in" in err and "pass --overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+    assert train_main([str(config), "--resume", "--train.max_iters=8", new_input]) == 2
+    err = capsys.readouterr().err
+    assert "resuming would replace it" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "data" / "meta.json").read_text() == meta  # nothing was touched
+    assert prepare_main([str(config)]) == 0  # the run's own input: already prepared
+    assert prepare_main([str(config), new_input, "--overwrite"]) == 0
+    assert (tmp_path / "data" / "meta.json").read_text() != meta
