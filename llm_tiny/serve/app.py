@@ -32,10 +32,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llm_tiny.errors import UserError
 from llm_tiny.infer.engine import Event, Row
 from llm_tiny.infer.params import SamplingParams
-from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, prompt_ids, render_chat
+from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, render_chat
 from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
     MAX_LOGPROBS,
@@ -46,6 +45,7 @@ from llm_tiny.serve.protocol import (
     check_values,
     parse_json,
     parse_request,
+    request_prompt_ids,
     sampling_params,
     stop_strings,
 )
@@ -138,7 +138,8 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
-        ids = [_prompt_ids(server, p, req) for p in prompts]
+        block = server.cfg.model.block_size
+        ids = [request_prompt_ids(server.tokenizer, p, block, req) for p in prompts]
         jobs = [
             (p, _choice_params(server, params, req, req.max_tokens, j, req.logprobs))
             for p in ids
@@ -157,7 +158,10 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        ids = _prompt_ids(server, render_chat(req.conversation()), req, "messages")
+        ids = request_prompt_ids(
+            server.tokenizer, render_chat(req.conversation()), server.cfg.model.block_size, req,
+            "messages",
+        )  # fmt: skip
         jobs = [
             (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
         ]
@@ -249,31 +253,6 @@ async def _read(server: Server, request: Request, cls: type, check_model: bool =
             _check_model(server, req.model)
         return req
     return parse_request(cls, data)
-
-
-def _prompt_ids(server: Server, prompt: str, req: Any, param: str = "prompt") -> list[int]:
-    """The prompt's ids. Longer than the context, it is refused as OpenAI refuses it, unless
-    the request asks for `truncate_prompt_tokens` (vLLM's field): then its last N tokens are
-    kept, the CLI's rule (`infer.prompt.prompt_ids`) with N for the context."""
-    block = server.cfg.model.block_size
-    keep = req.truncate_prompt_tokens
-    if keep is not None and not 1 <= keep <= block:
-        raise ApiError(
-            400, f"truncate_prompt_tokens must be between 1 and {block}, got {keep}",
-            param="truncate_prompt_tokens",
-        )  # fmt: skip
-    n = len(server.tokenizer.encode(prompt)) if keep is None else 0
-    if n > block:
-        raise ApiError(
-            400,
-            f"This model's maximum context length is {block} tokens; the {param} has {n} tokens. "
-            "Shorten it, or send truncate_prompt_tokens to keep its last tokens.",
-            param=param, code="context_length_exceeded",
-        )  # fmt: skip
-    try:
-        return prompt_ids(server.tokenizer, prompt, keep or block, lambda m: None)
-    except UserError:
-        raise ApiError(400, f"{param} must not be empty", param=param) from None
 
 
 def _choice_params(

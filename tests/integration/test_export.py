@@ -291,7 +291,7 @@ def test_export_errors_are_one_line_exit_2(tok, tmp_path, capsys):
     assert "not found" in one_line_error(capsys, cli.main(args))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     args = ["--ckpt", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "o")]
-    assert "corrupt" in one_line_error(capsys, cli.main(args))
+    assert "is not an llm_tiny checkpoint" in one_line_error(capsys, cli.main(args))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     args = ["--ckpt", str(gpt2), "--out", str(tmp_path / "full")]
