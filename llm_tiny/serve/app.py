@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -96,9 +96,17 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        message = f"Unknown request URL: {request.method} {request.url.path}"
-        err = ApiError(e.status_code, message if e.status_code in (404, 405) else str(e.detail))
-        return JSONResponse(err.body(), status_code=e.status_code)
+        where = f"{request.method} {request.url.path}"
+        messages = {
+            404: f"Unknown request URL: {where}",
+            405: f"Method not allowed: {where}; use {(e.headers or {}).get('Allow', 'another')}",
+        }
+        err = ApiError(e.status_code, messages.get(e.status_code, str(e.detail)))
+        return JSONResponse(err.body(), status_code=e.status_code, headers=e.headers)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)  # no icon: a browser's automatic request is not an error
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:

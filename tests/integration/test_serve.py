@@ -186,6 +186,10 @@ def test_unknown_model_malformed_and_oversized_bodies(client, url):
         assert got == status and set(answer["error"]) == {"message", "type", "param", "code"}
     got, answer = request(url, "GET", "/v1/nowhere")
     assert got == 404 and "error" in answer
+    got, answer = request(url, "GET", "/v1/completions")
+    assert got == 405
+    assert answer["error"]["message"] == "Method not allowed: GET /v1/completions; use POST"
+    assert request(url, "GET", "/favicon.ico") == (204, None)  # the browser's own request
     assert client.models.list().data[0].id == "tiny"  # still answering
 
 
