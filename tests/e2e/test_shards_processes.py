@@ -12,37 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import corpus_jsonl, data_cfg, shard_hashes
 
-from llm_tiny.config import DataConfig
 from llm_tiny.data import prepare_data
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny.txt"
-
-
-def corpus_jsonl(path: Path, copies: int = 1) -> Path:
-    speeches = [s for s in CORPUS.read_text(encoding="utf-8").split("\n\n") if s.strip()]
-    with path.open("w") as f:
-        for c in range(copies):
-            for i, s in enumerate(speeches):
-                f.write(json.dumps({"text": f"{c}.{i}\n{s}"}) + "\n")
-    return path
-
-
-def data_cfg(tmp_path: Path, jsonl: Path, **kw) -> DataConfig:
-    values = {
-        "input": (str(jsonl),),
-        "tokenizer": str(tmp_path / "tok.json"),
-        "vocab_size": 300,
-        "data_dir": str(tmp_path / "data"),
-        "shard_tokens": 5000,
-    }
-    return DataConfig(**{**values, **kw})
-
-
-def shard_hashes(data_dir: Path) -> dict[str, str]:
-    meta = json.loads((data_dir / "meta.json").read_text())
-    return {s["file"]: s["sha256"] for split in meta["splits"].values() for s in split["shards"]}
 
 
 def test_an_interrupted_preparation_continues_to_the_same_shards(tmp_path):

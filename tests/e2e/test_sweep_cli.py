@@ -7,72 +7,18 @@ from __future__ import annotations
 import csv
 import math
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import read_rows, write_base, write_spec
 
 from llm_tiny.config import load_config
 from llm_tiny.sweep.runner import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_base(tmp_path: Path) -> Path:
-    """A tiny byte-level run config over a small made-up text, all paths inside tmp_path."""
-    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "red", "big", "fox"]
-    rng = random.Random(0)
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(600)]
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    base = {
-        "model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
-        "data": {
-            "input": [str(text)],
-            "tokenizer": str(tmp_path / "tok" / "bytes.json"),
-            "vocab_size": 256,
-            "data_dir": str(tmp_path / "data"),
-        },
-        "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_iters": 2},
-        "train": {
-            "out_dir": str(tmp_path / "run"),
-            "max_iters": 10,
-            "batch_size": 4,
-            "eval_interval": 100,
-            "eval_iters": 4,
-            "eval_batch_size": 8,
-            "log_interval": 2,
-            "ckpt_interval": 100,
-            "device": "cpu",
-            "sample_at_end": False,
-        },
-    }
-    path = tmp_path / "base.yaml"
-    path.write_text(yaml.safe_dump(base), encoding="utf-8")
-    return path
-
-
-def write_spec(tmp_path: Path, **fields) -> Path:
-    spec = {
-        "base": "base.yaml",
-        "sweep_dir": str(tmp_path / "sweep"),
-        "method": "grid",
-        "space": {"optim.lr": [1.0e-3, 3.0e-3]},
-        "budget": {"iters": 6},
-        **fields,
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def sweep_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

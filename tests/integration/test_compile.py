@@ -4,8 +4,11 @@ model is tests/unit/test_model.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from helpers import lively_model
 
 from llm_tiny.config import ModelConfig
 from llm_tiny.model.model import TinyGPT
@@ -19,14 +22,8 @@ def tiny(**overrides) -> ModelConfig:
 
 
 def build(seed: int = 0, **overrides) -> TinyGPT:
-    """A tiny model in eval mode with every parameter ~ N(0, 0.3), biases and gains included:
-    GPT-2's initialisation gives near-uniform outputs and zero biases, which hide mistakes."""
-    torch.manual_seed(seed)
-    model = TinyGPT(tiny(**overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
+    """`helpers.lively_model` of the `tiny` config: every parameter ~ N(0, 0.3)."""
+    return lively_model(seed, **dataclasses.asdict(tiny(**overrides)))
 
 
 def tokens(*shape: int, seed: int = 0) -> torch.Tensor:

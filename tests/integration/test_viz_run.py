@@ -8,26 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import pytest
 import torch
+from helpers import expected, image_size
 
-from llm_tiny import plots, viz
+from llm_tiny import viz
 from llm_tiny.train.checkpoint import load_model
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) in pixels of a PNG, read back with matplotlib."""
-    assert path.is_file() and path.stat().st_size > 0
-    pixels = mpimg.imread(path)
-    assert pixels.ndim == 3 and pixels.std() > 0  # not a blank canvas
-    return pixels.shape[1], pixels.shape[0]
-
-
-def expected(figsize: tuple[float, float]) -> tuple[int, int]:
-    return round(figsize[0] * plots.DPI), round(figsize[1] * plots.DPI)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ model's own."""
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 
-from llm_tiny.config import ModelConfig
 from llm_tiny.infer.engine import Decoder, Row, generating, run
 from llm_tiny.infer.params import SamplingParams
 from llm_tiny.infer.processors import filtered
@@ -18,14 +18,9 @@ V = 40
 
 
 def lively_model(**overrides) -> TinyGPT:
-    """Weights ~ N(0, 0.3): confident, varied predictions, so that mistakes show."""
+    """`helpers.lively_model`: weights ~ N(0, 0.3), so that mistakes show."""
     base = {"vocab_size": V, "block_size": 12, "n_layer": 2, "n_head": 4, "n_embd": 32}
-    torch.manual_seed(0)
-    model = TinyGPT(ModelConfig(**{**base, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
+    return helpers.lively_model(0, **{**base, **overrides})
 
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13] * 8, [3, 3, 3, 3]]

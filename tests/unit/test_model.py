@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import lively_model
 from torch import nn
 
 from llm_tiny.config import ModelConfig
@@ -60,14 +61,8 @@ def tiny(**overrides) -> ModelConfig:
 
 
 def build(seed: int = 0, **overrides) -> TinyGPT:
-    """A tiny model in eval mode with every parameter ~ N(0, 0.3), biases and gains included:
-    GPT-2's initialisation gives near-uniform outputs and zero biases, which hide mistakes."""
-    torch.manual_seed(seed)
-    model = TinyGPT(tiny(**overrides)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
+    """`helpers.lively_model` of the `tiny` config: every parameter ~ N(0, 0.3)."""
+    return lively_model(seed, **dataclasses.asdict(tiny(**overrides)))
 
 
 def tokens(*shape: int, seed: int = 0) -> torch.Tensor:

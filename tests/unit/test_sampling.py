@@ -7,11 +7,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_tiny.config import ModelConfig
 from llm_tiny.infer.beam import beam_search
 from llm_tiny.infer.engine import slide_start
 from llm_tiny.infer.params import SamplingParams
@@ -41,15 +41,10 @@ def one_thread():
 
 
 def lively_model(seed: int = 0, vocab_size: int = 32, **overrides) -> TinyGPT:
-    """A tiny model whose weights ~ N(0, 0.3): varied, confident predictions (GPT-2's init
-    would make greedy decoding repeat one token, a weak test of a decoding loop)."""
+    """`helpers.lively_model`: weights ~ N(0, 0.3), so that greedy decoding does not repeat one
+    token (a weak test of a decoding loop)."""
     base = {"vocab_size": vocab_size, "block_size": 8, "n_layer": 2, "n_head": 4, "n_embd": 16}
-    torch.manual_seed(seed)
-    model = TinyGPT(ModelConfig(**{**base, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
+    return helpers.lively_model(seed, **{**base, **overrides})
 
 
 def prompt(*shape: int, vocab_size: int = 32, seed: int = 0) -> torch.Tensor:

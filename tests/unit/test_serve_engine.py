@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import queue
 
+import helpers
 import pytest
 import torch
 
-from llm_tiny.config import ModelConfig, SampleConfig
+from llm_tiny.config import SampleConfig
 from llm_tiny.infer.params import SamplingParams
 from llm_tiny.infer.prompt import render_chat
 from llm_tiny.infer.sampling import generate
@@ -20,14 +21,9 @@ V = 40
 
 
 def lively_model(**overrides) -> TinyGPT:
-    """Weights ~ N(0, 0.3): confident, varied predictions, so that mistakes show."""
+    """`helpers.lively_model`: weights ~ N(0, 0.3), so that mistakes show."""
     base = {"vocab_size": V, "block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32}
-    torch.manual_seed(0)
-    model = TinyGPT(ModelConfig(**{**base, **overrides})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
+    return helpers.lively_model(0, **{**base, **overrides})
 
 
 def run_all(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]) -> list[tuple[list, str]]:

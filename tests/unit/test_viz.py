@@ -5,25 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from helpers import expected, image_size
 
 from llm_tiny import plots, viz
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) in pixels of a PNG, read back with matplotlib."""
-    assert path.is_file() and path.stat().st_size > 0
-    pixels = mpimg.imread(path)
-    assert pixels.ndim == 3 and pixels.std() > 0  # not a blank canvas
-    return pixels.shape[1], pixels.shape[0]
-
-
-def expected(figsize: tuple[float, float]) -> tuple[int, int]:
-    return round(figsize[0] * plots.DPI), round(figsize[1] * plots.DPI)
-
 
 # ----------------------------------------------------------------------------- pure functions
 

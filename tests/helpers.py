@@ -1,0 +1,138 @@
+"""Helpers shared by test files of several tiers (tests/ is on the import path: pyproject's
+`pythonpath`), so that splitting a file by tier never copies its helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import torch
+import yaml
+
+from llm_tiny.config import DataConfig, ModelConfig
+from llm_tiny.model import TinyGPT
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "tiny.txt"
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def lively_model(seed: int = 0, **config) -> TinyGPT:
+    """A tiny model in eval mode with every parameter ~ N(0, 0.3), biases and gains included:
+    varied, confident predictions. GPT-2's initialisation gives near-uniform outputs and zero
+    biases, which hide mistakes (greedy decoding would repeat one token)."""
+    torch.manual_seed(seed)
+    model = TinyGPT(ModelConfig(**config)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+
+def corpus_jsonl(path: Path, copies: int = 1) -> Path:
+    """Tiny Shakespeare's speeches as JSON Lines documents, `copies` times over."""
+    speeches = [s for s in CORPUS.read_text(encoding="utf-8").split("\n\n") if s.strip()]
+    with path.open("w") as f:
+        for c in range(copies):
+            for i, s in enumerate(speeches):
+                f.write(json.dumps({"text": f"{c}.{i}\n{s}"}) + "\n")
+    return path
+
+
+def data_cfg(tmp_path: Path, jsonl: Path, **kw) -> DataConfig:
+    values = {
+        "input": (str(jsonl),),
+        "tokenizer": str(tmp_path / "tok.json"),
+        "vocab_size": 300,
+        "data_dir": str(tmp_path / "data"),
+        "shard_tokens": 5000,
+    }
+    return DataConfig(**{**values, **kw})
+
+
+def shard_hashes(data_dir: Path) -> dict[str, str]:
+    meta = json.loads((data_dir / "meta.json").read_text())
+    return {s["file"]: s["sha256"] for split in meta["splits"].values() for s in split["shards"]}
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def write_base(tmp_path: Path) -> Path:
+    """A tiny byte-level run config over a small made-up text, all paths inside tmp_path."""
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "red", "big", "fox"]
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(600)]
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    base = {
+        "model": {"block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
+        "data": {
+            "input": [str(text)],
+            "tokenizer": str(tmp_path / "tok" / "bytes.json"),
+            "vocab_size": 256,
+            "data_dir": str(tmp_path / "data"),
+        },
+        "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_iters": 2},
+        "train": {
+            "out_dir": str(tmp_path / "run"),
+            "max_iters": 10,
+            "batch_size": 4,
+            "eval_interval": 100,
+            "eval_iters": 4,
+            "eval_batch_size": 8,
+            "log_interval": 2,
+            "ckpt_interval": 100,
+            "device": "cpu",
+            "sample_at_end": False,
+        },
+    }
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(base), encoding="utf-8")
+    return path
+
+
+def write_spec(tmp_path: Path, **fields) -> Path:
+    spec = {
+        "base": "base.yaml",
+        "sweep_dir": str(tmp_path / "sweep"),
+        "method": "grid",
+        "space": {"optim.lr": [1.0e-3, 3.0e-3]},
+        "budget": {"iters": 6},
+        **fields,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG, read back with matplotlib."""
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.stat().st_size > 0
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.std() > 0  # not a blank canvas
+    return pixels.shape[1], pixels.shape[0]
+
+
+def expected(figsize: tuple[float, float]) -> tuple[int, int]:
+    """The pixel size of a figure of `figsize` inches at the project's DPI."""
+    from llm_tiny.plots import DPI
+
+    return round(figsize[0] * DPI), round(figsize[1] * DPI)
