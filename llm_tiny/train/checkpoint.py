@@ -189,6 +189,23 @@ def check_resume_compatible(
         )
 
 
+def check_end_of_text(cfg: RunConfig, tok: Any, path: Path) -> None:
+    """A run started from `path` trains with its tokenizer, which cannot be retrained: when the
+    input is read as documents and that tokenizer lacks their end-of-text token, say what works
+    (deleting the copied tokenizer would only copy it again)."""
+    from llm_tiny.data.prepare import as_documents, check_inputs
+
+    eot = cfg.data.eot
+    if not eot or eot in tok.special_tokens:
+        return
+    if as_documents(cfg.data, check_inputs(cfg.data.input)):
+        raise UserError(
+            f"train.init_from {path}: its tokenizer has no special token {eot}, which ends each "
+            "document of data.input; set data.eot: null to fine-tune on the documents without it "
+            "(they then follow each other in one token stream)"
+        )
+
+
 def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
     """`train.init_from`: the weights of another run's checkpoint (or an imported model) to
     start a new run from, with a fresh optimizer at step 0.
@@ -216,6 +233,7 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
             )
         filled[name] = theirs
     tok = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
+    check_end_of_text(cfg, tok, path)  # before anything is written: a refusal leaves nothing
     tok_path = Path(cfg.run_data.tokenizer)
     if not tok_path.exists():
         tok.save(tok_path)
