@@ -3,7 +3,7 @@
 `--format hf` writes a folder that `transformers` loads with `AutoModelForCausalLM` and
 `AutoTokenizer` (`config.json`, `model.safetensors`, `generation_config.json`,
 `tokenizer.json`, `tokenizer_config.json`); `--format gguf` writes one `.gguf` file for
-llama.cpp and Ollama (`--dtype f32|f16|q8_0`). Nothing is written unless all of it is: the
+llama.cpp and Ollama (`--dtype f32|f16|q8_0`; `bf16` for hf). Nothing is written unless all of it is: the
 folder is assembled beside PATH and renamed into place.
 """
 
