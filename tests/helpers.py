@@ -136,3 +136,16 @@ def expected(figsize: tuple[float, float]) -> tuple[int, int]:
     from llm_tiny.plots import DPI
 
     return round(figsize[0] * DPI), round(figsize[1] * DPI)
+
+
+# ----------------------------------------------------------------------------- scripts
+
+
+def load_script(name: str):
+    """`benchmarks/NAME.py` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

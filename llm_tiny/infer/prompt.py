@@ -41,7 +41,14 @@ def prompt_ids(
 ) -> list[int]:
     """The prompt's token ids; a prompt longer than the context keeps its last `block_size`
     tokens (with a `note`), an empty one is a UserError."""
-    ids = tokenizer.encode(prompt)
+    return fit_prompt(tokenizer.encode(prompt), block_size, note)
+
+
+def fit_prompt(
+    ids: list[int], block_size: int, note: Callable[[str], None] = lambda m: None
+) -> list[int]:
+    """`prompt_ids`' rule on ids already encoded: longer than `block_size`, keep the last
+    `block_size` (with a `note`); empty is a UserError. [1, 2, 3] at 2 -> [2, 3]."""
     if not ids:
         raise UserError("the prompt is empty; give --prompt with at least one character")
     if len(ids) > block_size:

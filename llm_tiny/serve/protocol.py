@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llm_tiny.config import SampleConfig
 from llm_tiny.errors import UserError
 from llm_tiny.infer.params import SamplingError, SamplingParams
-from llm_tiny.infer.prompt import prompt_ids
+from llm_tiny.infer.prompt import fit_prompt
 
 MAX_N = 16  # choices per request
 MAX_LOGPROBS = 5  # alternatives per token, as OpenAI's completions endpoint allows
@@ -198,22 +198,22 @@ def request_prompt_ids(
 ) -> list[int]:
     """A request's prompt ids. Longer than the context (`block` tokens), it is refused as
     OpenAI refuses it, unless the request asks for `truncate_prompt_tokens` (vLLM's field):
-    then its last N tokens are kept, the CLI's rule (`infer.prompt.prompt_ids`)."""
+    then its last N tokens are kept, the CLI's rule (`infer.prompt.fit_prompt`)."""
     keep = req.truncate_prompt_tokens
     if keep is not None and not 1 <= keep <= block:
         raise ApiError(
             400, f"truncate_prompt_tokens must be between 1 and {block}, got {keep}",
             param="truncate_prompt_tokens",
         )  # fmt: skip
-    n = len(tokenizer.encode(prompt)) if keep is None else 0
-    if n > block:
+    ids = tokenizer.encode(prompt)
+    if keep is None and len(ids) > block:
         raise ApiError(
             400,
-            f"This model's maximum context length is {block} tokens; the {param} has {n} tokens. "
-            "Shorten it, or send truncate_prompt_tokens to keep its last tokens.",
+            f"This model's maximum context length is {block} tokens; the {param} has "
+            f"{len(ids)} tokens. Shorten it, or send truncate_prompt_tokens to keep its last tokens.",
             param=param, code="context_length_exceeded",
         )  # fmt: skip
     try:
-        return prompt_ids(tokenizer, prompt, keep or block, lambda m: None)
+        return fit_prompt(ids, keep or block)
     except UserError:
         raise ApiError(400, f"{param} must not be empty", param=param) from None

@@ -4,7 +4,6 @@ The figures themselves are what the script measures on a GPU (docs/gpu.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -14,20 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load("gpu_check", SCRIPT)
-bench_train = _load("bench_train", ROOT / "benchmarks" / "bench_train.py")
+gpu_check = load_script("gpu_check")
+bench_train = load_script("bench_train")
 
 # What a bare CUDA machine may lack: everything but torch, numpy, pyyaml, regex and tqdm (and
 # the standard library). A `sitecustomize` on PYTHONPATH makes them unimportable in the script

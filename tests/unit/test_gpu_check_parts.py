@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 from llm_tiny.errors import UserError
 
@@ -13,15 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load("gpu_check", SCRIPT)
-bench_train = _load("bench_train", ROOT / "benchmarks" / "bench_train.py")
+gpu_check = load_script("gpu_check")
+bench_train = load_script("bench_train")
 
 
 def test_pure_parts():
