@@ -17,11 +17,12 @@ ARGS ?=
 # prepared data; data/tiny.txt's run in out/tiny is left alone).
 # The run's name: a .txt file's stem (my.txt -> out/my), a folder's name (mydocs/ -> out/mydocs),
 # any other file's name with its dots as dashes (x.jsonl -> out/x-jsonl, x.parquet ->
-# out/x-parquet), so that no two inputs share a run.
+# out/x-parquet), so that no two inputs share a run. Its sample starts from the run's own text
+# (sample.prompt: null), not from tiny.yaml's "ROMEO:".
 DATA ?=
 DATA_FILE := $(notdir $(patsubst %/,%,$(DATA)))
 DATA_RUN := $(if $(filter %.txt,$(DATA_FILE)),$(basename $(DATA_FILE)),$(subst .,-,$(DATA_FILE)))
-DATA_ARGS := $(if $(DATA),--data.input=[$(DATA)] --train.out_dir=out/$(DATA_RUN))
+DATA_ARGS := $(if $(DATA),--data.input=[$(DATA)] --train.out_dir=out/$(DATA_RUN) --sample.prompt=null)
 RUN ?= out/tiny
 # torch is pinned to the CPU build only when none is importable (a CUDA torch stays).
 TORCH_SPEC ?= torch==2.13.0

@@ -151,12 +151,15 @@ class TrainConfig:
 
     out_dir: str = "out/tiny"
     max_iters: int = 1000
-    max_seconds: float | None = None  # stop early after this much wall time
+    max_seconds: float | None = None  # wall time of the loop, its evaluations and end included
     batch_size: int = 16  # sequences per micro-batch (per process)
     grad_accum_steps: int = 1
     eval_interval: int = 250
     eval_at_start: bool = True  # also evaluate before the first step (the untrained baseline)
-    eval_iters: int | None = None  # None: the full validation split
+    # Batches per evaluation during training, spread over the validation split (the same ones
+    # each time); the end of the run scores the whole split too when the budget allows
+    # (`train.budget`). null: always the whole split.
+    eval_iters: int | None = 16
     eval_batch_size: int = 32
     log_interval: int = 10
     log_dynamics: bool = False  # weight norms and update ratios per matrix -> dynamics.csv
@@ -180,7 +183,9 @@ class TrainConfig:
 class SampleConfig:
     """Defaults for generation."""
 
-    prompt: str = "\n"
+    # null: the start of the run's own text (`infer.sample.run_prompt`): a new document after
+    # the end-of-text token, or the first line of the validation text.
+    prompt: str | None = None
     max_new_tokens: int = 200
     temperature: float = 0.8
     top_k: int | None = None
@@ -370,7 +375,11 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(t.peak_flops is None or t.peak_flops > 0, "train.peak_flops must be > 0 or null")
     check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
 
-    check(s.prompt != "", "sample.prompt must not be empty (generation continues a prompt)")
+    check(
+        s.prompt != "",
+        "sample.prompt must not be empty (generation continues a prompt); null: the start of "
+        "the run's own text",
+    )
     problem = sampling_problem(
         lambda k: f"sample.{k}",
         **{k: getattr(s, k) for k in SAMPLING_RULES},

@@ -17,7 +17,8 @@ batch_size)`. It depends on nothing else. Consequences:
 Text windows are `block_size + 1` tokens from anywhere in the split; y is x shifted by one.
 An example is padded to `block_size`; the loss covers its answer tokens and the newline, which
 teaches the model to stop, while the prompt and the padding have target -1. Evaluation walks a
-split in order instead (`iter_eval_batches`; for text, the windows of `eval_windows`).
+split in order instead (`iter_eval_batches`; for text, the windows of `eval_windows`), all of
+it or a fixed subset of its batches spread over it (`spread`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,21 @@ def eval_windows(
     return windows
 
 
+def spread(n: int, k: int | None) -> list[int]:
+    """`k` of the indices `0 .. n-1`, evenly spaced from the first to the last (all of them
+    when `k` is None or at least `n`): the evaluation subset samples the whole split, not only
+    its first documents.
+
+    >>> spread(10, 3), spread(4, None), spread(3, 5)
+    ([0, 4, 9], [0, 1, 2, 3], [0, 1, 2])
+    """
+    if k is None or k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
 # ----------------------------------------------------------------------------- batch sources
 
 
@@ -136,6 +152,22 @@ class _Source:
         B = self.batch_size
         return self._cached[1][micro * B : (micro + 1) * B]
 
+    def eval_batches(
+        self,
+        batch_size: int,
+        max_batches: int | None = None,
+        stride: int | None = None,
+        rest: bool = False,
+    ) -> list[int]:
+        """The indices of the evaluation batches: all of them, or `max_batches` spread evenly
+        over the split (`spread`), the same ones every time; `rest=True`: the others."""
+        n_batches = math.ceil(len(self._eval_rows(stride)[0]) / batch_size)
+        chosen = spread(n_batches, max_batches)
+        if not rest:
+            return chosen
+        taken = set(chosen)
+        return [i for i in range(n_batches) if i not in taken]
+
     def iter_eval_batches(
         self,
         batch_size: int,
@@ -143,25 +175,28 @@ class _Source:
         stride: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        *,
+        rest: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in order, or its first `max_batches` batches; with several ranks,
-        rank r takes batches r, r + W, r + 2W, ... (`stride`: see `eval_windows`)."""
+        """The batches of `eval_batches`, in order; with several ranks, rank r takes the r-th,
+        (r + W)-th, ... of them (`stride`: see `eval_windows`)."""
         rows = self._eval_rows(stride)[0]
-        n_batches = math.ceil(len(rows) / batch_size)
-        if max_batches is not None:
-            n_batches = min(n_batches, max_batches)
-        for i in range(rank, n_batches, world_size):
+        chosen = self.eval_batches(batch_size, max_batches, stride, rest)
+        for i in chosen[rank::world_size]:
             x, y = self._batch(rows[i * batch_size : (i + 1) * batch_size])
             yield _to_device(x, self.device), _to_device(y, self.device)
 
     def eval_targets(
-        self, batch_size: int, max_batches: int | None = None, stride: int | None = None
+        self,
+        batch_size: int,
+        max_batches: int | None = None,
+        stride: int | None = None,
+        rest: bool = False,
     ) -> int:
         """How many targets `iter_eval_batches` with these arguments scores (all ranks)."""
         targets = self._eval_rows(stride)[1]
-        if max_batches is not None:
-            targets = targets[: max_batches * batch_size]
-        return int(targets.sum())
+        chosen = self.eval_batches(batch_size, max_batches, stride, rest)
+        return int(sum(targets[i * batch_size : (i + 1) * batch_size].sum() for i in chosen))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the sampler's randomness depends on besides the step."""

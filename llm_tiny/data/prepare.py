@@ -68,7 +68,10 @@ CONFIG_NAMES = OptionNames(
     text_field="data.text_field",
     on_bad_record="data.on_bad_record",
     doc_separator="data.doc_separator",
-    skip="data.on_bad_record: skip",
+    skip=(
+        "data.on_bad_record: skip (--data.on_bad_record=skip; "
+        "with make: ARGS=--data.on_bad_record=skip)"
+    ),
 )
 
 

@@ -13,8 +13,9 @@ each window advances by `stride` tokens and scores only those, so every scored t
 least `block_size - stride` tokens of context: a lower, fairer loss for a fixed context, at
 `block_size / stride` times the cost.
 
-Evaluating only the first `eval_iters` batches (a cheaper estimate during training) scales the
-byte count by the fraction of targets scored; on the full split bits per byte are exact.
+Evaluating only `eval_iters` batches (a cheaper estimate during training: a fixed subset spread
+over the split, `data.batches.spread`) scales the byte count by the fraction of targets scored;
+on the full split bits per byte are exact.
 """
 
 from __future__ import annotations
@@ -115,29 +116,51 @@ def evaluate_split(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     rank: int = 0,
     world_size: int = 1,
+    full: bool = False,
 ) -> dict[str, float]:
-    """Evaluate a batch source (`data.TokenWindows` / `data.ExampleBatches`) over its split
-    (`stride`: text only, see the module docstring).
+    """Evaluate a batch source (`data.TokenWindows` / `data.ExampleBatches`) over its split,
+    or over the `max_batches` batches spread over it (`stride`: text only, see the module
+    docstring).
+
+    `full=True` with `max_batches` also scores the batches outside the subset: the result then
+    holds the subset's numbers and, as `full_loss`, `full_ppl`, `full_bpb`, `full_tokens`, the
+    whole split's, from one pass over the split.
 
     With several processes each rank scores its share of the batches and the sums are added
     with `all_reduce`, so every rank returns the same numbers.
     """
+    parts = [False, True] if full else [False]  # the subset, then the rest of the split
+    sums = []
     was_training = model.training
     model.eval()
     try:
-        batches = source.iter_eval_batches(batch_size, max_batches, stride, rank, world_size)
-        loss_sum, n = loss_sum_over(model, batches, autocast)
+        for rest in parts:
+            batches = source.iter_eval_batches(
+                batch_size, max_batches, stride, rank, world_size, rest=rest
+            )
+            sums.extend(loss_sum_over(model, batches, autocast))
     finally:
         model.train(was_training)
     if world_size > 1:
-        both = torch.tensor([loss_sum, float(n)], dtype=torch.float64, device=source.device)
+        both = torch.tensor(sums, dtype=torch.float64, device=source.device)
         dist.all_reduce(both)
-        loss_sum, n = float(both[0]), int(both[1])
+        sums = both.tolist()
     total = source.eval_targets(batch_size, stride=stride)
-    assert max_batches is not None or n == total, f"scored {n} targets, expected {total}"
-    # Exact on the full split; with max_batches, the bytes of the scored part are estimated.
-    n_bytes = scored_bytes if n == total else scored_bytes * n / max(total, 1)
-    return summarize(loss_sum, n, n_bytes)
+
+    def scored(loss_sum: float, n: int) -> dict[str, float]:
+        # Exact on the full split; for a subset, the bytes of the scored part are estimated.
+        n_bytes = scored_bytes if n == total else scored_bytes * n / max(total, 1)
+        return summarize(loss_sum, n, n_bytes)
+
+    result = scored(sums[0], int(sums[1]))
+    if max_batches is None:
+        assert int(sums[1]) == total, f"scored {int(sums[1])} targets, expected {total}"
+    if full:
+        n = int(sums[1]) + int(sums[3])
+        assert n == total, f"scored {n} targets, expected {total}"
+        whole = scored(sums[0] + sums[2], n)
+        result.update({f"full_{k}": v for k, v in whole.items()})
+    return result
 
 
 # ----------------------------------------------------------------------------- command line

@@ -72,10 +72,12 @@ def eot_ids(tokenizer: Any, cfg: Any, stop: bool | None = None) -> list[int]:
 
 
 def text_of(tokenizer: Any, ids: list[int], stops: Iterable[int]) -> str:
-    """The text of `ids` up to (not including) the first stop token."""
+    """The text of `ids` up to (not including) the first stop token after the leading ones (a
+    prompt of the end-of-text token alone starts a new document and shows no text)."""
     stops = set(stops)
-    cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-    return tokenizer.decode(ids[:cut])
+    first = next((i for i, t in enumerate(ids) if t not in stops), len(ids))
+    cut = next((i for i, t in enumerate(ids) if i >= first and t in stops), len(ids))
+    return tokenizer.decode(ids[first:cut])
 
 
 # ----------------------------------------------------------------------------- chat

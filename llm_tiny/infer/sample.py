@@ -23,7 +23,8 @@ from llm_tiny.infer.params import SamplingParams
 from llm_tiny.infer.prompt import eot_ids, prompt_ids, text_of
 
 
-def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> str:
+def read_prompt(prompt: str | None, prompt_file: str | None) -> str | None:
+    """The prompt given by --prompt or --prompt-file; None when neither was given."""
     if prompt_file is not None:
         try:
             return Path(prompt_file).read_text(encoding="utf-8")
@@ -31,14 +32,43 @@ def read_prompt(prompt: str | None, prompt_file: str | None, default: str) -> st
             raise UserError(f"{prompt_file}: prompt file not found") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{prompt_file}: cannot read prompt file ({e})") from None
-    return default if prompt is None else prompt
+    return prompt
+
+
+def run_prompt(tokenizer: Any, cfg: Any, prompt: str | None = None, note=print) -> list[int]:
+    """The ids to continue: `prompt`, else the run's `sample.prompt`, else (null, the default
+    and what `make train DATA=...` asks for) the start of the run's own text:
+    - the end-of-text token alone when the tokenizer has one (a run on documents): the model
+      begins a document of its own;
+    - otherwise the first whole line of the validation text (at most 80 characters and half the
+      context), read from the run's prepared data, or a newline when those are gone."""
+    prompt = cfg.sample.prompt if prompt is None else prompt
+    if prompt is not None:
+        return prompt_ids(tokenizer, prompt, cfg.model.block_size, note)
+    if eot := eot_ids(tokenizer, cfg):
+        return eot
+    line = _first_val_line(tokenizer, cfg) or "\n"
+    return tokenizer.encode(line)[: max(1, cfg.model.block_size // 2)]  # room to go on
+
+
+def _first_val_line(tokenizer: Any, cfg: Any) -> str | None:
+    from llm_tiny.data import load_prepared
+
+    try:
+        data_dir = cfg.data.resolved(cfg.train.out_dir).data_dir
+        stream = load_prepared(data_dir, tokenizer).tokens("val")
+        text = tokenizer.decode(stream[0 : min(len(stream), 512)].tolist())
+    except (UserError, OSError):
+        return None
+    lines = [line.strip() for line in text.split("\n")[1:-1]]  # whole lines only
+    return next((line[:80] for line in lines if line), None)
 
 
 def sample_text(model: Any, tokenizer: Any, cfg: Any, device: torch.device, note=print) -> str:
     """One sample with the run config's `sample` settings (the end-of-training sample)."""
     from llm_tiny.infer.sampling import generate
 
-    ids = prompt_ids(tokenizer, cfg.sample.prompt, cfg.model.block_size, note)
+    ids = run_prompt(tokenizer, cfg, note=note)
     stops = eot_ids(tokenizer, cfg)
     params = SamplingParams.from_config(cfg.sample, stop_tokens=stops)
     generator = torch.Generator(device=device).manual_seed(params.seed)
@@ -51,7 +81,11 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="llm_tiny sample", description="Generate text from a checkpoint.")
     add_ckpt_arg(p)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
+    group.add_argument(
+        "--prompt",
+        help="text to continue (default: the run's sample.prompt; if null, a new document for "
+        "a run of documents, else the first line of its validation text)",
+    )
     group.add_argument("--prompt-file", help="read the prompt from this file")
     p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
     p.add_argument("--temperature", type=float, help="0 = greedy; higher = more random")
@@ -105,8 +139,8 @@ def _sample(args) -> int:
     if args.beam_width and num_samples != 1:
         raise UserError("beam search is deterministic: use --num-samples 1 with --beam-width")
 
-    prompt = read_prompt(args.prompt, args.prompt_file, cfg.sample.prompt)
-    ids = prompt_ids(tokenizer, prompt, cfg.model.block_size)
+    given = read_prompt(args.prompt, args.prompt_file)
+    ids = run_prompt(tokenizer, cfg, given, note=lambda m: print(m, file=sys.stderr))
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     # NOTE: one generator for every sample, so sample i + 1 goes on where sample i stopped.
     generator = torch.Generator(device=device).manual_seed(params.seed)
@@ -124,7 +158,7 @@ def _sample(args) -> int:
             out.write(text_of(tokenizer, tokens[0].tolist(), stops))
         elif args.stream:
             decoder = StreamDecoder(tokenizer)
-            out.write(tokenizer.decode(ids))
+            out.write(text_of(tokenizer, ids, stops))
             out.flush()
             for token in generate_stream(model, idx, params=params, generator=generator):
                 if token in stops:

@@ -156,7 +156,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         run = _Run(server, request, jobs, stop_strings(req.stop), "text_completion")
         run.prompt_tokens = sum(map(len, ids))
         run.token_ids = req.return_token_ids
-        return await run.respond(req.stream)
+        return await run.respond(req.stream, req.ignored_fields())
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -175,7 +175,7 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         ]
         run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
         run.prompt_tokens = len(ids)
-        return await run.respond(req.stream)
+        return await run.respond(req.stream, req.ignored_fields())
 
     @app.post("/api/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
@@ -365,7 +365,9 @@ class _Run:
         self.choices = [_Choice(server, stops) for _ in jobs]
         self.seqs: list[Row] = []
 
-    async def respond(self, stream: bool) -> Any:
+    async def respond(self, stream: bool, ignored: list[str] | None = None) -> Any:
+        """The response: streamed or whole; `ignored` names the request's fields that changed
+        nothing (the `X-Ignored-Fields` header)."""
         self.queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         if self.server.inbox is None or self.server.inbox.loop is not loop:
@@ -377,10 +379,12 @@ class _Run:
 
         engine = self.server.engine
         self.seqs = [engine.submit(ids, st, emitter(i)) for i, (ids, st) in enumerate(self.jobs)]
+        headers = {"X-Ignored-Fields": ", ".join(ignored)} if ignored else None
         if stream:
-            return StreamingResponse(self._sse(), media_type="text/event-stream")
+            sse = self._sse()
+            return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
         try:
-            return JSONResponse(await self._collect())
+            return JSONResponse(await self._collect(), headers=headers)
         finally:
             self._cancel()
 

@@ -46,9 +46,21 @@ class ApiError(Exception):
         }  # fmt: skip
 
 
+# Fields of OpenAI's requests that change nothing here: accepted, and named in the response's
+# `X-Ignored-Fields` header when a request sets them (`_Request.ignored_fields`).
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "stream_options",
+                  "parallel_tool_calls")  # fmt: skip
+# Fields of OpenAI's requests whose meaning this server cannot honour: refused with a 400.
+UNSUPPORTED_FIELDS = ("logit_bias", "tools", "tool_choice", "functions", "function_call",
+                      "response_format", "suffix", "best_of", "top_logprobs", "modalities",
+                      "audio", "prediction")  # fmt: skip
+
+
 class _Request(BaseModel):
-    # Unknown fields are ignored, as clients send optional OpenAI fields we do not use.
-    model_config = ConfigDict(extra="ignore")
+    # Extra fields are kept to be checked: OpenAI's harmless ones are ignored (and named back),
+    # the ones it would act on are refused, and a field OpenAI does not know is refused as
+    # OpenAI refuses it ("Unrecognized request argument supplied").
+    model_config = ConfigDict(extra="allow")
 
     model: str
     max_tokens: int | None = None
@@ -67,6 +79,22 @@ class _Request(BaseModel):
     stream: bool = False
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+
+    def check_fields(self) -> None:
+        """A 400 for the first extra field this server refuses (see `IGNORED_FIELDS`)."""
+        for name, value in (self.model_extra or {}).items():
+            if name in IGNORED_FIELDS:
+                continue
+            if name in UNSUPPORTED_FIELDS:
+                if value is None:
+                    continue
+                raise ApiError(400, f"{name} is not supported by this server", param=name)
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}", param=name)
+
+    def ignored_fields(self) -> list[str]:
+        """The fields the request set that change nothing here."""
+        extra = self.model_extra or {}
+        return sorted(k for k, v in extra.items() if k in IGNORED_FIELDS and v is not None)
 
 
 class CompletionRequest(_Request):
@@ -109,11 +137,14 @@ def parse_json(body: bytes) -> dict[str, Any]:
 def parse_request(cls: type[_Request], data: dict[str, Any]) -> Any:
     """`data` validated as `cls`; the first problem becomes a 400 naming its field."""
     try:
-        return cls.model_validate(data)
+        req = cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         raise ApiError(400, f"{param}: {err['msg']}", param=param) from None
+    if isinstance(req, _Request):
+        req.check_fields()
+    return req
 
 
 def sampling_params(req: _Request, sample: SampleConfig) -> SamplingParams:

@@ -11,24 +11,20 @@ model, optimizer and batch sources and runs `Trainer.optimizer_step` until the b
     clip the global gradient norm; skip the update if the loss (or norm) is not finite
     AdamW step
 
-Steps are counted in optimizer updates: a row logged at step s describes the state after s
-updates (its `train_loss` is the loss of update s's batch). Validation runs at step 0, every
-`eval_interval` steps and at the end; `last.pt` is written every `ckpt_interval` steps and at
-the end, `best.pt` whenever the validation loss improves. With `train.max_seconds` the schedule
-follows whichever of steps and time is further along (`schedule.schedule_step`), so warmup and
-decay complete within the budget.
+Steps count optimizer updates: a row logged at step s describes the state after s updates.
+Validation (a fixed subset of the split, `train.eval_iters` batches) runs at step 0, every
+`eval_interval` steps and at the end, when the whole split is scored too if the budget allows;
+`last.pt` is written every `ckpt_interval` steps and at the end, `best.pt` whenever the
+validation loss improves. `train.max_seconds` covers the loop, the end included (`budget`):
+the schedule follows whichever of steps and time is further along (`schedule.schedule_step`).
 
-What makes a resumed run continue *exactly* (bit for bit on CPU): the checkpoint holds the
-model, AdamW and GradScaler states, every RNG state of every rank, and the step; batches are a
-pure function of (seed, step, micro-batch), and evaluation and sampling run inside
-`runtime.preserved_rng` so they never shift the training random streams.
+A resumed run continues *exactly* (bit for bit on CPU): the checkpoint holds the model,
+optimizer, GradScaler, every rank's RNG states and the step; batches are a pure function of
+(seed, step, micro-batch); evaluation and sampling run inside `runtime.preserved_rng`.
 
-Distributed: launched by `torchrun --nproc_per_node=N -m llm_tiny train ...`, each process
-trains on its own micro-batches (global micro index `rank * grad_accum_steps + m`, see
-`llm_tiny.data`), the gradients are averaged across processes once per step, and only rank 0
-logs and writes files (`metrics.RunLog` does nothing on the others); the wrapper (DDP today)
-is `llm_tiny.distributed`'s. The logged loss is averaged over ranks too, so N processes with
-accumulation A log the same curve as 1 process with accumulation N x A.
+Distributed (`torchrun --nproc_per_node=N -m llm_tiny train ...`, the wrapper from
+`llm_tiny.distributed`): each rank trains on its own micro-batches (`llm_tiny.data`), gradients
+and the logged loss are averaged once per step, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -61,6 +57,7 @@ from llm_tiny.runtime import (
     try_compile,
 )
 from llm_tiny.train import checkpoint
+from llm_tiny.train.budget import Reserve, final_eval_note
 from llm_tiny.train.dynamics import measure, snapshot
 from llm_tiny.train.metrics import RunLog, Throughput
 from llm_tiny.train.optim import build_optimizer, clip_grad_norm, set_lr
@@ -98,6 +95,10 @@ class Trainer:
             data, "train", cfg, rt.device, micro_batches=self.accum * rt.world_size
         )
         self.val_src = open_split(data, "val", cfg, rt.device)
+        targets = self.val_src.eval_targets  # of an evaluation during training, of the split
+        self.reserve = Reserve(
+            t.max_seconds, targets(t.eval_batch_size, t.eval_iters), targets(t.eval_batch_size)
+        )
 
         seed_everything(t.seed)
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
@@ -115,6 +116,7 @@ class Trainer:
         self.meter = Throughput()  # since the last log line
         self.t0: float | None = None  # when this process's loop started
         self.synced_elapsed = self.state.elapsed_s  # the ranks' mean, as of the last step
+        self.synced_reserve = 0.0  # the same for the time kept for the end (`budget`)
         self.batch = self.train_src.get_batch(self.state.step, self.first_micro)
 
         compiled = try_compile(self.model, self.batch, rt, log) if t.compile else self.model
@@ -151,9 +153,9 @@ class Trainer:
         norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip)
         # One small read from the device per step (plus one all-reduce with several ranks).
         # The elapsed time is averaged too: every rank then schedules the same learning rate.
-        extra = torch.tensor([float(stop), self.elapsed()], device=rt.device)
+        extra = torch.tensor([float(stop), self.elapsed(), self.reserve.seconds], device=rt.device)
         flags = self.par.mean(torch.cat([torch.stack([loss_sum / A, norm.float()]), extra]))
-        loss_v, norm_v, stop_v, self.synced_elapsed = flags.tolist()
+        loss_v, norm_v, stop_v, self.synced_elapsed, self.synced_reserve = flags.tolist()
         # With float16 the GradScaler owns inf gradients (it skips the update and lowers the
         # scale); only a non-finite loss is ours to handle.
         finite = math.isfinite(loss_v) and (self.scaler.is_enabled() or math.isfinite(norm_v))
@@ -179,7 +181,8 @@ class Trainer:
             while s.step < t.max_iters:
                 started = time.perf_counter()
                 lr = lr_for(self.cfg.optim, t.max_iters, s.step, self.schedule_position())
-                over_time = t.max_seconds is not None and self.elapsed() > t.max_seconds
+                end_s = self.elapsed() + self.reserve.seconds  # when the run would end now
+                over_time = t.max_seconds is not None and end_s > t.max_seconds
                 watch = t.log_dynamics and (s.step + 1) % t.log_interval == 0
                 before = snapshot(self.model) if watch else None
                 loss, norm, finite, stop_all = self.optimizer_step(
@@ -191,6 +194,7 @@ class Trainer:
                     self.log.dynamics(s.step, measure(self.model, before))
                 s.tokens_seen += self.tokens_per_step
                 self.meter.add(self.tokens_per_step, time.perf_counter() - started)
+                self.reserve.update(self.meter.rate())
                 if finite:
                     self.bad_in_row, train_loss = 0, loss
                 else:
@@ -200,7 +204,8 @@ class Trainer:
                 done = s.step >= t.max_iters or stop_all
                 row = self.log_step(loss, norm, lr, done)
                 if s.step % t.eval_interval == 0 or (done and stopped != "signal"):
-                    last_val = self.evaluate_and_log(row={"tokens": s.tokens_seen, **row})
+                    final = done and stopped != "signal"
+                    last_val = self.evaluate_and_log({"tokens": s.tokens_seen, **row}, final)
                 elif row:
                     self.log.row(s.step, **row, elapsed_s=self.elapsed())
                 # During a run of non-finite losses the last good checkpoint stays.
@@ -209,20 +214,13 @@ class Trainer:
                 if done:
                     break
         val = last_val or {}
+        whole = {k: val.get(f"full_{k}", val.get(k)) for k in ("loss", "ppl", "bpb")}
         return TrainResult(
-            out_dir=self.out_dir,
-            step=s.step,
-            tokens=s.tokens_seen,
-            train_loss=train_loss,
-            val_loss=val.get("loss"),
-            val_ppl=val.get("ppl"),
-            val_bpb=val.get("bpb"),
-            best_val_loss=s.best_val_loss,
-            elapsed_s=self.elapsed(),
-            skipped_steps=self.skipped,
-            stopped=stopped,
-            signum=stopper.signum,
-        )
+            out_dir=self.out_dir, step=s.step, tokens=s.tokens_seen, train_loss=train_loss,
+            val_loss=whole["loss"], val_ppl=whole["ppl"], val_bpb=whole["bpb"],
+            best_val_loss=s.best_val_loss, elapsed_s=self.elapsed(),
+            skipped_steps=self.skipped, stopped=stopped, signum=stopper.signum,
+        )  # fmt: skip
 
     def elapsed(self) -> float:
         """Training wall time: earlier runs of a resumed run plus this one's loop so far."""
@@ -232,7 +230,8 @@ class Trainer:
     def schedule_position(self) -> int:
         """Where a time budget puts the schedule (the same on every rank)."""
         t = self.cfg.train
-        return schedule_step(self.state.step, t.max_iters, self.synced_elapsed, t.max_seconds)
+        budget = t.max_seconds and t.max_seconds - self.synced_reserve  # less the end's time
+        return schedule_step(self.state.step, t.max_iters, self.synced_elapsed, budget)
 
     def skip(self, loss: float, norm: float, lr: float) -> None:
         """Count a skipped (non-finite) step; stop the run after `max_bad_steps` in a row."""
@@ -259,29 +258,26 @@ class Trainer:
             + self.rt.mfu_text(self.model.flops_per_token(), tps, self.cfg.train.peak_flops)
         )
         self.meter = Throughput()
-        return {
-            "tokens": self.state.tokens_seen,
-            "train_loss": loss,
-            "lr": lr,
-            "grad_norm": norm,
-            "tokens_per_s": tps,
-        }
+        row = {"tokens": self.state.tokens_seen, "train_loss": loss, "lr": lr, "grad_norm": norm}
+        return {**row, "tokens_per_s": tps}
 
     # --------------------------------------------------------------------- evaluation, files
 
-    def evaluate_and_log(self, row: dict[str, Any]) -> dict[str, float]:
+    def evaluate_and_log(self, row: dict[str, Any], final: bool = False) -> dict[str, float]:
+        """Evaluate on the validation subset (`budget`); at the end of the run also on the rest
+        of the split, when the budget allows (decided alike on every rank)."""
         t, s = self.cfg.train, self.state
+        wants_full = final and self.reserve.final_full(self.meter.rate())
+        full = bool(self.par.mean(torch.tensor([float(wants_full)], device=self.rt.device)) > 0)
+        started = time.perf_counter()
         with preserved_rng(self.rt.device):
             val = evaluate_split(
-                self.par.eval_model,
-                self.val_src,
-                self.data.split("val")["scored_bytes"],
-                batch_size=t.eval_batch_size,
-                max_batches=t.eval_iters,
-                autocast=self.rt.autocast,
-                rank=self.rt.rank,
-                world_size=self.rt.world_size,
-            )
+                self.par.eval_model, self.val_src, self.data.split("val")["scored_bytes"],
+                batch_size=t.eval_batch_size, max_batches=t.eval_iters, full=full,
+                autocast=self.rt.autocast, rank=self.rt.rank, world_size=self.rt.world_size,
+            )  # fmt: skip
+        scored = val.get("full_tokens", val["tokens"])
+        self.reserve.measured_eval(scored, time.perf_counter() - started)
         improved = val["loss"] < s.best_val_loss
         if improved:
             s.best_val_loss = val["loss"]
@@ -291,15 +287,20 @@ class Trainer:
             f"step {s.step}: val loss {val['loss']:.4f} | ppl {val['ppl']:.2f} | "
             f"bpb {val['bpb']:.4f}" + (" (best)" if improved and s.step > 0 else "")
         )
-        metrics = {"val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"]}
+        if final and (note := final_eval_note(val, self.reserve, t.out_dir)):
+            self.log(note)
+        metrics = {f"val_{k}": val[k] for k in ("loss", "ppl", "bpb")}
+        metrics |= {f"full_val_{k}": val.get(f"full_{k}") for k in ("loss", "bpb")}
         self.log.row(s.step, **row, **metrics, elapsed_s=self.elapsed())
         return val
 
     def save(self, name: str) -> None:
         """Write checkpoints. Every rank takes part: the RNG states (and, with a sharded
         wrapper, the weights) are gathered to rank 0, which writes."""
+        started = time.perf_counter()
         rng, weights = gather_rng(self.rt), self.par.full_state_dict()
         self.par.on_main(self._write, name, rng, weights)
+        self.reserve.measured_save(time.perf_counter() - started)
 
     def _write(self, name: str, rng: list[dict[str, Any]], weights: dict) -> None:
         state = dataclasses.replace(self.state, elapsed_s=self.elapsed())

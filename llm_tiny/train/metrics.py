@@ -33,6 +33,8 @@ COLUMNS = (
     "val_loss",
     "val_ppl",
     "val_bpb",
+    "full_val_loss",  # the final evaluation's, over the whole split (`train.budget`)
+    "full_val_bpb",
     "lr",
     "grad_norm",
     "tokens_per_s",
@@ -65,9 +67,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
 
 def final_metrics(rows: list[dict[str, float | None]]) -> dict[str, float]:
     """What a run ended at: `val_loss` and `val_bpb` of the last evaluated row (training
-    evaluates at the end), the last step as `iters`, and the median `tokens_per_s`, which
+    evaluates at the end; the whole split's when it was scored), the last step as `iters`, and the median `tokens_per_s`, which
     ignores the slow first interval and the pauses for evaluation; `nan` for what is missing."""
     last = next((r for r in reversed(rows) if r.get("val_loss") is not None), {})
+    if last.get("full_val_loss") is not None:  # the whole split, scored at the end
+        last = {**last, "val_loss": last["full_val_loss"], "val_bpb": last["full_val_bpb"]}
     steps = [r["step"] for r in rows if r.get("step") is not None]
     speeds = sorted(r["tokens_per_s"] for r in rows if r.get("tokens_per_s") is not None)
     return {
@@ -92,16 +96,17 @@ def read_dynamics(path: str | Path) -> dict[str, list[tuple[int, float, float]]]
 def _truncate_after(path: Path, step: int, columns: tuple[str, ...]) -> None:
     """Keep the header and the rows with `step <= step` (rewritten atomically)."""
     with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        rows = [r for r in reader if r and float(r[0]) <= step]
-    if header != list(columns):
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step") and float(r["step"]) <= step]
+    if header[:1] != ["step"] or not set(header) <= set(columns):
         raise UserError(f"{path}: unexpected columns {header}; move the file away to resume")
+    # A file of an earlier version (fewer columns) gets today's header, its cells kept.
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([r.get(c) or "" for c in columns] for r in rows)
     os.replace(tmp, path)
 
 

@@ -45,6 +45,17 @@ def browser():
         b.close()
 
 
+def covered_tokens(page) -> int:
+    """How many token boxes of the output the visible tooltip overlaps."""
+    return page.evaluate(
+        """() => { const t = document.getElementById('tip').getBoundingClientRect();
+          return [...document.querySelectorAll('#output .tok')].filter((el) => {
+            const r = el.getBoundingClientRect();
+            return r.left < t.right && t.left < r.right && r.top < t.bottom && t.top < r.bottom;
+          }).length; }"""
+    )
+
+
 def test_playground_streams_hovers_and_shows_attention(browser, url, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.goto(url + "/")
@@ -79,6 +90,7 @@ def test_playground_streams_hovers_and_shows_attention(browser, url, tmp_path):
     tip.wait_for(state="visible")
     assert "probability" in tip.inner_text()
     assert tip.locator("tr").count() == 5  # the five most likely tokens at that step
+    assert covered_tokens(page) == 0  # the tooltip hides none of the text around it
 
     generated.nth(n - 1).click()
     page.locator("#attn-panel").wait_for(state="visible")
@@ -102,7 +114,10 @@ def test_playground_streams_hovers_and_shows_attention(browser, url, tmp_path):
     if os.environ.get("LLM_TINY_SCREENSHOT"):
         shutil.copy(shot, os.environ["LLM_TINY_SCREENSHOT"])
 
-    # Phone width: nothing wider than the screen.
+    # Phone width: nothing wider than the screen, and the tooltip still covers no token.
     page.set_viewport_size({"width": 375, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    generated.first.hover()
+    tip.wait_for(state="visible")
+    assert covered_tokens(page) == 0
     page.close()

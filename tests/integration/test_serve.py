@@ -193,6 +193,28 @@ def test_unknown_model_malformed_and_oversized_bodies(client, url):
     assert client.models.list().data[0].id == "tiny"  # still answering
 
 
+def test_unknown_request_fields_are_refused_or_named_back_as_ignored(client):
+    """OpenAI's own fields that change nothing here are accepted and named in the
+    X-Ignored-Fields header; fields it would act on, and fields OpenAI does not know, are a 400
+    in OpenAI's shape, naming the field."""
+    raw = client.completions.with_raw_response.create(
+        model="tiny", prompt="ab", max_tokens=2, user="me", extra_body={"store": False}
+    )
+    assert raw.headers["x-ignored-fields"] == "store, user"
+    assert raw.parse().choices[0].text is not None
+    plain = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert "x-ignored-fields" not in plain.headers
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="ab", extra_body={"tempreature": 0.1})
+    assert e.value.body["message"] == "Unrecognized request argument supplied: tempreature"
+    assert e.value.body["param"] == "tempreature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="ab", logit_bias={"1": 5})
+    assert e.value.body["message"] == "logit_bias is not supported by this server"
+
+
 def preflight_allows(url: str) -> str | None:
     """The Access-Control-Allow-Origin answer to a browser's preflight from example.org."""
     import http.client

@@ -18,9 +18,9 @@ import torch
 import yaml
 
 from llm_tiny.config import load_config, override
-from llm_tiny.data import load_prepared
+from llm_tiny.data import load_prepared, open_split
 from llm_tiny.errors import UserError
-from llm_tiny.eval.loss import evaluate_tokens
+from llm_tiny.eval.loss import evaluate_split, evaluate_tokens
 from llm_tiny.train.checkpoint import load_checkpoint, load_model
 from llm_tiny.train.loop import main, train
 from llm_tiny.train.metrics import COLUMNS, MetricsLog
@@ -140,6 +140,32 @@ def test_cli_run_trains_and_writes_its_files(tmp_path):
     # A stride re-scores nothing twice and gives every token more context: a lower loss.
     strided = evaluate_tokens(model, tokens, scored, cfg.model.block_size, 16, "cpu", stride=8)
     assert strided["tokens"] == got["tokens"] and strided["loss"] < got["loss"]
+
+
+def test_evaluation_scores_a_fixed_subset_and_the_whole_split_at_the_end(tmp_path):
+    """With a validation split larger than `train.eval_iters` batches, each evaluation scores
+    the same batches spread over it; the end of a run without a budget adds the whole split,
+    in one pass, and reports it as the run's result."""
+    config = write_config(tmp_path, n_bytes=60_000, train={"max_iters": 10, "eval_iters": 2})
+    lines: list[str] = []
+    result = train(load_config(config), progress=False, log=lines.append)
+    table = rows(tmp_path / "run")
+    evaluated = [r for r in table if r["val_loss"]]
+    assert [int(r["step"]) for r in evaluated] == [0, 10]
+    assert not evaluated[0]["full_val_loss"] and evaluated[1]["full_val_loss"]
+
+    model, tok, cfg, _ = load_model(tmp_path / "run", "cpu", name="last.pt")
+    data = load_prepared(tmp_path / "data", tok)
+    val_src = open_split(data, "val", cfg)
+    scored = data.split("val")["scored_bytes"]
+    subset = evaluate_split(model, val_src, scored, batch_size=16, max_batches=2)
+    whole = evaluate_split(model, val_src, scored, batch_size=16)
+    assert subset["tokens"] == val_src.eval_targets(16, 2) < whole["tokens"] / 2
+    assert float(evaluated[1]["val_loss"]) == pytest.approx(subset["loss"], rel=1e-6)
+    assert float(evaluated[1]["full_val_loss"]) == pytest.approx(whole["loss"], rel=1e-6)
+    assert float(evaluated[1]["full_val_bpb"]) == pytest.approx(whole["bpb"], rel=1e-6)
+    assert result.val_loss == pytest.approx(whole["loss"], rel=1e-6)
+    assert f"the whole validation split ({whole['tokens']:,} tokens)" in "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -589,6 +615,22 @@ def test_metrics_log_keeps_rows_up_to_the_resumed_step(tmp_path):
     with pytest.raises(KeyError, match="unknown metrics columns"):
         fresh.write(1, loss=1.0)
     fresh.close()
+
+
+def test_metrics_of_an_earlier_version_resume_under_todays_columns(tmp_path):
+    """A metrics.csv written before columns were added keeps its cells, in today's header;
+    a file with columns this version does not know is refused in one line."""
+    old = [c for c in COLUMNS if not c.startswith("full_")]
+    (tmp_path / "metrics.csv").write_text(
+        ",".join(old) + "\n" + ",".join("1" if c == "step" else "0.5" for c in old) + "\n"
+    )
+    MetricsLog(tmp_path, resume_step=1).close()
+    table = rows(tmp_path)
+    assert list(table[0]) == list(COLUMNS)
+    assert table[0]["val_loss"] == "0.5" and table[0]["full_val_loss"] == ""
+    (tmp_path / "metrics.csv").write_text("step,mystery\n1,2\n")
+    with pytest.raises(UserError, match="unexpected columns"):
+        MetricsLog(tmp_path, resume_step=1)
 
 
 def test_a_runs_data_is_not_replaced_by_prepare_or_a_resume_on_other_input(tmp_path, capsys):

@@ -274,8 +274,14 @@ def test_window_batches_reproduce_the_stream(tmp_path):
     for (x, y), (x_file, y_file) in zip(in_memory, src.iter_eval_batches(3, stride=5), strict=True):
         assert (x == x_file).all() and (y == y_file).all()
     assert src.eval_targets(batch_size=3) == 99
+    # 7 windows (6 of 16 targets, the last scoring 3) in 3 batches of 3: a subset of 2 batches
+    # takes the first and the last, the rest is the middle one, and together they are all.
+    assert src.eval_batches(3, max_batches=2) == [0, 2]
+    assert src.eval_batches(3, max_batches=2, rest=True) == [1]
     got = sum(int((y != -1).sum()) for _, y in src.iter_eval_batches(3, max_batches=2))
-    assert got == src.eval_targets(batch_size=3, max_batches=2) == 16 * 6
+    assert got == src.eval_targets(batch_size=3, max_batches=2) == 16 * 3 + 3
+    rest = sum(int((y != -1).sum()) for _, y in src.iter_eval_batches(3, 2, rest=True))
+    assert rest == src.eval_targets(3, 2, rest=True) == 99 - got
     shards = [list(src.iter_eval_batches(2, rank=r, world_size=2)) for r in range(2)]
     assert sum(int((y != -1).sum()) for s in shards for _, y in s) == 99
 

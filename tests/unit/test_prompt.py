@@ -66,4 +66,7 @@ def test_prompt_ids_and_text_of(tokenizer):
     eot = tokenizer.special_tokens["<|endoftext|>"]
     hi = tokenizer.encode("Hi")
     assert text_of(tokenizer, [*hi, eot, *hi], [eot]) == "Hi"
+    # A prompt of the end-of-text token alone (a new document) shows no text of its own.
+    assert text_of(tokenizer, [eot, *hi, eot, *hi], [eot]) == "Hi"
+    assert text_of(tokenizer, [eot, eot], [eot]) == ""
     assert text_of(tokenizer, hi, []) == "Hi"
