@@ -26,6 +26,9 @@ the whole text at once (a test checks this).
 The prompt (up to and including the first `answer_sep`) and the answer (the rest of the line
 plus its newline) are tokenized separately, so the boundary is always a token boundary and a
 sampler can feed exactly the prompt tokens (`examples`).
+
+**Conversations** (data.kind `chat`): rows of `messages` from JSON Lines or Parquet, rendered by
+the chat template into ids and a loss mask on the assistant's tokens (`chat`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.chat import conversation_texts, prepare_chat
 from llm_tiny.data.examples import prepare_examples
 from llm_tiny.data.pipeline import encoded, new_counts, write_items
 from llm_tiny.data.shards import SPLITS, ShardWriter, TokenStream, read_header
@@ -93,6 +97,8 @@ def as_documents(cfg: DataConfig, files: list[Path]) -> bool:
     """Whether the input is read as documents (each ending with `cfg.eot`, validation by
     document) rather than as one text: anything but plain text files named one by one, or
     any input when the validation documents come from `data.val_input`."""
+    if cfg.kind != "text":  # examples and conversations have their own readers
+        return False
     if cfg.val_input:
         return True
     named = all(Path(p).is_file() for p in cfg.input) and len(files) == len(cfg.input)
@@ -133,6 +139,7 @@ def load_or_train_tokenizer(
     """The tokenizer at `cfg.tokenizer`, trained on `files` first if the file does not exist
     (on their documents, with `cfg.eot` as a special token, when `documents`)."""
     from tok.bpe import Tokenizer
+    from tok.chat import CHAT_TOKENS
 
     path = Path(cfg.tokenizer)
     eot = cfg.eot if documents else None
@@ -156,10 +163,13 @@ def load_or_train_tokenizer(
     log(f"training a {cfg.vocab_size}-token BPE tokenizer on {names}")
     specials = tuple(cfg.special_tokens) + ((eot,) if eot and eot not in cfg.special_tokens else ())
     texts = (d.text for d in iter_texts(cfg, files, BadRecords())) if documents else None
+    if cfg.kind == "chat":  # trained on the messages' text; the turn tokens registered
+        specials += tuple(t for t in CHAT_TOKENS if t not in specials)
+        texts = conversation_texts(cfg, files)
     tok = Tokenizer.train(
         texts,
         cfg.vocab_size,
-        files=() if documents else [str(p) for p in files],
+        files=() if texts is not None else [str(p) for p in files],
         pattern=cfg.pattern,
         special_tokens=specials,
         progress=progress,
@@ -222,6 +232,10 @@ def _files_match(data_dir: Path, meta: dict[str, Any]) -> bool:
                     return False
             if meta["kind"] == "examples" and not (data_dir / f"{name}.idx.npy").is_file():
                 return False
+            if meta["kind"] == "chat" and not all(
+                (data_dir / f"{name}.{x}.npy").is_file() for x in ("idx", "mask")
+            ):
+                return False
     except (UserError, KeyError, TypeError, FileNotFoundError):
         return False
     return bool(meta.get("splits"))
@@ -278,6 +292,8 @@ def prepare_data(
     }
     if cfg.kind == "examples":
         key["answer_sep"] = cfg.answer_sep
+    if cfg.kind == "chat":
+        key["chat"] = {k: getattr(cfg, k) for k in ("messages_field", "on_bad_record")}
     if val_files:
         key["val_input_sha256"] = hash_inputs(val_files)
     if documents:
@@ -313,6 +329,9 @@ def prepare_data(
     try:
         if cfg.kind == "examples":
             splits = prepare_examples(files, tok, writers, cfg)
+        elif cfg.kind == "chat":
+            in_val = lambda text: is_validation(text, cfg.val_fraction)  # noqa: E731
+            splits = prepare_chat(files, val_files, tok, writers, cfg, in_val, log)
         else:
             splits = _prepare_stream(
                 cfg, files, val_files, tok, writers, documents, block_bytes, progress, log, key,
