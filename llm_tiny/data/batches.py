@@ -384,4 +384,4 @@ class ChatBatches(ExampleBatches):
 
     def _eval_rows(self, stride: int | None) -> tuple[Sequence[Any], np.ndarray]:
         rows = [(i,) for i in range(len(self.index))]
-        return rows, np.array([self.conversation(i)[1][1:].sum() for i, in rows], dtype=np.int64)
+        return rows, np.array([self.conversation(i)[1][1:].sum() for (i,) in rows], dtype=np.int64)

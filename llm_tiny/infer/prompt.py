@@ -163,8 +163,11 @@ def chat_prompt_ids(
     head = 1 if messages and _role(messages[0]) == "system" else 0
     dropped = 0
     while len(ids) > block_size and len(messages) - head > 1:
-        del messages[head]
+        del messages[head]  # a turn: the message, and the replies up to the next user message
         dropped += 1
+        while len(messages) - head > 1 and _role(messages[head]) != "user":
+            del messages[head]
+            dropped += 1
         ids, _ = render(tokenizer, messages, add_generation_prompt=True)
     if dropped:
         note(f"note: the conversation is longer than the context ({block_size} tokens); "

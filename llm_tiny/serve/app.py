@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.infer.engine import Event, Row
 from llm_tiny.infer.params import SamplingParams
-from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, render_chat
+from llm_tiny.infer.prompt import CHAT_STOP, chat_stop_tokens, eot_ids, render_chat
 from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
     MAX_LOGPROBS,
@@ -50,6 +50,7 @@ from llm_tiny.serve.protocol import (
     stop_strings,
 )
 from tok.bpe import StreamDecoder
+from tok.chat import has_template, render
 
 
 @dataclass
@@ -166,14 +167,22 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        ids = request_prompt_ids(
-            server.tokenizer, render_chat(req.conversation()), server.cfg.model.block_size, req,
-            "messages",
+        # A chat run's own template, ending its reply at <|end|>; a base run's the plain one.
+        templated = has_template(server.tokenizer)
+        prompt = (
+            render(server.tokenizer, req.conversation(), add_generation_prompt=True)[0]
+            if templated else render_chat(req.conversation())
         )  # fmt: skip
+        ids = request_prompt_ids(
+            server.tokenizer, prompt, server.cfg.model.block_size, req, "messages"
+        )
+        turn = chat_stop_tokens(server.tokenizer)
         jobs = [
-            (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
+            (ids, _choice_params(server, params, req, max_tokens, j, None, turn))
+            for j in range(req.n)
         ]
-        run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
+        stops = stop_strings(req.stop) if templated else [CHAT_STOP, *stop_strings(req.stop)]
+        run = _Run(server, request, jobs, stops, "chat")
         run.prompt_tokens = len(ids)
         return await run.respond(req.stream)
 
@@ -265,14 +274,15 @@ async def _read(server: Server, request: Request, cls: type, check_model: bool =
 
 def _choice_params(
     server: Server, params: SamplingParams, req: Any, max_tokens: int | None, j: int,
-    logprobs: int | None,
+    logprobs: int | None, turn: list[int] = (),
 ) -> SamplingParams:  # fmt: skip
-    """Choice j's params: the request's, with seed + j, the token cap and the stop token."""
+    """Choice j's params: the request's, with seed + j, the token cap and the stop tokens
+    (end of text, and `turn`: a chat run's end of turn)."""
     base = req.seed if req.seed is not None else secrets.randbits(62)
     default_max = max(1, min(server.cfg.sample.max_new_tokens, server.max_tokens_cap))
     return params.replace(
         max_new_tokens=max_tokens or default_max, seed=base + j, logprobs=logprobs,
-        stop_tokens=() if req.ignore_eos else tuple(eot_ids(server.tokenizer, server.cfg)),
+        stop_tokens=() if req.ignore_eos else (*eot_ids(server.tokenizer, server.cfg), *turn),
     )  # fmt: skip
 
 
