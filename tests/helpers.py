@@ -151,6 +151,25 @@ def load_script(name: str):
     return module
 
 
+def write_checkpoint(path: Path, model: TinyGPT, tok) -> Path:
+    """A minimal checkpoint of `model` (what `load_model` reads), as a run directory."""
+    import dataclasses
+
+    from llm_tiny.config import RunConfig, config_to_dict
+    from llm_tiny.train.checkpoint import FORMAT, VERSION, save_checkpoint
+
+    cfg = RunConfig(model=model.config)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size))
+    ckpt = {
+        "format": FORMAT, "version": VERSION, "config": config_to_dict(cfg),
+        "model": model.state_dict(), "step": 0, "tokenizer": tok.to_json(),
+        "tokenizer_fingerprint": tok.fingerprint,
+    }  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path / "best.pt")
+    return path
+
+
 # ----------------------------------------------------------------------------- conversations
 
 WORDS = ["hi", "yes", "no", "ok", "été", "中", "", "a b", " x\n"]
