@@ -132,13 +132,15 @@ def generate(n_train: int, n_test: int, seed: int) -> tuple[dict[str, list], set
 
 
 def base_examples(n: int, seed: int, avoid: set[str]) -> list[str]:
-    """Plain digit-operation lines for the base model (`Max(3,7,5)=7`), none of `avoid`."""
+    """Plain text for the base model, none of the questions in `avoid`: half the lines are
+    examples (`Max(3,7,5)=7`), half a question and its answer as prose (`What is the largest
+    of 3, 7 and 5? Answer: 7`), as a pretraining corpus holds questions and answers without roles."""
     rng = random.Random(seed + 7)
     out = []
     while len(out) < n:
-        _, value, key = question(rng)
+        text, value, key = question(rng)
         if key not in avoid:
-            out.append(f"{key}={value}")
+            out.append(f"{key}={value}" if len(out) % 2 else f"{text} Answer: {value}")
     return out
 
 
@@ -225,6 +227,26 @@ def score_chat(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) ->
     }
 
 
+def with_chat_rows(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """A base run's model and tokenizer as `train.init_from` starts a chat run from them: the
+    chat tokens added, their rows the mean of the others (`checkpoint.grow_vocab`); what the
+    demo scores as "base"."""
+    import dataclasses
+
+    from llm_tiny.model import TinyGPT
+    from llm_tiny.train.checkpoint import grow_vocab
+    from tok.chat import with_chat_tokens
+
+    grown = with_chat_tokens(tokenizer)
+    if grown is tokenizer:
+        return model, tokenizer
+    vocab = max(model.config.vocab_size, grown.vocab_size)
+    new = range(tokenizer.vocab_size, grown.vocab_size)
+    chat = TinyGPT(dataclasses.replace(model.config, vocab_size=vocab))
+    chat.load_state_dict(grow_vocab(model.state_dict(), vocab, new))
+    return chat.to(next(model.parameters()).device).eval(), grown
+
+
 def read_conversations(path: str | Path) -> list[list[dict[str, str]]]:
     from llm_tiny.data.chat import check_conversation
 
@@ -262,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="score a chat run on held-out conversations")
     add_ckpt_arg(ev)
     ev.add_argument("--data", required=True, help="conversations, e.g. data/chat/test.jsonl")
+    ev.add_argument("--base", action="store_true", help="score a base run with the chat "
+                    "tokens added as train.init_from adds them (the demo's baseline)")  # fmt: skip
     add_device_arg(ev)
     args = parser.parse_args(argv)
 
@@ -277,8 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         from tok.chat import has_template
 
         model, tokenizer, _, _ = load_model(args.ckpt, resolve_device(args.device))
+        if args.base:
+            model, tokenizer = with_chat_rows(model, tokenizer)
         if not has_template(tokenizer):
-            raise UserError(f"{args.ckpt}: the run has no chat template (a base run)")
+            raise UserError(f"{args.ckpt}: the run has no chat template (a base run: add --base)")
         result = score_chat(model, tokenizer, read_conversations(args.data))
         for key in ("exact", "ends_turn", "follows_system"):
             print(f"{key:<16} {100 * result[key]:6.1f}%")

@@ -25,18 +25,11 @@ from typing import Any
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.inputs import CHAT_NAMES
 from llm_tiny.data.shards import SPLITS, ShardWriter
 from llm_tiny.errors import UserError
 from tok.chat import CHAT_TOKENS, message_problem, render
-from tok.sources import BadRecords, Document, OptionNames, iter_documents
-
-CHAT_NAMES = OptionNames(
-    input="data.input",
-    text_field="data.messages_field",
-    on_bad_record="data.on_bad_record",
-    doc_separator="data.doc_separator",
-    skip="data.on_bad_record: skip",
-)
+from tok.sources import BadRecords, Document, iter_documents
 
 
 def check_conversation(
@@ -93,12 +86,12 @@ def prepare_chat(
     tok: Any,
     writers: dict[str, ShardWriter],
     cfg: DataConfig,
-    in_val: Callable[[str], bool],
+    in_val: Callable[[str, float], bool],
     log: Callable[[str], None],
 ) -> dict[str, dict[str, int]]:
     """Render the conversations of `files` (and `val_files`) into the two writers, with their
-    index and mask files; the splits' counts. `in_val(text)` says which split a conversation
-    joins when there are no `val_files`."""
+    index and mask files; the splits' counts. `in_val(text, data.val_fraction)` says which split
+    a conversation joins when there are no `val_files`."""
     missing = [t for t in CHAT_TOKENS if t not in tok.special_tokens]
     if missing:
         raise UserError(
@@ -112,7 +105,7 @@ def prepare_chat(
         for doc in iter_conversations(cfg, paths, stats):
             ids, mask = render(tok, doc.text)
             n_bytes = sum(len(c.encode("utf-8")) for _, c in doc.text)
-            split = fixed or ("val" if in_val(json.dumps(doc.text)) else "train")
+            split = fixed or ("val" if in_val(json.dumps(doc.text), cfg.val_fraction) else "train")
             parts[split].append((ids, mask, n_bytes))
     if stats.count:
         log(f"note: {stats.summary()}")

@@ -177,3 +177,15 @@ def chat_prompt_ids(
 
 def _role(message: Any) -> str:
     return message["role"] if isinstance(message, dict) else message[0]
+
+
+def chat_request(
+    tokenizer: Any, messages: Sequence[tuple[str, str]]
+) -> tuple[str | list[int], list[int], list[str]]:
+    """What the server decodes for a chat request: the prompt (a chat run's ids by its own
+    template, else the plain template's text), the stop tokens (a chat run's end of turn) and
+    the stop strings (the plain template's next turn)."""
+    if has_template(tokenizer):
+        ids, _ = render(tokenizer, messages, add_generation_prompt=True)
+        return ids, chat_stop_tokens(tokenizer), []
+    return render_chat(messages), [], [CHAT_STOP]

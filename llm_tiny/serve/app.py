@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.infer.engine import Event, Row
 from llm_tiny.infer.params import SamplingParams
-from llm_tiny.infer.prompt import CHAT_STOP, chat_stop_tokens, eot_ids, render_chat
+from llm_tiny.infer.prompt import chat_request, eot_ids
 from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
     MAX_LOGPROBS,
@@ -50,7 +50,7 @@ from llm_tiny.serve.protocol import (
     stop_strings,
 )
 from tok.bpe import StreamDecoder
-from tok.chat import has_template, render
+from tok.chat import has_template
 
 
 @dataclass
@@ -167,22 +167,15 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
-        # A chat run's own template, ending its reply at <|end|>; a base run's the plain one.
-        templated = has_template(server.tokenizer)
-        prompt = (
-            render(server.tokenizer, req.conversation(), add_generation_prompt=True)[0]
-            if templated else render_chat(req.conversation())
-        )  # fmt: skip
+        prompt, turn, stops = chat_request(server.tokenizer, req.conversation())
         ids = request_prompt_ids(
             server.tokenizer, prompt, server.cfg.model.block_size, req, "messages"
         )
-        turn = chat_stop_tokens(server.tokenizer)
         jobs = [
             (ids, _choice_params(server, params, req, max_tokens, j, None, turn))
             for j in range(req.n)
         ]
-        stops = stop_strings(req.stop) if templated else [CHAT_STOP, *stop_strings(req.stop)]
-        run = _Run(server, request, jobs, stops, "chat")
+        run = _Run(server, request, jobs, [*stops, *stop_strings(req.stop)], "chat")
         run.prompt_tokens = len(ids)
         return await run.respond(req.stream)
 
@@ -246,8 +239,11 @@ def _check_model(server: Server, model_id: str) -> None:
 
 
 def _model_card(server: Server) -> dict[str, Any]:
+    # chat_template: which template /v1/chat/completions renders (the playground shows it).
+    template = "llm_tiny" if has_template(server.tokenizer) else "plain"
     return {"id": server.model_id, "object": "model", "created": server.created,
-            "owned_by": "llm_tiny", "max_model_len": server.cfg.model.block_size}  # fmt: skip
+            "owned_by": "llm_tiny", "max_model_len": server.cfg.model.block_size,
+            "chat_template": template}  # fmt: skip
 
 
 async def _read(server: Server, request: Request, cls: type, check_model: bool = True) -> Any:
