@@ -174,3 +174,24 @@ def test_a_conversation_keeps_its_cache_between_turns(chat_run):
     assert [m[0] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
     assert session.messages[2][1] == first
     assert all(t in tok.special_tokens for t in CHAT_TOKENS)
+
+
+def test_conversations_from_parquet_match_jsonl(tiny_run, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from helpers import conversations
+
+    raw = sft_config(tmp_path, tiny_run)
+    cfg, _ = start_from(config_from_dict(raw))
+    table = pa.table({"chat": conversations(200)})  # a list of structs per row
+    pq.write_table(table, tmp_path / "chats.parquet", row_group_size=64)
+    parquet = dataclasses.replace(
+        cfg.data, input=(str(tmp_path / "chats.parquet"),), messages_field="chat",
+        data_dir=str(tmp_path / "pq"),
+    )  # fmt: skip
+    a = prepare_data(cfg.run_data, log=quiet)
+    b = prepare_data(parquet.resolved(cfg.train.out_dir), log=quiet)
+    for split in ("train", "val"):
+        assert list(a.tokens(split)[0 : len(a.tokens(split))]) == list(
+            b.tokens(split)[0 : len(b.tokens(split))]
+        )
