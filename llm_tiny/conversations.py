@@ -173,11 +173,35 @@ def _write(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------- scoring
 
 
+def conversation_losses(model: Any, tokenizer: Any, convs: list[Any]) -> tuple[float, float]:
+    """The mean loss (nats) over the conversations' assistant tokens (the SFT mask) and over
+    all their tokens, each conversation alone, cut to the context as training cuts it."""
+    import torch
+    import torch.nn.functional as F
+
+    from tok.chat import render
+
+    sums = {"assistant": [0.0, 0], "all": [0.0, 0]}
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for conv in convs:
+            ids, mask = render(tokenizer, conv)
+            ids, mask = ids[: model.config.block_size + 1], mask[: model.config.block_size + 1]
+            logits, _ = model(torch.tensor([ids[:-1]], device=device))  # (1, T, V)
+            target = torch.tensor(ids[1:], device=device)
+            losses = F.cross_entropy(logits[0].float(), target, reduction="none")  # (T,)
+            scored = torch.tensor(mask[1:], device=device)
+            sums["assistant"][0] += float(losses[scored].sum())
+            sums["assistant"][1] += int(scored.sum())
+            sums["all"][0] += float(losses.sum())
+            sums["all"][1] += len(target)
+    return tuple(total / max(1, n) for total, n in sums.values())
+
+
 def score_chat(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) -> dict[str, Any]:
     """Greedy replies to each conversation's last assistant turn, scored (module docstring),
     and the mean losses over the conversations' assistant tokens and over all their tokens."""
-    import torch
-
     from llm_tiny.infer.engine import run
     from llm_tiny.infer.params import SamplingParams
     from llm_tiny.infer.prompt import chat_prompt_ids, chat_stop_tokens
@@ -195,31 +219,14 @@ def score_chat(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) ->
     replies = [tokenizer.decode([t for t in c.tokens if t not in params.stop_tokens]) for c in done]
     ended = [c.finish == "stop" for c in done]
     n = len(convs)
-    sums = {"assistant": [0.0, 0], "all": [0.0, 0]}
-    from tok.chat import render
-
-    model.eval()
-    with torch.no_grad():
-        for conv in convs:
-            ids, mask = render(tokenizer, conv)
-            ids, mask = ids[: model.config.block_size + 1], mask[: model.config.block_size + 1]
-            x = torch.tensor([ids[:-1]], device=next(model.parameters()).device)
-            logits, _ = model(x)
-            losses = torch.nn.functional.cross_entropy(
-                logits[0].float(), torch.tensor(ids[1:], device=x.device), reduction="none"
-            )
-            scored = torch.tensor(mask[1:], device=x.device)
-            sums["assistant"][0] += float(losses[scored].sum())
-            sums["assistant"][1] += int(scored.sum())
-            sums["all"][0] += float(losses.sum())
-            sums["all"][1] += len(ids) - 1
+    assistant_loss, all_token_loss = conversation_losses(model, tokenizer, convs)
     return {
         "conversations": n,
         "exact": sum(r == w for r, w in zip(replies, wanted)) / n,
         "ends_turn": sum(ended) / n,
         "follows_system": sum(form_of(r) == f for r, f in zip(replies, forms)) / n,
-        "assistant_loss": sums["assistant"][0] / max(1, sums["assistant"][1]),
-        "all_token_loss": sums["all"][0] / max(1, sums["all"][1]),
+        "assistant_loss": assistant_loss,
+        "all_token_loss": all_token_loss,
         "examples": [
             {"reply": r, "wanted": w, "ended": e}
             for r, w, e in list(zip(replies, wanted, ended))[:5]

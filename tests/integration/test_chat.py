@@ -195,3 +195,19 @@ def test_conversations_from_parquet_match_jsonl(tiny_run, tmp_path):
         assert list(a.tokens(split)[0 : len(a.tokens(split))]) == list(
             b.tokens(split)[0 : len(b.tokens(split))]
         )
+
+
+def test_demo_losses_are_the_brute_force_losses(chat_run):
+    from helpers import conversations
+
+    from llm_tiny.conversations import conversation_losses
+    from tok.chat import render
+
+    model, tok, cfg, _ = load_model(chat_run, "cpu")
+    convs = conversations(6, seed=5)
+    assistant, every = conversation_losses(model, tok, convs)
+    cut = cfg.model.block_size + 1
+    rendered = [tuple(np.asarray(x[:cut]) for x in render(tok, c)) for c in convs]
+    assert assistant == pytest.approx(brute_force_loss(model, rendered), abs=1e-5)
+    everything = [(ids, np.ones_like(mask)) for ids, mask in rendered]
+    assert every == pytest.approx(brute_force_loss(model, everything), abs=1e-5)
