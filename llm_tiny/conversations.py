@@ -3,7 +3,7 @@
 `python -m llm_tiny tasks chat --out data/chat` writes seeded conversations (no download) as
 JSON Lines, `{"messages": [{role, content}, ...]}`: questions about the digit operations
 (`llm_tiny.tasks`) phrased several ways, an optional system message that changes the form of
-the answer, a few questions about llm_tiny itself, and some two-question conversations:
+the answer, a few questions about llm_tiny itself, one to three questions a conversation:
 
     system    Reply in words.                          (or none: the bare number)
     user      Which is the largest of 3, 7 and 5?
@@ -32,9 +32,9 @@ WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 # The system messages and the form each asks for (None: no system message, the bare number).
 FORMS = {
     None: "number",
-    "Reply with the number only.": "number",
+    "Just the number.": "number",
     "Reply in words.": "words",
-    "Reply with a full sentence.": "sentence",
+    "Use a sentence.": "sentence",
 }
 PHRASES = {
     "First": ["First({a})?", "What is the first of {l}?", "Which number comes first in {l}?",
@@ -98,8 +98,7 @@ def conversation(rng: random.Random) -> tuple[list[dict[str, str]], list[str]]:
     form = FORMS[system]
     messages = [{"role": "system", "content": system}] if system else []
     keys = []
-    turns = 2 if rng.random() < 0.2 else 1
-    for _ in range(turns):
+    for _ in range(rng.randint(1, 3)):  # several questions: several answers to learn from
         if rng.random() < 0.05:
             asks, reply = rng.choice(ABOUT)
             messages += [{"role": "user", "content": rng.choice(asks)},
@@ -132,15 +131,13 @@ def generate(n_train: int, n_test: int, seed: int) -> tuple[dict[str, list], set
 
 
 def base_examples(n: int, seed: int, avoid: set[str]) -> list[str]:
-    """Plain text for the base model, none of the questions in `avoid`: half the lines are
-    examples (`Max(3,7,5)=7`), half a question and its answer as prose (`What is the largest
-    of 3, 7 and 5? Answer: 7`), as a pretraining corpus holds questions and answers without roles."""
+    """Plain examples for the base model (`Max(3,7,5)=7`), none of the questions in `avoid`."""
     rng = random.Random(seed + 7)
     out = []
     while len(out) < n:
-        text, value, key = question(rng)
+        _, value, key = question(rng)
         if key not in avoid:
-            out.append(f"{key}={value}" if len(out) % 2 else f"{text} Answer: {value}")
+            out.append(f"{key}={value}")
     return out
 
 
