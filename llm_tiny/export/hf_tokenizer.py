@@ -170,15 +170,16 @@ PROBES = [
 def reproduces_template(source: str) -> bool:
     """Whether the Jinja chat template `source` renders every probe conversation, with and
     without the generation prompt, exactly as our template does (`tok.chat.chat_text`)."""
-    import jinja2.exceptions
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+    from llm_tiny.export.files import need
     from tok.chat import chat_text
 
-    def refuse(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
+    sandbox = need("jinja2.sandbox")
+    errors = need("jinja2.exceptions")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    def refuse(message: str) -> None:
+        raise errors.TemplateError(message)
+
+    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     try:
         template = env.from_string(source)
         for messages in PROBES:
@@ -189,7 +190,7 @@ def reproduces_template(source: str) -> bool:
                 )  # fmt: skip
                 if text != chat_text(messages, reply):
                     return False
-    except jinja2.exceptions.TemplateError:
+    except errors.TemplateError:
         return False
     return True
 
