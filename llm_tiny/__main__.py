@@ -24,6 +24,8 @@ COMMANDS = {
     "sweep": ("llm_tiny.sweep", "search hyperparameters"),
     "viz": ("llm_tiny.viz", "attention, embedding and gradient-flow pictures"),
     "tasks": ("llm_tiny.tasks", "synthetic tasks (digit operations)"),
+    "chat": ("llm_tiny.infer.chat", "talk to a chat run (interactive, or JSONL on stdin)"),
+    "chatdemo": ("llm_tiny.conversations", "the chat demo's conversations and their scores"),
     "serve": ("llm_tiny.serve", "OpenAI-compatible server and web playground"),
     "export": ("llm_tiny.export.cli", "a checkpoint to Hugging Face transformers or GGUF"),
     "import": ("llm_tiny.export.importer", "a Hugging Face GPT-2 / Llama folder as a run"),

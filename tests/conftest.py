@@ -78,3 +78,18 @@ def tiny_run(tmp_path_factory) -> Path:
     result = train(cfg, progress=False, log=lambda _: None)
     assert result.step == 6
     return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` fine-tuned for 6 steps on 200 short conversations (`helpers.sft_config`):
+    a chat run, its tokenizer extended with the turn tokens. Shared: read it only."""
+    from helpers import sft_config
+
+    from llm_tiny.config import config_from_dict
+    from llm_tiny.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("chat_run")
+    result = train(config_from_dict(sft_config(tmp, tiny_run)), progress=False, log=lambda _: None)
+    assert result.step == 6
+    return tmp / "chat"

@@ -149,3 +149,65 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def write_checkpoint(path: Path, model: TinyGPT, tok) -> Path:
+    """A minimal checkpoint of `model` (what `load_model` reads), as a run directory."""
+    import dataclasses
+
+    from llm_tiny.config import RunConfig, config_to_dict
+    from llm_tiny.train.checkpoint import FORMAT, VERSION, save_checkpoint
+
+    cfg = RunConfig(model=model.config)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size))
+    ckpt = {
+        "format": FORMAT, "version": VERSION, "config": config_to_dict(cfg),
+        "model": model.state_dict(), "step": 0, "tokenizer": tok.to_json(),
+        "tokenizer_fingerprint": tok.fingerprint,
+    }  # fmt: skip
+    path.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(ckpt, path / "best.pt")
+    return path
+
+
+# ----------------------------------------------------------------------------- conversations
+
+WORDS = ["hi", "yes", "no", "ok", "été", "中", "", "a b", " x\n"]
+
+
+def conversations(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """`n` short random conversations: an optional system message, one to three turns, some
+    content empty, some unicode; each ends with an assistant turn."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": rng.choice(WORDS)}] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": rng.choice(WORDS)},
+                         {"role": "assistant", "content": rng.choice(WORDS[:6])}]  # fmt: skip
+        out.append(messages)
+    return out
+
+
+def write_conversations(path: Path, n: int, seed: int = 0) -> Path:
+    """`conversations(n, seed)` as JSON Lines, `{"messages": [...]}` a line."""
+    path.write_text(
+        "".join(
+            json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in conversations(n, seed)
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def sft_config(tmp: Path, base: Path, **train) -> dict:
+    """A chat run's config dict: `base` (a run) fine-tuned on 200 conversations in `tmp`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    chats = write_conversations(tmp / "chats.jsonl", 200)
+    return {
+        "data": {"kind": "chat", "input": [str(chats)], "val_fraction": 0.1, "workers": 1},
+        "optim": {"lr": 3e-3, "warmup_iters": 2},
+        "train": {"init_from": str(base), "out_dir": str(tmp / "chat"), "max_iters": 6,
+                  "batch_size": 8, "eval_interval": 3, "eval_iters": 2, "log_interval": 2,
+                  "threads": 1, "device": "cpu", "sample_at_end": False, **train},
+    }  # fmt: skip

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from tok.errors import TokenizerError, first_line
 
@@ -82,9 +82,10 @@ TOKENIZER_CLI = OptionNames()
 
 @dataclass(frozen=True)
 class Document:
-    """One document's text and where it came from (`a.txt`, `a.jsonl:3`, `a.parquet:row 7`)."""
+    """One document's text and where it came from (`a.txt`, `a.jsonl:3`, `a.parquet:row 7`);
+    with `iter_documents(check=...)`, `text` holds the checked record (a conversation)."""
 
-    text: str
+    text: Any
     source: str
 
 
@@ -276,7 +277,7 @@ def _text_records(path: Path, compression: str | None, sep: str | None):
                 yield source, None, f"not UTF-8 text (invalid byte at offset {offset + e.start})"
 
 
-def _jsonl_records(path: Path, compression: str | None, text_field: str):
+def _jsonl_records(path: Path, compression: str | None, text_field: str, check: Check):
     """``(source, text or None, why)`` for each non-blank line of a JSON Lines file."""
     with _open(path, compression) as f:
         for lineno, line in enumerate(f, 1):
@@ -294,9 +295,10 @@ def _jsonl_records(path: Path, compression: str | None, text_field: str):
             if not isinstance(record, dict):
                 yield source, None, f"not a JSON object but {type(record).__name__}"
                 continue
-            text, why = _check_text(record.get(text_field), text_field, record)
-            if text and b"\\u" in line:  # NOTE: JSON can escape lone surrogates ("\ud800"),
-                try:  # which no tokenizer can encode
+            text, why = check(record.get(text_field), text_field, record)
+            # NOTE: JSON can escape lone surrogates ("\ud800"), which no tokenizer can encode.
+            if isinstance(text, str) and text and b"\\u" in line:
+                try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
                     text, why = None, f"{text_field!r} holds a lone surrogate (not UTF-8)"
@@ -320,7 +322,11 @@ def _check_text(
     return value, None
 
 
-def _parquet_records(path: Path, text_field: str, names: OptionNames):
+# A record's value -> (what to yield, None) or (None, why it is bad): `_check_text` for text.
+Check = Callable[[object, str, "dict | None"], tuple[object, "str | None"]]
+
+
+def _parquet_records(path: Path, text_field: str, names: OptionNames, check: Check):
     """``(source, text or None, why)`` for each row of a Parquet file, one row group at a time
     (never the whole file: a row group is what Parquet writers size to fit in memory)."""
     pa = _require("pyarrow", "pyarrow", ".parquet")
@@ -346,7 +352,7 @@ def _parquet_records(path: Path, text_field: str, names: OptionNames):
             ) from None
         for batch in table.to_batches(max_chunksize=_BATCH):
             for value in batch.column(0).to_pylist():
-                yield (f"{path}:row {row}", *_check_text(value, text_field))
+                yield (f"{path}:row {row}", *check(value, text_field, None))
                 row += 1
 
 
@@ -358,8 +364,13 @@ def iter_documents(
     on_bad_record: str = "error",
     stats: BadRecords | None = None,
     names: OptionNames = TOKENIZER_CLI,
+    check: Check | None = None,
 ) -> Iterator[Document]:
     """The documents of the files in `paths`, in order, streamed (see the module doc).
+
+    `check` reads records that are not text (conversations): each JSONL / Parquet value goes
+    through it instead of the text check, and `Document.text` holds what it returned; plain
+    text files are then refused.
 
     Bad records and empty documents are counted in `stats` (pass one to read the counts).
     No document at all in the input is a TokenizerError.
@@ -384,10 +395,14 @@ def iter_documents(
             raise TokenizerError(
                 f"{path}: compressed Parquet is not supported (it compresses inside)"
             )
+        if check is not None and kind not in ("parquet", "jsonl"):
+            raise TokenizerError(
+                f"{path}: these records come from JSON Lines (.jsonl) or Parquet files only"
+            )
         if kind == "parquet":
-            records = _parquet_records(path, text_field, names)
+            records = _parquet_records(path, text_field, names, check or _check_text)
         elif kind == "jsonl":
-            records = _jsonl_records(path, compression, text_field)
+            records = _jsonl_records(path, compression, text_field, check or _check_text)
         else:  # text, and files named explicitly whatever their extension
             records = _text_records(path, compression, doc_separator)
         for source, text, why in records:
@@ -395,7 +410,7 @@ def iter_documents(
                 stats.add(source, why)
                 if on_bad_record == "error":
                     raise TokenizerError(f"{source}: {why}; set {names.skip} to skip such records")
-            elif not text or text.isspace():
+            elif not text or (isinstance(text, str) and text.isspace()):
                 stats.empty += 1
             else:
                 yielded += 1

@@ -32,7 +32,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Mlp = Literal["gelu", "swiglu", "relu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
-DataKind = Literal["text", "examples"]
+DataKind = Literal["text", "examples", "chat"]
 OnBadRecord = Literal[ON_BAD_RECORD]  # the choices `tok.sources.iter_documents` implements
 Schedule = Literal["cosine", "constant", "wsd"]
 OptimName = Literal["adamw", "muon"]
@@ -105,8 +105,10 @@ class DataConfig:
     shard_tokens: int = 100_000_000  # tokens per shard file (DATA_DIR/train_000000.bin, ...)
     workers: int | None = None  # processes that tokenize; null: one per CPU core
     tokenizer_train_bytes: int | None = None  # train the tokenizer on a sample this big; null: all
-    kind: DataKind = "text"  # text: one token stream | examples: one example per line, masked loss
+    kind: DataKind = "text"  # text: a token stream | examples: a line each | chat: conversations
     answer_sep: str = "="  # examples: loss only on the tokens after this separator
+    messages_field: str = "messages"  # chat: the JSONL field / Parquet column of the messages
+    pack: bool = False  # chat: several whole conversations per row (docs/chat.md)
 
     def resolved(self, out_dir: str | Path) -> DataConfig:
         """A copy with the paths that are not set filled in below the run directory."""

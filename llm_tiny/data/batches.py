@@ -1,7 +1,8 @@
 """Batches: prepared token files -> (x, y) batches for training and evaluation.
 
-`open_split` gives the batch source of a prepared split: a `TokenWindows` (data.kind `text`) or
-an `ExampleBatches` (data.kind `examples`). Both have the same interface: `get_batch(step,
+`open_split` gives the batch source of a prepared split: a `TokenWindows` (data.kind `text`),
+an `ExampleBatches` (data.kind `examples`) or a `ChatBatches` (data.kind `chat`). All have the
+same interface: `get_batch(step,
 micro)`, `iter_eval_batches(...)`, `eval_targets(...)`, `state_dict()` / `load_state_dict()`.
 
 The whole global batch of optimizer step `step` (`micro_batches x batch_size` windows, where
@@ -16,8 +17,10 @@ batch_size)`. It depends on nothing else. Consequences:
 
 Text windows are `block_size + 1` tokens from anywhere in the split; y is x shifted by one.
 An example is padded to `block_size`; the loss covers its answer tokens and the newline, which
-teaches the model to stop, while the prompt and the padding have target -1. Evaluation walks a
-split in order instead (`iter_eval_batches`; for text, the windows of `eval_windows`), all of
+teaches the model to stop, while the prompt and the padding have target -1. A conversation is
+the same with its mask: only the assistant's tokens and their end-of-turn are targets (see
+`ChatBatches` for the context rule and packing). Evaluation walks a split in order instead
+(`iter_eval_batches`; for text, the windows of `eval_windows`; every conversation alone), all of
 it or a fixed subset of its batches spread over it (`spread`).
 """
 
@@ -324,7 +327,7 @@ def open_split(
     *,
     micro_batches: int = 1,
     batch_size: int | None = None,
-) -> TokenWindows | ExampleBatches:
+) -> TokenWindows | ExampleBatches | ChatBatches:
     """The batch source of a prepared split ("train" or "val"): `cfg.model.block_size` tokens
     per row, `batch_size` rows (default `cfg.train.batch_size`), seeded with `cfg.train.seed`;
     `micro_batches` is the number of micro-batches in one optimizer step over all processes."""
@@ -334,4 +337,86 @@ def open_split(
     if data.meta["kind"] == "text":
         return TokenWindows(data.tokens(split), *args, name=name)
     index = np.load(data.data_dir / f"{split}.idx.npy", allow_pickle=False)
+    if data.meta["kind"] == "chat":
+        mask = np.load(data.data_dir / f"{split}.mask.npy", allow_pickle=False)
+        return ChatBatches(
+            data.tokens(split), index, mask, *args, pack=cfg.data.pack, name=name
+        )  # fmt: skip
     return ExampleBatches(data.tokens(split), index, *args, name=name)
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[tuple[int, ...]]:
+    """Whole items, in order, into rows of at most `capacity` tokens: an item joins the current
+    row while it fits, else starts the next one (an item longer than `capacity` is a row alone).
+
+    >>> pack_rows([30, 50, 60, 20, 200], 128)
+    [(0, 1), (2, 3), (4,)]
+    """
+    rows: list[tuple[int, ...]] = []
+    row: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if row and used + n > capacity:
+            rows.append(tuple(row))
+            row, used = [], 0
+        row.append(i)
+        used += n
+    return rows + ([tuple(row)] if row else [])
+
+
+class ChatBatches(ExampleBatches):
+    """data.kind `chat`: conversations, loss on the tokens their mask marks (the assistant's).
+
+    Context rule: a conversation longer than `block_size + 1` tokens keeps its first
+    `block_size + 1` (the turns after are not trained on; `truncated` counts them). With
+    `pack`, whole conversations share a row (`pack_rows`); attention is causal across the
+    boundary, so a conversation may attend to the one before it. That keeps the one attention
+    kernel; each conversation still starts with its own role token and the loss never scores a
+    prediction of one (the mask), and at inference a conversation starts a fresh context, so
+    packing trades exactness for throughput: off by default. Evaluation scores every
+    conversation alone, packed or not, so the validation loss is the assistant-token loss.
+    """
+
+    kind = "chat"
+
+    def __init__(self, tokens, index: np.ndarray, mask: np.ndarray, *args, pack=False, **kw):
+        self.mask = mask.astype(bool)
+        self.pack = pack
+        super().__init__(tokens, index, *args, **kw)
+
+    def _open(self) -> None:
+        self.tokens = self.tokens[0 : len(self.tokens)].astype(np.int64)  # conversations: small
+        T1 = self.block_size + 1
+        self.truncated = int((self.index[:, 2] > T1).sum())
+        lengths = np.minimum(self.index[:, 2], T1)
+        singles = [(i,) for i in range(len(self.index))]
+        self.groups = pack_rows(lengths.tolist(), T1) if self.pack else singles
+
+    def conversation(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Conversation i's ids and mask, cut to the context (`block_size + 1` tokens)."""
+        start, _, n = self.index[i]
+        n = min(int(n), self.block_size + 1)
+        return self.tokens[start : start + n], self.mask[start : start + n]
+
+    def _batch(self, rows: Sequence[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
+        T = self.block_size
+        x = np.zeros((len(rows), T), dtype=np.int64)
+        y = np.full((len(rows), T), -1, dtype=np.int64)
+        for r, group in enumerate(rows):
+            parts = [self.conversation(i) for i in group]
+            ids = np.concatenate([p[0] for p in parts])[: T + 1]
+            mask = np.concatenate([p[1] for p in parts])[: T + 1]
+            n = len(ids)
+            x[r, : n - 1] = ids[:-1]
+            # Position j predicts ids[j + 1], a target where the mask marks it.
+            y[r, : n - 1] = np.where(mask[1:], ids[1:], -1)
+        return x, y
+
+    def get_batch(self, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.groups[r] for r in self._rows(step, micro, len(self.groups))]
+        x, y = self._batch(rows)
+        return _to_device(x, self.device), _to_device(y, self.device)
+
+    def _eval_rows(self, stride: int | None) -> tuple[Sequence[Any], np.ndarray]:
+        rows = [(i,) for i in range(len(self.index))]
+        return rows, np.array([self.conversation(i)[1][1:].sum() for (i,) in rows], dtype=np.int64)

@@ -26,11 +26,11 @@ the whole text at once (a test checks this).
 The prompt (up to and including the first `answer_sep`) and the answer (the rest of the line
 plus its newline) are tokenized separately, so the boundary is always a token boundary and a
 sampler can feed exactly the prompt tokens (`examples`).
+**Conversations** (data.kind `chat`): `messages` rows rendered with their mask (`chat`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -44,7 +44,9 @@ from typing import Any
 import numpy as np
 
 from llm_tiny.config import DataConfig
+from llm_tiny.data.chat import conversation_texts, prepare_chat
 from llm_tiny.data.examples import prepare_examples
+from llm_tiny.data.inputs import CONFIG_NAMES, check_inputs, hash_inputs
 from llm_tiny.data.pipeline import encoded, new_counts, write_items
 from llm_tiny.data.shards import SPLITS, ShardWriter, TokenStream, read_header
 from llm_tiny.errors import UserError
@@ -52,8 +54,6 @@ from tok.corpus import iter_split_blocks, token_dtype
 from tok.sources import (
     BadRecords,
     Document,
-    OptionNames,
-    expand_inputs,
     file_format,
     iter_documents,
 )
@@ -61,41 +61,17 @@ from tok.sources import (
 META_FORMAT = "llm_tiny.data"
 META_VERSION = 2  # 2: token shards with headers (1: one headerless .bin per split)
 BLOCK_BYTES = 4 << 20  # bytes of text tokenized at a time
-_HASH_CHUNK = 1 << 20
-# How `tok.sources` errors name the options: the run config's keys.
-CONFIG_NAMES = OptionNames(
-    input="data.input",
-    text_field="data.text_field",
-    on_bad_record="data.on_bad_record",
-    doc_separator="data.doc_separator",
-    skip=(
-        "data.on_bad_record: skip (--data.on_bad_record=skip; "
-        "with make: ARGS=--data.on_bad_record=skip)"
-    ),
-)
 
 
 # ----------------------------------------------------------------------------- input files
-
-
-def check_inputs(
-    paths: tuple[str, ...] | list[str],
-    key: str = "data.input",
-    note: Callable[[str], None] | None = None,
-) -> list[Path]:
-    """The input files (`sources.expand_inputs`, which sends `note` what a folder skipped); a
-    missing or (all) empty input is a UserError."""
-    files = expand_inputs(paths, dataclasses.replace(CONFIG_NAMES, input=key), note)
-    if sum(p.stat().st_size for p in files) == 0:
-        names = ", ".join(map(str, files))
-        raise UserError(f"{key}: {names} {'is' if len(files) == 1 else 'are'} empty")
-    return files
 
 
 def as_documents(cfg: DataConfig, files: list[Path]) -> bool:
     """Whether the input is read as documents (each ending with `cfg.eot`, validation by
     document) rather than as one text: anything but plain text files named one by one, or
     any input when the validation documents come from `data.val_input`."""
+    if cfg.kind != "text":  # examples and conversations have their own readers
+        return False
     if cfg.val_input:
         return True
     named = all(Path(p).is_file() for p in cfg.input) and len(files) == len(cfg.input)
@@ -115,18 +91,6 @@ def iter_texts(cfg: DataConfig, files: list[Path], stats: BadRecords) -> Iterato
     )
 
 
-def hash_inputs(files: list[Path]) -> str:
-    """sha256 over the inputs' bytes in order (with each file's length, so that moving text
-    from one file to the next changes the hash)."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.stat().st_size}\n".encode())
-        with p.open("rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -136,6 +100,7 @@ def load_or_train_tokenizer(
     """The tokenizer at `cfg.tokenizer`, trained on `files` first if the file does not exist
     (on their documents, with `cfg.eot` as a special token, when `documents`)."""
     from tok.bpe import Tokenizer
+    from tok.chat import CHAT_TOKENS
 
     path = Path(cfg.tokenizer)
     eot = cfg.eot if documents else None
@@ -159,10 +124,12 @@ def load_or_train_tokenizer(
     log(f"training a {cfg.vocab_size}-token BPE tokenizer on {names}")
     specials = tuple(cfg.special_tokens) + ((eot,) if eot and eot not in cfg.special_tokens else ())
     texts = (d.text for d in iter_texts(cfg, files, BadRecords())) if documents else None
+    if cfg.kind == "chat":  # trained on the messages' text, with the turn tokens
+        specials, texts = specials + CHAT_TOKENS, conversation_texts(cfg, files)
     tok = Tokenizer.train(
         texts,
         cfg.vocab_size,
-        files=() if documents else [str(p) for p in files],
+        files=() if texts is not None else [str(p) for p in files],
         pattern=cfg.pattern,
         special_tokens=specials,
         progress=progress,
@@ -223,7 +190,8 @@ def _files_match(data_dir: Path, meta: dict[str, Any]) -> bool:
             for shard in split["shards"]:
                 if read_header(data_dir / shard["file"])[1] != shard["tokens"]:
                     return False
-            if meta["kind"] == "examples" and not (data_dir / f"{name}.idx.npy").is_file():
+            sides = {"examples": ("idx",), "chat": ("idx", "mask")}.get(meta["kind"], ())
+            if not all((data_dir / f"{name}.{x}.npy").is_file() for x in sides):
                 return False
     except (UserError, KeyError, TypeError, FileNotFoundError):
         return False
@@ -281,6 +249,8 @@ def prepare_data(
     }
     if cfg.kind == "examples":
         key["answer_sep"] = cfg.answer_sep
+    elif cfg.kind == "chat":
+        key["messages_field"] = cfg.messages_field
     if val_files:
         key["val_input_sha256"] = hash_inputs(val_files)
     if documents:
@@ -316,6 +286,8 @@ def prepare_data(
     try:
         if cfg.kind == "examples":
             splits = prepare_examples(files, tok, writers, cfg)
+        elif cfg.kind == "chat":
+            splits = prepare_chat(files, val_files, tok, writers, cfg, is_validation, log)
         else:
             splits = _prepare_stream(
                 cfg, files, val_files, tok, writers, documents, block_bytes, progress, log, key,

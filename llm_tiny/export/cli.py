@@ -103,19 +103,28 @@ def write_hf(
     """The Hugging Face folder for a model (`cfg`: the run config) at `out`, atomically."""
     from llm_tiny.export.hf import hf_config, to_hf
     from llm_tiny.export.hf_tokenizer import tokenizer_config, tokenizer_json
+    from llm_tiny.infer.prompt import chat_stop_tokens
+    from tok.chat import JINJA_TEMPLATE
 
     save_file = need("safetensors.torch").save_file
     config = hf_config(cfg.model, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
     tensors = {k: v.to(TORCH_DTYPES[dtype]) for k, v in to_hf(state, cfg.model).items()}
     eot_name = tokenizer.decode([eot]) if eot is not None else None
-    generation = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
+    # A chat run's reply ends at its end-of-turn token: generation stops at either.
+    turn = chat_stop_tokens(tokenizer)
+    eos = [e for e in (eot, *turn) if e is not None]
+    eos_ids = eos if turn else eot
+    generation = {"bos_token_id": eot, "eos_token_id": eos_ids, "pad_token_id": eot}
+    template = JINJA_TEMPLATE if turn else None
     with staged_dir(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         files = {
             "config.json": config,
             "generation_config.json": generation,
             "tokenizer.json": tokenizer_json(tokenizer),
-            "tokenizer_config.json": tokenizer_config(eot_name, eot_name, cfg.model.block_size),
+            "tokenizer_config.json": tokenizer_config(
+                eot_name, eot_name, cfg.model.block_size, template
+            ),
         }
         for name, data in files.items():
             text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"

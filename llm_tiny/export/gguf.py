@@ -139,6 +139,8 @@ def write_gguf(
 
 
 def _add_tokenizer(w: Any, tok: Any, n_vocab: int, eot: int | None) -> None:
+    from tok.chat import END_OF_TURN, JINJA_TEMPLATE, has_template
+
     """The tokenizer as llama.cpp's `gpt2` type (see the module docstring). Rows of the
     embedding beyond the tokenizer's vocabulary get UNUSED placeholder tokens."""
     n = 256 + len(tok.merges)
@@ -158,4 +160,7 @@ def _add_tokenizer(w: Any, tok: Any, n_vocab: int, eot: int | None) -> None:
     if eot is not None:
         w.add_bos_token_id(eot)
         w.add_eos_token_id(eot)
+    if has_template(tok):  # a chat run: its template, and the end of a turn
+        w.add_chat_template(JINJA_TEMPLATE)
+        w.add_eot_token_id(tok.special_tokens[END_OF_TURN])
     w.add_add_bos_token(False)

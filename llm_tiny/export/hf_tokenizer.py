@@ -138,9 +138,13 @@ def tokenizer_json(tok: Any) -> dict[str, Any]:
     }
 
 
-def tokenizer_config(bos: str | None, eos: str | None, max_length: int) -> dict[str, Any]:
-    """`tokenizer_config.json`: the class AutoTokenizer builds and the special token names."""
-    return {
+def tokenizer_config(
+    bos: str | None, eos: str | None, max_length: int, chat_template: str | None = None
+) -> dict[str, Any]:
+    """`tokenizer_config.json`: the class AutoTokenizer builds, the special token names, and
+    the chat template (Jinja, for `apply_chat_template`) of a chat run."""
+    extra = {"chat_template": chat_template} if chat_template else {}
+    return extra | {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": bos,
         "eos_token": eos,
@@ -152,6 +156,43 @@ def tokenizer_config(bos: str | None, eos: str | None, max_length: int) -> dict[
 
 
 # ----------------------------------------------------------------------------- import
+
+
+# Conversations that tell two chat templates apart: roles, turns, empty and unusual content.
+PROBES = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": ""}],
+    [{"role": "user", "content": " x\n"}, {"role": "assistant", "content": "é 中"}],
+]  # fmt: skip
+
+
+def reproduces_template(source: str) -> bool:
+    """Whether the Jinja chat template `source` renders every probe conversation, with and
+    without the generation prompt, exactly as our template does (`tok.chat.chat_text`)."""
+    from llm_tiny.export.files import need
+    from tok.chat import chat_text
+
+    sandbox = need("jinja2.sandbox")
+    errors = need("jinja2.exceptions")
+
+    def refuse(message: str) -> None:
+        raise errors.TemplateError(message)
+
+    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        template = env.from_string(source)
+        for messages in PROBES:
+            for reply in (False, True):
+                text = template.render(
+                    messages=messages, add_generation_prompt=reply, raise_exception=refuse,
+                    bos_token="", eos_token="",
+                )  # fmt: skip
+                if text != chat_text(messages, reply):
+                    return False
+    except errors.TemplateError:
+        return False
+    return True
 
 
 def _pattern_of(pre: Any, source: str) -> str:

@@ -131,6 +131,7 @@ def import_hf(folder: Path, out: Path, force: bool = False) -> int:
     except RuntimeError as e:
         raise UserError(f"{folder}: the weights do not fit the config ({first_line(e)})") from None
 
+    _check_chat_template(folder, tok)
     eos = _special_name(hf_config.get("eos_token_id"), id_map, tok)
     run_cfg = RunConfig(model=model_cfg)
     run_cfg = dataclasses.replace(
@@ -164,6 +165,28 @@ def import_hf(folder: Path, out: Path, force: bool = False) -> int:
         f"{tok.vocab_size} tokens) in {time.perf_counter() - t0:.1f} s"
     )
     return 0
+
+
+def _check_chat_template(folder: Path, tok: Any) -> None:
+    """Say whether the folder's chat template comes along: a run chats with our template
+    when its tokenizer has the turn tokens, so a template ours reproduces is kept by keeping
+    them, and any other is left behind (one line; the run then uses the plain template)."""
+    from llm_tiny.export.hf_tokenizer import reproduces_template
+    from tok.chat import has_template
+
+    path = folder / "tokenizer_config.json"
+    source = (
+        read_json(path, "tokenizer_config.json").get("chat_template") if path.is_file() else None
+    )
+    if isinstance(source, list):  # several named templates: the default one
+        source = next((t.get("template") for t in source if t.get("name") == "default"), None)
+    if not source:
+        return
+    if has_template(tok) and reproduces_template(source):
+        print(f"kept the chat template of {path} (llm_tiny's: <|user|>...<|end|>)")
+    else:
+        print(f"note: the chat template of {path} is not one llm_tiny can reproduce; the run "
+              "has no chat template (chat and the server use the plain User:/Assistant: one)")  # fmt: skip
 
 
 def _special_name(hf_id: Any, id_map: dict[int, int], tok: Any) -> str | None:

@@ -93,6 +93,11 @@ class Row:
     finish: str | None = None
     cancelled: bool = False
     order: int = field(default_factory=lambda: next(_arrivals))
+    # A one-row cache holding the first `cache.length` tokens' keys (a conversation's earlier
+    # turns): only the rest is computed when the row joins. With `keep_cache` the row gets its
+    # cache back when it finishes (all but its newest token).
+    cache: KVCache | None = None
+    keep_cache: bool = False
 
     def __post_init__(self) -> None:
         self.tokens = list(self.tokens)
@@ -212,6 +217,10 @@ class Decoder:
             r.start = slide_start(r.start, len(r.tokens), self.block_size)
         by_length: dict[int, list[Row]] = {}
         for r in joining:
+            if r.cache is not None and r.start == 0 and self.use_cache:
+                parts.append(self._resume(r))
+                continue
+            r.cache = None  # a window that slid moved every position: nothing to reuse
             by_length.setdefault(len(r.tokens) - r.start, []).append(r)
         for group in by_length.values():  # one prefill per window length
             window = torch.tensor([r.tokens[r.start :] for r in group], device=self.device)
@@ -226,6 +235,19 @@ class Decoder:
             self.rows += group
         self.joining = []
         return torch.cat(parts).float()
+
+    def _resume(self, row: Row) -> Tensor:
+        """Join a row whose cache holds its first tokens: compute only the others."""
+        cache, row.cache = row.cache, None
+        assert cache is not None and 0 < cache.length < len(row.tokens)
+        new = torch.tensor([row.tokens[cache.length :]], device=self.device)  # (1, L)
+        out, _ = self.model(new, cache=cache)
+        if self.cache is None:
+            self.cache = cache
+        else:
+            self.cache.append(cache)
+        self.rows.append(row)
+        return out[:, -1]
 
     def push(self, tokens: Sequence[int]) -> None:
         """Append one token to each row, in batch order."""
@@ -342,6 +364,9 @@ class Decoder:
         if any(r.done for r in self.waiting):
             self.waiting = collections.deque(r for r in self.waiting if not r.done)
         if any(r.done for r in self.rows):
+            for i, r in enumerate(self.rows):
+                if r.done and r.keep_cache and self.cache is not None:
+                    r.cache = self.cache.take(i)
             self.keep([i for i, r in enumerate(self.rows) if not r.done])
         return events
 

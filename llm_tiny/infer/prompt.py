@@ -1,7 +1,11 @@
-"""Prompts and conversations as token ids: the one home of the prompt rules and the chat
-template, shared by the sample CLI, the server, evaluation and training (no HTTP here).
+"""Prompts and conversations as token ids: the one home of the prompt rules, shared by the
+sample CLI, the server, `chat`, evaluation and training (no HTTP here).
 
-The chat template (for base models, which know no roles) writes each message as a paragraph,
+A run whose tokenizer has the chat tokens (a chat run: `tok.chat`, whose `render` is the one
+template with its training mask) is prompted with its template: `chat_prompt_ids` renders the
+messages and `<|assistant|>`, and the reply stops at `<|end|>` (`chat_stop_tokens`).
+
+The plain template (for base runs, which know no roles) writes each message as a paragraph,
 `User:`/`Assistant:` then the text (a system message is its text alone), and, to ask for a
 reply, ends with `Assistant:` for the model to continue:
 
@@ -20,10 +24,11 @@ to produce after `Assistant:`, up to the blank line before the next turn).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from llm_tiny.errors import UserError
+from tok.chat import has_template, render
 
 ROLES = ("system", "user", "assistant")
 CHAT_STOP = "\nUser:"
@@ -128,3 +133,61 @@ def chat_tokens(
         ids += piece
         mask += [mine] * len(piece)
     return ids, mask
+
+
+# ----------------------------------------------------------------------------- chat runs
+
+
+def chat_stop_tokens(tokenizer: Any) -> list[int]:
+    """The token that ends a reply of a chat run (`<|end|>`); [] for a base run."""
+    from tok.chat import END_OF_TURN
+
+    return [tokenizer.special_tokens[END_OF_TURN]] if has_template(tokenizer) else []
+
+
+def chat_prompt_ids(
+    tokenizer: Any,
+    messages: Sequence[Any],
+    block_size: int,
+    note: Callable[[str], None] = lambda m: None,
+) -> list[int]:
+    """The ids that ask a chat run for the next reply: the messages ({"role", "content"} or
+    (role, content) pairs) rendered by the run's template, then `<|assistant|>`. For
+    evaluation, `chat` and the server alike.
+
+    Context rule: when they do not fit in `block_size`, the oldest turns after a leading system
+    message are dropped, whole, until they do (with a `note`); a last turn too long on its own
+    keeps its last `block_size` tokens (`fit_prompt`). A tokenizer without the chat tokens is a
+    ValueError (see `has_template`).
+    """
+    messages = list(messages)
+    ids, _ = render(tokenizer, messages, add_generation_prompt=True)
+    head = 1 if messages and _role(messages[0]) == "system" else 0
+    dropped = 0
+    while len(ids) > block_size and len(messages) - head > 1:
+        del messages[head]  # a turn: the message, and the replies up to the next user message
+        dropped += 1
+        while len(messages) - head > 1 and _role(messages[head]) != "user":
+            del messages[head]
+            dropped += 1
+        ids, _ = render(tokenizer, messages, add_generation_prompt=True)
+    if dropped:
+        note(f"note: the conversation is longer than the context ({block_size} tokens); "
+             f"left out its {dropped} oldest message(s)")  # fmt: skip
+    return fit_prompt(ids, block_size, note)
+
+
+def _role(message: Any) -> str:
+    return message["role"] if isinstance(message, dict) else message[0]
+
+
+def chat_request(
+    tokenizer: Any, messages: Sequence[tuple[str, str]]
+) -> tuple[str | list[int], list[int], list[str]]:
+    """What the server decodes for a chat request: the prompt (a chat run's ids by its own
+    template, else the plain template's text), the stop tokens (a chat run's end of turn) and
+    the stop strings (the plain template's next turn)."""
+    if has_template(tokenizer):
+        ids, _ = render(tokenizer, messages, add_generation_prompt=True)
+        return ids, chat_stop_tokens(tokenizer), []
+    return render_chat(messages), [], [CHAT_STOP]

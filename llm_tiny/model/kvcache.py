@@ -79,6 +79,19 @@ class KVCache:
         for mine, theirs in zip(self.layers, other.layers):
             mine.k, mine.v = torch.cat([mine.k, theirs.k]), torch.cat([mine.v, theirs.v])
 
+    def take(self, i: int) -> KVCache:
+        """A one-row copy of row `i` (its own length, an int): what a conversation keeps
+        between turns so that the next turn only computes its new tokens."""
+        out = object.__new__(KVCache)
+        index = torch.tensor([i], device=self.layers[0].k.device)
+        out.layers = []
+        for layer in self.layers:
+            copy = object.__new__(LayerCache)
+            copy.k, copy.v = layer.k.index_select(0, index), layer.v.index_select(0, index)
+            out.layers.append(copy)
+        out.length = int(self.row_lengths()[i])
+        return out
+
     def row_lengths(self) -> Tensor:
         """Positions held per row (B,)."""
         if isinstance(self.length, Tensor):

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_tiny.infer.engine import Event, Row
 from llm_tiny.infer.params import SamplingParams
-from llm_tiny.infer.prompt import CHAT_STOP, eot_ids, render_chat
+from llm_tiny.infer.prompt import chat_request, eot_ids
 from llm_tiny.serve.engine import Engine
 from llm_tiny.serve.protocol import (
     MAX_LOGPROBS,
@@ -50,6 +50,7 @@ from llm_tiny.serve.protocol import (
     stop_strings,
 )
 from tok.bpe import StreamDecoder
+from tok.chat import has_template
 
 
 @dataclass
@@ -166,14 +167,15 @@ def create_app(server: Server, cors: list[str] | None = None) -> FastAPI:
         check_values(req, max_tokens, server.max_tokens_cap)
         if req.logprobs:
             raise ApiError(400, "logprobs are not supported for chat", param="logprobs")
+        prompt, turn, stops = chat_request(server.tokenizer, req.conversation())
         ids = request_prompt_ids(
-            server.tokenizer, render_chat(req.conversation()), server.cfg.model.block_size, req,
-            "messages",
-        )  # fmt: skip
+            server.tokenizer, prompt, server.cfg.model.block_size, req, "messages"
+        )
         jobs = [
-            (ids, _choice_params(server, params, req, max_tokens, j, None)) for j in range(req.n)
+            (ids, _choice_params(server, params, req, max_tokens, j, None, turn))
+            for j in range(req.n)
         ]
-        run = _Run(server, request, jobs, [CHAT_STOP, *stop_strings(req.stop)], "chat")
+        run = _Run(server, request, jobs, [*stops, *stop_strings(req.stop)], "chat")
         run.prompt_tokens = len(ids)
         return await run.respond(req.stream, req.ignored_fields())
 
@@ -237,8 +239,11 @@ def _check_model(server: Server, model_id: str) -> None:
 
 
 def _model_card(server: Server) -> dict[str, Any]:
+    # chat_template: which template /v1/chat/completions renders (the playground shows it).
+    template = "llm_tiny" if has_template(server.tokenizer) else "plain"
     return {"id": server.model_id, "object": "model", "created": server.created,
-            "owned_by": "llm_tiny", "max_model_len": server.cfg.model.block_size}  # fmt: skip
+            "owned_by": "llm_tiny", "max_model_len": server.cfg.model.block_size,
+            "chat_template": template}  # fmt: skip
 
 
 async def _read(server: Server, request: Request, cls: type, check_model: bool = True) -> Any:
@@ -265,14 +270,15 @@ async def _read(server: Server, request: Request, cls: type, check_model: bool =
 
 def _choice_params(
     server: Server, params: SamplingParams, req: Any, max_tokens: int | None, j: int,
-    logprobs: int | None,
+    logprobs: int | None, turn: list[int] = (),
 ) -> SamplingParams:  # fmt: skip
-    """Choice j's params: the request's, with seed + j, the token cap and the stop token."""
+    """Choice j's params: the request's, with seed + j, the token cap and the stop tokens
+    (end of text, and `turn`: a chat run's end of turn)."""
     base = req.seed if req.seed is not None else secrets.randbits(62)
     default_max = max(1, min(server.cfg.sample.max_new_tokens, server.max_tokens_cap))
     return params.replace(
         max_new_tokens=max_tokens or default_max, seed=base + j, logprobs=logprobs,
-        stop_tokens=() if req.ignore_eos else tuple(eot_ids(server.tokenizer, server.cfg)),
+        stop_tokens=() if req.ignore_eos else (*eot_ids(server.tokenizer, server.cfg), *turn),
     )  # fmt: skip
 
 

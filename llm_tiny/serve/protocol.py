@@ -2,8 +2,8 @@
 
 Requests are validated by pydantic models, then converted into the decoding engine's own
 types: `sampling_params` builds the one `SamplingParams` (its rules: `config.SAMPLING_RULES`),
-`ChatRequest.conversation` gives the (role, content) pairs that `infer.prompt.render_chat`
-renders (the chat template lives there, free of HTTP). Every problem becomes an `ApiError`,
+`ChatRequest.conversation` gives the (role, content) pairs that a chat template renders (a chat
+run's own, `tok.chat.render`, else the plain `infer.prompt.render_chat`; both free of HTTP). Every problem becomes an `ApiError`,
 sent in OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
 
@@ -225,9 +225,9 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 def request_prompt_ids(
-    tokenizer: Any, prompt: str, block: int, req: Any, param: str = "prompt"
+    tokenizer: Any, prompt: str | list[int], block: int, req: Any, param: str = "prompt"
 ) -> list[int]:
-    """A request's prompt ids. Longer than the context (`block` tokens), it is refused as
+    """A request's prompt ids (`prompt` text, or ids already rendered). Longer than the context (`block` tokens), it is refused as
     OpenAI refuses it, unless the request asks for `truncate_prompt_tokens` (vLLM's field):
     then its last N tokens are kept, the CLI's rule (`infer.prompt.fit_prompt`)."""
     keep = req.truncate_prompt_tokens
@@ -236,7 +236,7 @@ def request_prompt_ids(
             400, f"truncate_prompt_tokens must be between 1 and {block}, got {keep}",
             param="truncate_prompt_tokens",
         )  # fmt: skip
-    ids = tokenizer.encode(prompt)
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if keep is None and len(ids) > block:
         raise ApiError(
             400,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
+from tok.chat import missing_tokens, with_chat_tokens
 from tok.errors import first_line
 
 FORMAT = "llm_tiny.checkpoint"  # NOTE: the format name, kept from before the module moved
@@ -206,6 +207,35 @@ def check_end_of_text(cfg: RunConfig, tok: Any, path: Path) -> None:
         )
 
 
+def grow_vocab(
+    weights: Mapping[str, Tensor], vocab_size: int, new_ids: Sequence[int]
+) -> dict[str, Tensor]:
+    """The weights with room for `vocab_size` tokens (never fewer rows than they had) and
+    the rows of `new_ids` (tokens added to the tokenizer) initialised: in the embedding and the
+    output head, the mean of the rows before the first new id, so a new token starts as an
+    average token, neither favoured nor ruled out by the head (Hewitt 2021, "Initializing new
+    word embeddings"); in the bigram table, zero (its value at initialisation).
+    """
+    out = dict(weights)
+    known = min(new_ids)
+    for key in ("wte.weight", "lm_head.weight"):
+        if key in out:
+            w = out[key]
+            grown = w.new_zeros(max(vocab_size, w.shape[0]), w.shape[1])
+            grown[: w.shape[0]] = w
+            grown[list(new_ids)] = w[:known].mean(dim=0)
+            out[key] = grown
+    if "bigram.weight" in out:
+        w = out["bigram.weight"]
+        n = max(vocab_size, w.shape[0])
+        grown = w.new_zeros(n, n)
+        grown[: w.shape[0], : w.shape[1]] = w
+        grown[list(new_ids)] = 0.0
+        grown[:, list(new_ids)] = 0.0
+        out["bigram.weight"] = grown
+    return out
+
+
 def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
     """`train.init_from`: the weights of another run's checkpoint (or an imported model) to
     start a new run from, with a fresh optimizer at step 0.
@@ -213,7 +243,9 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
     Returns `cfg` with its model section filled from the checkpoint's (a model field the config
     sets to another value than the default and the checkpoint's is an error), and the weights.
     The run trains with the checkpoint's tokenizer: it is written to `data.tokenizer` when that
-    file does not exist yet, and must be the same tokenizer when it does.
+    file does not exist yet, and must be the same tokenizer when it does. For conversations
+    (data.kind `chat`) a tokenizer without the chat template's tokens gets them
+    (`tok.chat.with_chat_tokens`) and the weights grow to match (`grow_vocab`).
     """
     import dataclasses
 
@@ -234,6 +266,12 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         filled[name] = theirs
     tok = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
     check_end_of_text(cfg, tok, path)  # before anything is written: a refusal leaves nothing
+    weights = ckpt["model"]
+    if cfg.data.kind == "chat" and missing_tokens(tok):
+        base = tok.vocab_size
+        tok = with_chat_tokens(tok)
+        filled["vocab_size"] = max(stored.vocab_size or 0, tok.vocab_size)
+        weights = grow_vocab(weights, filled["vocab_size"], range(base, tok.vocab_size))
     tok_path = Path(cfg.run_data.tokenizer)
     if not tok_path.exists():
         tok.save(tok_path)
@@ -247,7 +285,7 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         model=dataclasses.replace(cfg.model, **filled),
         data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size),
     )
-    return cfg, ckpt["model"]
+    return cfg, weights
 
 
 # ----------------------------------------------------------------------------- training state

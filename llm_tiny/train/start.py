@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from llm_tiny.config import RunConfig
+from llm_tiny.config.sections import architecture_fields
 from llm_tiny.data import PreparedData, prepare_data
 from llm_tiny.errors import UserError
 from llm_tiny.runtime import Runtime
-from llm_tiny.train.checkpoint import check_resume_compatible, load_checkpoint, start_from
+from llm_tiny.train.checkpoint import (
+    check_resume_compatible,
+    checkpoint_config,
+    load_checkpoint,
+    start_from,
+)
 from llm_tiny.train.metrics import RunLog
 from llm_tiny.train.rundir import resume_path
 
@@ -44,6 +50,23 @@ class RunStart:
         return None
 
 
+def taken_from(cfg: RunConfig, stored: RunConfig) -> RunConfig:
+    """A resumed run that began with `train.init_from` goes on with what it took from those
+    weights (`start_from`): the model fields the config leaves at their defaults, and the
+    vocabulary size (grown by the chat tokens for a chat run)."""
+    default = type(cfg.model)()
+    taken = {
+        name: getattr(stored.model, name)
+        for name in architecture_fields()
+        if getattr(cfg.model, name) == getattr(default, name)
+    }
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, **taken),
+        data=dataclasses.replace(cfg.data, vocab_size=stored.data.vocab_size),
+    )
+
+
 def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
     """Check the run directory, read what the run continues or starts from, and prepare the
     data (rank 0 first; the other ranks find it ready)."""
@@ -52,6 +75,8 @@ def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
     weights = None
     if ckpt is None and cfg.train.init_from:
         cfg, weights = start_from(cfg)
+    elif ckpt is not None and cfg.train.init_from:
+        cfg = taken_from(cfg, checkpoint_config(ckpt, resume_from))
 
     def refuse(data_dir: Path) -> None:  # a resumed run goes on with the data it began with
         raise UserError(

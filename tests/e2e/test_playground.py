@@ -121,3 +121,25 @@ def test_playground_streams_hovers_and_shows_attention(browser, url, tmp_path):
     tip.wait_for(state="visible")
     assert covered_tokens(page) == 0
     page.close()
+
+
+def test_playground_chat_view_keeps_the_conversation(browser, url):
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('model')")
+    assert "plain" in page.text_content("#chat-template")  # a base run: the plain template
+    page.fill("#seed", "3")
+    page.fill("#max_tokens", "12")
+    page.fill("#system", "Be brief.")
+    for k, text in enumerate(["Hi", "And then?"]):
+        page.fill("#chat-input", text)
+        page.click("#send")
+        page.wait_for_function(
+            f"document.querySelectorAll('#chat-log .msg').length === {2 * (k + 1)} && "
+            "document.getElementById('chat-finish').textContent.startsWith('finish')"
+        )
+    roles = page.eval_on_selector_all("#chat-log .msg", "els => els.map(e => e.className)")
+    assert roles == ["msg user", "msg assistant"] * 2
+    assert page.text_content("#chat-log .msg.user") == "userHi"
+    page.click("#reset")
+    assert page.eval_on_selector_all("#chat-log .msg", "els => els.length") == 0

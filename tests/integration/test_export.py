@@ -15,16 +15,17 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 pytest.importorskip("safetensors")
 
+from helpers import write_checkpoint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_tiny.config import ModelConfig, RunConfig, config_to_dict
+from llm_tiny.config import ModelConfig
 from llm_tiny.export import cli, importer
 from llm_tiny.export.gguf import interleave_rope_rows
 from llm_tiny.export.hf_tokenizer import tokenizer_json
 from llm_tiny.infer.sampling import generate
 from llm_tiny.model import TinyGPT
-from llm_tiny.train.checkpoint import FORMAT, VERSION, load_model, save_checkpoint
+from llm_tiny.train.checkpoint import load_model
 from tok.bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,20 +59,6 @@ def tiny_model(vocab: int, noise: float = 0.05, **flags) -> TinyGPT:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * noise)
     return model
-
-
-def write_checkpoint(path: Path, model: TinyGPT, tok: Tokenizer) -> Path:
-    """A minimal checkpoint of `model` (what `load_model` reads), as a run directory."""
-    cfg = RunConfig(model=model.config)
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size))
-    ckpt = {
-        "format": FORMAT, "version": VERSION, "config": config_to_dict(cfg),
-        "model": model.state_dict(), "step": 0, "tokenizer": tok.to_json(),
-        "tokenizer_fingerprint": tok.fingerprint,
-    }  # fmt: skip
-    path.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(ckpt, path / "best.pt")
-    return path
 
 
 def ids_of(tok: Tokenizer, text: str) -> torch.Tensor:
