@@ -79,6 +79,10 @@ LAYERS = [
     (
         "llm_tiny.train.loop",
         "llm_tiny.tasks",
+        "llm_tiny.eval.suite",  # draws on `tasks`' digit operations
+        "llm_tiny.eval.cli",
+        "llm_tiny.eval.lmeval",
+        "llm_tiny.eval.monitor",
         "llm_tiny.serve",
         "llm_tiny.export",
         "llm_tiny.sweep",
