@@ -19,7 +19,7 @@ from typing import Any
 
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 from llm_tiny.eval import loss
-from llm_tiny.eval.suite import DEFAULT_N, DEFAULT_SEED, SUITE, TEXT_TASKS, suite
+from llm_tiny.eval.suite import DEFAULT_N, DEFAULT_SEED, SUITE, TEXT_TASKS, documents_of, suite
 from llm_tiny.eval.taskfile import Task, read_task, write_task
 
 VAL_TOKENS = 200_000  # the validation text the cloze task draws from, at most
@@ -94,18 +94,6 @@ def validation_documents(
     if trained_on is not None and data.meta.get("input_sha256") != trained_on:
         return None
     return documents_of(tokenizer, data.tokens("val")[0:VAL_TOKENS].tolist())
-
-
-def documents_of(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Token ids cut into documents at the special tokens, decoded."""
-    specials = set(tokenizer.special_tokens.values())
-    docs, start = [], 0
-    for i, t in enumerate([*ids, None]):
-        if t is None or t in specials:
-            if i > start:
-                docs.append(tokenizer.decode(ids[start:i]))
-            start = i + 1
-    return docs
 
 
 def resolve_tasks(

@@ -227,3 +227,15 @@ def suite(
             continue
         tasks.append(suite_task(name, n, seed, documents))
     return tasks, notes
+
+
+def documents_of(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Token ids cut into documents at the special tokens, decoded."""
+    specials = set(tokenizer.special_tokens.values())
+    docs, start = [], 0
+    for i, t in enumerate([*ids, None]):
+        if t is None or t in specials:
+            if i > start:
+                docs.append(tokenizer.decode(ids[start:i]))
+            start = i + 1
+    return docs

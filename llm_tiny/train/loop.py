@@ -49,6 +49,7 @@ from llm_tiny.data import PreparedData, open_split
 from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
+from llm_tiny.eval.monitor import TaskMonitor
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import (
     Runtime,
@@ -98,6 +99,7 @@ class Trainer:
             data, "train", cfg, rt.device, micro_batches=self.accum * rt.world_size
         )
         self.val_src = open_split(data, "val", cfg, rt.device)
+        self.tasks = TaskMonitor(cfg, data)  # train.eval_tasks
 
         seed_everything(t.seed)
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
@@ -292,6 +294,7 @@ class Trainer:
             f"bpb {val['bpb']:.4f}" + (" (best)" if improved and s.step > 0 else "")
         )
         metrics = {"val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"]}
+        metrics |= self.par.on_main(self.tasks.run, self.model, s.step, self.log) or {}
         self.log.row(s.step, **row, **metrics, elapsed_s=self.elapsed())
         return val
 
