@@ -124,7 +124,7 @@ def _generate(model, tokenizer, prompts, max_new: int, batch_size: int, stops) -
 
 
 def _completion(model, tokenizer, task, prompts, block_size, batch_size, stops):
-    pairs = [split_pair(p + d, e.continuation) for e, (p, d) in zip(task.scored, prompts)]
+    pairs = [split_pair(p, d + e.continuation) for e, (p, d) in zip(task.scored, prompts)]
     requests = [encode_pair(tokenizer, ctx, cont) for ctx, cont in pairs]
     scored = score_continuations(model, requests, block_size, batch_size)
     longest = max(len(cont) for _, cont in requests)

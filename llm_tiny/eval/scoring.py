@@ -55,11 +55,15 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """The ids of the context and of the continuation, cut from the ids of the whole text."""
+    """The ids of the context alone, and the ids of the whole text past as many tokens.
+
+    NOTE: the model reads `encode(context) + continuation_ids`, which is not always
+    `encode(context + continuation)`: a merge can straddle the cut. lm-eval does the same, and
+    parity needs the very same tokens."""
     context, continuation = split_pair(context, continuation)
     whole = tokenizer.encode(context + continuation)
     head = tokenizer.encode(context)
-    return whole[: len(head)], whole[len(head) :]
+    return head, whole[len(head) :]
 
 
 @torch.no_grad()

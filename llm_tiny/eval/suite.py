@@ -138,12 +138,14 @@ def brackets(rng: random.Random, n: int) -> tuple[TaskSettings, Rows]:
 
 
 def _passages(rng: random.Random, documents: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(passage, next word) pairs at words of 3+ letters with 120 characters before them in
-    their document (the passage ends with the space or line break before the word: the
-    scoring moves it to the word), shuffled; and the text's distinct words."""
+    """(passage, next word) pairs at words of 3+ letters after a space, with 120 characters
+    before them in their document, shuffled; and the text's distinct words. The passage ends
+    with the space, which scoring moves to the word (" word", as the text is tokenized).
+    NOTE: words after a line break are left out: lm-eval's rule feeds `encode(context)`, and
+    a context cut before a line break loses the break to the continuation's tokens."""
     spots, vocab = [], set()
     for doc in documents:
-        for m in re.finditer(r"(?<=[ \n])([A-Za-z]{3,})\b", doc):
+        for m in re.finditer(r"(?<= )([A-Za-z]{3,})\b", doc):
             vocab.add(m.group(1))
             if m.start() >= CLOZE_CONTEXT:
                 spots.append((doc[m.start() - CLOZE_CONTEXT : m.start()], m.group(1)))
