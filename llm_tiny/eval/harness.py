@@ -9,7 +9,8 @@
                 the answer extracted (`scoring.extract_answer`): `exact_match` against any
                 target, BLEU / chrF / ROUGE beside it
 
-Few-shot: example i shows `shots` other examples (or rows marked `fewshot`) drawn by
+Few-shot: example i shows `shots` other examples (as many as fit in the context with the
+answer, `fitted_prompt`) (or rows marked `fewshot`) drawn by
 `random.Random(f"{seed}:{i}")`, so an example's prompt depends on the seed and its index only,
 not on batching or on which other tasks run. Shots and question are joined as lm-eval joins
 them: `context + target_delimiter + answer` per shot, `fewshot_delimiter` between.
@@ -75,10 +76,13 @@ def draw_shots(task: Task, index: int) -> list[Example]:
     return random.Random(f"{task.settings.seed}:{index}").sample(pool, k)
 
 
-def build_prompt(task: Task, index: int, chat: bool = False) -> tuple[str, str]:
-    """(prompt text, delimiter before the answer) of scored example `index`."""
+def build_prompt(
+    task: Task, index: int, chat: bool = False, shots: int | None = None
+) -> tuple[str, str]:
+    """(prompt text, delimiter before the answer) of scored example `index`, with its first
+    `shots` drawn shots (default: all of them)."""
     s, example = task.settings, task.scored[index]
-    shots = draw_shots(task, index)
+    shots = draw_shots(task, index)[:shots]
     if chat:
         messages: list[tuple[str, str]] = []
         for shot in shots:
@@ -86,6 +90,24 @@ def build_prompt(task: Task, index: int, chat: bool = False) -> tuple[str, str]:
         return chat_prompt([*messages, ("user", example.context)]), CHAT_DELIMITER
     parts = [shot.context + s.target_delimiter + shot.answer_text(task.kind) for shot in shots]
     return "".join(p + s.fewshot_delimiter for p in parts) + example.context, s.target_delimiter
+
+
+def fitted_prompt(
+    task: Task, index: int, tokenizer: Any, block_size: int, chat: bool = False
+) -> tuple[str, str]:
+    """`build_prompt` with as many of the example's shots as fit in the context together with
+    its longest answer: whole shots are dropped, the last first, rather than the prompt cut
+    through the middle of one (the question itself is never dropped)."""
+    example = task.scored[index]
+    answers = {"choice": example.choices, "completion": (example.continuation,)}
+    for k in range(task.settings.shots, 0, -1):
+        prompt, delim = build_prompt(task, index, chat, k)
+        need = max(
+            len(tokenizer.encode(delim + a)) for a in answers.get(task.kind, example.targets)
+        )
+        if len(tokenizer.encode(prompt)) + need <= block_size:
+            return prompt, delim
+    return build_prompt(task, index, chat, 0)
 
 
 # ----------------------------------------------------------------------------- the kinds
@@ -176,7 +198,7 @@ def evaluate_task(
     `centered`, the time it took, and a record per example (`records`)."""
     t0 = time.perf_counter()
     block = model.config.block_size
-    prompts = [build_prompt(task, i, chat) for i in range(len(task.scored))]
+    prompts = [fitted_prompt(task, i, tokenizer, block, chat) for i in range(len(task.scored))]
     args = (model, tokenizer, task, prompts, block, batch_size)
     if task.kind == "choice":
         metrics, records = _choice(*args)
@@ -194,7 +216,7 @@ def evaluate_task(
         "centered": centered(accuracy, baseline),
         "metrics": metrics,
         "seconds": time.perf_counter() - t0,
-        "records": records,
+        "records": [{"prompt": p, "delimiter": d, **r} for (p, d), r in zip(prompts, records)],
     }
 
 

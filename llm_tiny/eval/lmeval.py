@@ -4,9 +4,9 @@ Hugging Face export, and compared with our own scores example by example.
 `eval --ckpt RUN --tasks ... --lm-eval DIR` writes into DIR:
 
     hf/                      the run's HF export (`export.cli.write_hf`)
-    tasks/NAME.jsonl         each task's scored rows, the prompt already built: the few-shot
-                             shots (drawn by our seeded draw) or the chat template baked into
-                             `context`, so that both harnesses read the very same text
+    tasks/NAME.jsonl         each task's scored rows with the prompts we scored: the few-shot
+                             shots (our seeded draw, as many as fit) or the chat template baked
+                             into `context`, so that both harnesses read the very same text
     tasks/NAME.yaml          an lm-eval task over that file (`dataset_path: json`, nothing
                              downloaded): choice -> `multiple_choice` (acc, acc_norm),
                              completion -> `loglikelihood` (acc: greedy gives the
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from llm_tiny.errors import UserError
-from llm_tiny.eval.harness import build_prompt
 from llm_tiny.eval.taskfile import Task
 
 PREFIX = "llm_tiny_"  # our task names in lm-eval's registry, apart from its own tasks
@@ -45,11 +44,12 @@ LM_EVAL_METRIC = {
 }
 
 
-def task_rows(task: Task, chat: bool) -> tuple[list[dict[str, Any]], str]:
-    """The scored rows with their prompts built, and the delimiter before the answer."""
+def task_rows(task: Task, result: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """The scored rows with the prompts we scored (`result`'s records), and the delimiter
+    before the answer."""
     rows, delim = [], " "
-    for i, e in enumerate(task.scored):
-        prompt, delim = build_prompt(task, i, chat)
+    for e, record in zip(task.scored, result["records"], strict=True):
+        prompt, delim = record["prompt"], record["delimiter"]
         row: dict[str, Any] = {"context": prompt}
         if task.kind == "choice":
             row |= {"choices": list(e.choices), "answer": e.answer}
@@ -106,12 +106,12 @@ def task_yaml(task: Task, data_file: Path, delimiter: str) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
-def write_bridge(tasks: list[Task], chat: bool, out: Path) -> Path:
+def write_bridge(tasks: list[Task], report: dict[str, Any], out: Path) -> Path:
     """DIR/tasks: a JSONL file and an lm-eval YAML per task; returns the folder."""
     folder = out / "tasks"
     folder.mkdir(parents=True, exist_ok=True)
-    for task in tasks:
-        rows, delim = task_rows(task, chat)
+    for task, result in zip(tasks, report["tasks"], strict=True):
+        rows, delim = task_rows(task, result)
         data = folder / f"{task.name}.jsonl"
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
         (folder / f"{task.name}.yaml").write_text(task_yaml(task, data, delim), "utf-8")
@@ -213,7 +213,7 @@ def compare_with_lm_eval(
 ) -> dict[str, Any]:
     """Export the run, write the tasks for lm-eval, run it, and compare with `report`."""
     model_dir = export_run(ckpt, out / "hf")
-    task_dir = write_bridge(tasks, report["chat"], out)
+    task_dir = write_bridge(tasks, report, out)
     theirs = run_lm_eval(
         model_dir, task_dir, [t.name for t in tasks], out / "results", args.batch_size or 16
     )

@@ -184,7 +184,7 @@ def next_word(rng: random.Random, n: int, documents: list[str]) -> tuple[TaskSet
 
 def _enough(name: str, rows: Rows, n: int) -> None:
     if len(rows) < min(n, SHOT_POOL + 10):
-        raise UserError(f"{name}: the run's validation text is too short for this task")
+        raise UserError(f"the run's validation text has too few words for {name}")
 
 
 SUITE: dict[str, Callable[..., tuple[TaskSettings, Rows]]] = {
@@ -227,7 +227,12 @@ def suite(
         if name in TEXT_TASKS and not documents:
             notes.append(f"{name} skipped: the run's validation text is not available")
             continue
-        tasks.append(suite_task(name, n, seed, documents))
+        try:
+            tasks.append(suite_task(name, n, seed, documents))
+        except UserError as e:
+            if name not in TEXT_TASKS:
+                raise
+            notes.append(f"{name} skipped: {e}")
     return tasks, notes
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from helpers import lively_model
 
-from llm_tiny.eval.harness import build_prompt, draw_shots, evaluate_task
+from llm_tiny.eval.harness import build_prompt, draw_shots, evaluate_task, fitted_prompt
 from llm_tiny.eval.scoring import (
     centered,
     encode_pair,
@@ -143,3 +143,15 @@ def test_choice_accuracy_follows_the_log_likelihoods():
     assert result["metrics"]["acc"] == hits / 8 and result["accuracy"] == hits / 8
     assert result["baseline"] == pytest.approx(1 / 3)
     assert math.isclose(result["centered"], (hits / 8 - 1 / 3) / (2 / 3))
+
+
+def test_shots_that_do_not_fit_are_dropped_whole():
+    tok = Tokenizer.train("q0 a0 b0 c0 q1 a1 " * 10, 258)
+    task = choice_task(shots=3, seed=7)
+    full, _ = build_prompt(task, 5)
+    assert fitted_prompt(task, 5, tok, 1000) == build_prompt(task, 5)
+    room = len(tok.encode(full)) + len(tok.encode(" b5"))  # just enough for all three shots
+    assert fitted_prompt(task, 5, tok, room)[0] == full
+    two, _ = build_prompt(task, 5, shots=2)
+    assert fitted_prompt(task, 5, tok, room - 1)[0] == two and full.startswith(two[:-2])
+    assert fitted_prompt(task, 5, tok, 3)[0] == "q5"  # not even one shot fits: the question alone
