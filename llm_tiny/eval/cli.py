@@ -23,6 +23,9 @@ from llm_tiny.eval.suite import DEFAULT_N, DEFAULT_SEED, SUITE, TEXT_TASKS, docu
 from llm_tiny.eval.taskfile import Task, read_task, write_task
 
 VAL_TOKENS = 200_000  # the validation text the cloze task draws from, at most
+# Flags that only mean something with --tasks (the bits-per-byte mode refuses them).
+TASK_FLAGS = ("--n", "--seed", "--shots", "--limit", "--chat", "--samples", "--write-tasks",
+              "--lm-eval", "--threads")  # fmt: skip
 
 
 def build_parser() -> ArgumentParser:
@@ -53,10 +56,8 @@ def build_parser() -> ArgumentParser:
         help=f"'suite' (every bundled task), bundled names ({', '.join(SUITE)}) or JSONL task "
         "files (docs/eval.md has the schema)",
     )
-    tasks.add_argument(
-        "--n", type=int, default=DEFAULT_N, help=f"rows per bundled task ({DEFAULT_N})"
-    )
-    tasks.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the bundled tasks' seed")
+    tasks.add_argument("--n", type=int, help=f"rows per bundled task ({DEFAULT_N})")
+    tasks.add_argument("--seed", type=int, help=f"the bundled tasks' seed ({DEFAULT_SEED})")
     tasks.add_argument(
         "--shots", type=int, help="few-shot examples per question (default: the task's)"
     )
@@ -64,7 +65,6 @@ def build_parser() -> ArgumentParser:
     tasks.add_argument(
         "--chat",
         choices=("auto", "on", "off"),
-        default="auto",
         help="prompt through the chat template (auto: when the run was trained on chats)",
     )
     tasks.add_argument("--samples", help="write one JSON line per scored example here")
@@ -151,7 +151,7 @@ def evaluate(args: Any) -> dict[str, Any]:
     wants_cloze = any(n in ("suite", *TEXT_TASKS) for n in args.tasks)
     documents = validation_documents(args.ckpt, cfg, tokenizer, checkpoint) if wants_cloze else None
     tasks, notes = resolve_tasks(args.tasks, args, documents)
-    chat = {"on": True, "off": False}.get(args.chat, is_chat_run(cfg))
+    chat = {"on": True, "off": False}.get(args.chat or "auto", is_chat_run(cfg))
     report = evaluate_tasks(
         model,
         tokenizer,
@@ -180,22 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not args.tasks:
-        task_flags = [
-            f
-            for f in (
-                "--shots",
-                "--limit",
-                "--samples",
-                "--write-tasks",
-                "--lm-eval",
-                "--n",
-                "--chat",
-            )
-            if any(a == f or a.startswith(f + "=") for a in argv)
+        given = [
+            f for f in TASK_FLAGS if getattr(args, f.lstrip("-").replace("-", "_")) is not None
         ]
-        if task_flags:
-            return run_cli(_needs_tasks(task_flags[0]), "llm_tiny eval")
+        if given:
+            return run_cli(_needs_tasks(given[0]), "llm_tiny eval")
         return loss.main(argv)
+    args.n = DEFAULT_N if args.n is None else args.n
+    args.seed = DEFAULT_SEED if args.seed is None else args.seed
 
     def go() -> int:
         from llm_tiny.eval.harness import format_table
