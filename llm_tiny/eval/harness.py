@@ -94,10 +94,10 @@ def build_prompt(
 
 def fitted_prompt(
     task: Task, index: int, tokenizer: Any, block_size: int, chat: bool = False
-) -> tuple[str, str]:
+) -> tuple[str, str, int]:
     """`build_prompt` with as many of the example's shots as fit in the context together with
-    its longest answer: whole shots are dropped, the last first, rather than the prompt cut
-    through the middle of one (the question itself is never dropped)."""
+    its longest answer, and their number: whole shots are dropped, the last first, rather than
+    the prompt cut through the middle of one (the question itself is never dropped)."""
     example = task.scored[index]
     answers = {"choice": example.choices, "completion": (example.continuation,)}
     for k in range(task.settings.shots, 0, -1):
@@ -106,8 +106,8 @@ def fitted_prompt(
             len(tokenizer.encode(delim + a)) for a in answers.get(task.kind, example.targets)
         )
         if len(tokenizer.encode(prompt)) + need <= block_size:
-            return prompt, delim
-    return build_prompt(task, index, chat, 0)
+            return prompt, delim, k
+    return (*build_prompt(task, index, chat, 0), 0)
 
 
 # ----------------------------------------------------------------------------- the kinds
@@ -198,7 +198,8 @@ def evaluate_task(
     `centered`, the time it took, and a record per example (`records`)."""
     t0 = time.perf_counter()
     block = model.config.block_size
-    prompts = [fitted_prompt(task, i, tokenizer, block, chat) for i in range(len(task.scored))]
+    fitted = [fitted_prompt(task, i, tokenizer, block, chat) for i in range(len(task.scored))]
+    prompts = [(p, d) for p, d, _ in fitted]
     args = (model, tokenizer, task, prompts, block, batch_size)
     if task.kind == "choice":
         metrics, records = _choice(*args)
@@ -210,6 +211,7 @@ def evaluate_task(
         "kind": task.kind,
         "n": len(task.scored),
         "shots": task.settings.shots,
+        "shots_used": sum(k for _, _, k in fitted) / len(fitted),  # fewer where they do not fit
         "metric": task.settings.headline,
         "accuracy": accuracy,
         "baseline": baseline,
@@ -252,6 +254,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['seconds']:>6.1f}"
         )
         extra = {k: v for k, v in r["metrics"].items() if k != r["metric"]}
+        if r["shots_used"] != r["shots"]:
+            extra["shots that fit"] = r["shots_used"]
         if extra:
             shown = ", ".join(
                 f"{k} {100 * v:.1f}%" if k in ("acc", "acc_norm", "exact") else f"{k} {v:.2f}"

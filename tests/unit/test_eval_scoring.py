@@ -149,9 +149,9 @@ def test_shots_that_do_not_fit_are_dropped_whole():
     tok = Tokenizer.train("q0 a0 b0 c0 q1 a1 " * 10, 258)
     task = choice_task(shots=3, seed=7)
     full, _ = build_prompt(task, 5)
-    assert fitted_prompt(task, 5, tok, 1000) == build_prompt(task, 5)
+    assert fitted_prompt(task, 5, tok, 1000) == (*build_prompt(task, 5), 3)
     room = len(tok.encode(full)) + len(tok.encode(" b5"))  # just enough for all three shots
     assert fitted_prompt(task, 5, tok, room)[0] == full
     two, _ = build_prompt(task, 5, shots=2)
-    assert fitted_prompt(task, 5, tok, room - 1)[0] == two and full.startswith(two[:-2])
-    assert fitted_prompt(task, 5, tok, 3)[0] == "q5"  # not even one shot fits: the question alone
+    assert fitted_prompt(task, 5, tok, room - 1) == (two, " ", 2) and full.startswith(two[:-2])
+    assert fitted_prompt(task, 5, tok, 3) == ("q5", " ", 0)  # the question alone
