@@ -72,3 +72,24 @@ def test_scores_are_logged_plotted_and_resume_exactly(tmp_path):
     ]
     both = [read(d / "run" / "tasks.csv") for d in (whole, part)]
     assert [r for r in both[1] if r["step"] != "10"] == [r for r in both[0] if r["step"] != "10"]
+
+
+def test_a_metrics_file_from_before_task_scores_resumes_with_the_new_column(tmp_path):
+    from llm_tiny.train.metrics import COLUMNS, MetricsLog
+
+    old = [c for c in COLUMNS if c != "task_score"]
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        ",".join(old)
+        + "\n"
+        + "\n".join(f"{s},,{s / 10}" + "," * (len(old) - 3) for s in (1, 2, 3))
+        + "\n"
+    )
+    log = MetricsLog(tmp_path, resume_step=2)
+    log.write(3, train_loss=0.5, task_score=0.25)
+    log.close()
+    table = read(path)
+    assert list(table[0]) == list(COLUMNS)
+    assert [(r["step"], r["train_loss"], r["task_score"]) for r in table] == [
+        ("1", "0.1", ""), ("2", "0.2", ""), ("3", "0.5", "0.25")
+    ]  # fmt: skip
