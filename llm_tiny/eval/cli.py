@@ -132,7 +132,7 @@ def resolve_tasks(
 
 
 def evaluate(args: Any) -> dict[str, Any]:
-    from llm_tiny.eval.harness import evaluate_tasks, is_chat_run
+    from llm_tiny.eval.harness import evaluate_tasks, is_chat_run, run_shots
     from llm_tiny.infer.prompt import eot_ids
     from llm_tiny.runtime import resolve_device
     from llm_tiny.train.checkpoint import load_model
@@ -150,6 +150,12 @@ def evaluate(args: Any) -> dict[str, Any]:
     model, tokenizer, cfg, checkpoint = load_model(args.ckpt, resolve_device(args.device))
     wants_cloze = any(n in ("suite", *TEXT_TASKS) for n in args.tasks)
     documents = validation_documents(args.ckpt, cfg, tokenizer, checkpoint) if wants_cloze else None
+    if args.shots is None and run_shots(cfg) is not None:
+        args.shots = run_shots(cfg)
+        print(
+            f"note: {args.ckpt} was trained on one example per sequence: {args.shots} shots (--shots to change)",
+            file=sys.stderr,
+        )
     tasks, notes = resolve_tasks(args.tasks, args, documents)
     chat = {"on": True, "off": False}.get(args.chat or "auto", is_chat_run(cfg))
     report = evaluate_tasks(

@@ -61,6 +61,13 @@ def is_chat_run(cfg: Any) -> bool:
     return getattr(cfg.data, "kind", None) == "chat"
 
 
+def run_shots(cfg: Any) -> int | None:
+    """The shots a run is asked with when no one says: 0 for a run trained on one example per
+    sequence (`data.kind: examples`: a few-shot prompt is text it never saw, and the digit
+    recipes answer 98-100% zero-shot but 30-70% 5-shot), else None (each task's own)."""
+    return 0 if getattr(cfg.data, "kind", None) == "examples" else None
+
+
 def draw_shots(task: Task, index: int) -> list[Example]:
     """The shots of scored example `index`: `shots` rows drawn without replacement from the
     fewshot rows, else from the other scored rows, by a generator seeded with (seed, index)."""

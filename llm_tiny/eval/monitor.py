@@ -34,14 +34,14 @@ class TaskMonitor:
         if not t.eval_tasks:
             return
         from llm_tiny.eval.cli import resolve_tasks
-        from llm_tiny.eval.harness import is_chat_run
+        from llm_tiny.eval.harness import is_chat_run, run_shots
         from llm_tiny.eval.suite import documents_of
         from llm_tiny.infer.prompt import eot_ids
 
         tok = data.tokenizer
         val = data.tokens("val")
         documents = documents_of(tok, val[0 : min(len(val), 200_000)].tolist())
-        args = SimpleNamespace(n=t.eval_tasks_n, seed=t.seed, shots=None, limit=None)
+        args = SimpleNamespace(n=t.eval_tasks_n, seed=t.seed, shots=run_shots(cfg), limit=None)
         self.tasks, self.notes = resolve_tasks(list(t.eval_tasks), args, documents)
         self.tokenizer, self.chat, self.stops = tok, is_chat_run(cfg), eot_ids(tok, cfg)
 
