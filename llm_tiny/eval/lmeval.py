@@ -173,7 +173,9 @@ def read_results(out: Path, names: list[str]) -> dict[str, Any]:
     got: dict[str, Any] = {}
     for name in names:
         key = PREFIX + name
-        files = sorted(out.rglob(f"samples_{key}_*.jsonl"), key=lambda p: p.stat().st_mtime)
+        # samples_NAME_DATE.jsonl; NOTE: a glob on NAME_* also matches NAME_choice_DATE.
+        files = [p for p in out.rglob(f"samples_{key}_*.jsonl") if p.name[len(key) + 9].isdigit()]
+        files.sort(key=lambda p: p.stat().st_mtime)
         samples = [json.loads(line) for line in files[-1].read_text("utf-8").splitlines()]
         samples.sort(key=lambda s: s["doc_id"])
         metrics = {k.split(",")[0]: v for k, v in aggregate[key].items() if k.endswith(",none")}

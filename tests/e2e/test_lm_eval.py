@@ -27,7 +27,7 @@ def test_lm_eval_scores_our_tasks_as_we_do(tiny_run, tmp_path):
     out = tmp_path / "lm"
     proc = subprocess.run(
         [sys.executable, "-m", "llm_tiny", "eval", "--ckpt", str(tiny_run), "--tasks",
-         "brackets", "reverse_choice", "cloze", "copy", str(generation), "--n", "24",
+         "brackets", "reverse", "reverse_choice", "cloze", "copy", str(generation), "--n", "24",
          "--lm-eval", str(out), "--json"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
@@ -35,7 +35,7 @@ def test_lm_eval_scores_our_tasks_as_we_do(tiny_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     parity = report["lm_eval"]
-    assert set(parity) == {"brackets", "reverse_choice", "cloze", "copy", "echo"}
+    assert set(parity) == {"brackets", "reverse", "reverse_choice", "cloze", "copy", "echo"}
     for name, row in parity.items():
         assert row["lm_eval"] == pytest.approx(row["ours"], abs=1e-9), name
         if name != "echo":
