@@ -18,7 +18,7 @@ COMMANDS = {
     ),
     "train": ("llm_tiny.train.loop", "train a model from a YAML config"),
     "sample": ("llm_tiny.infer.sample", "generate text from a checkpoint"),
-    "eval": ("llm_tiny.eval.loss", "loss, perplexity and bits per byte of a checkpoint"),
+    "eval": ("llm_tiny.eval.cli", "bits per byte of a checkpoint, or its scores on tasks"),
     "config": ("llm_tiny.config", "validate a config and print it resolved"),
     "plot": ("llm_tiny.plots", "plot loss curves of one or more runs"),
     "sweep": ("llm_tiny.sweep", "search hyperparameters"),

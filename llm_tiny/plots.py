@@ -1,7 +1,8 @@
 """Loss curves from `metrics.csv`: `python -m llm_tiny plot RUN [RUN ...]`.
 
 One figure, four panels: training and validation loss against optimizer step and against
-tokens seen, the learning rate, and validation bits per byte. Several runs share the figure
+tokens seen, the learning rate, and validation bits per byte; two more when the run scored
+tasks (`train.eval_tasks`): each task's accuracy beside its chance level, and the headline. Several runs share the figure
 (one colour per run) so they compare at a glance. When the losses span more than two orders of
 magnitude (a task learnt to a near-zero loss) their y axes are logarithmic (`log_scale`;
 `--log-y on|off` overrides). The CSV written by training is the source of truth; this module
@@ -108,8 +109,9 @@ def loss_figure(run_dirs: list[str | Path], log_y: str = "auto") -> Any:
     bits-per-byte panel on its own, get a log y axis as `log_scale` decides, said on the axis."""
     runs = [(Path(d), run_columns(d)) for d in run_dirs]
     plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    (ax_step, ax_tok), (ax_lr, ax_bpb) = axes
+    tasks = any(not all(map(math.isnan, m.get("task_score", [math.nan]))) for _, m in runs)
+    fig, axes = plt.subplots(2, 3 if tasks else 2, figsize=(18 if tasks else 12, 8))
+    (ax_step, ax_tok, *ax_task), (ax_lr, ax_bpb, *ax_score) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     losses: list[float] = []
     bpbs: list[float] = []
@@ -135,6 +137,8 @@ def loss_figure(run_dirs: list[str | Path], log_y: str = "auto") -> Any:
             ax_bpb.plot(xs, ys, color=colour, marker="o", ms=4, label=name or "val")
             bpbs += ys
 
+    if tasks:
+        task_panels(ax_task[0], ax_score[0], runs, colours)
     loss_label, bpb_label = "loss (nats / token)", "bits per byte"
     if log_scale(losses, log_y):
         loss_label += ", log scale"
@@ -158,6 +162,30 @@ def loss_figure(run_dirs: list[str | Path], log_y: str = "auto") -> Any:
     fig.suptitle(f"llm_tiny: {title}", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def task_panels(ax_tasks: Any, ax_score: Any, runs: list, colours: list[str]) -> None:
+    """The task scores (`train.eval_tasks`): each task's accuracy against step with its chance
+    level dotted (from `tasks.csv`), and the headline, mean centered accuracy (`task_score`)."""
+    styles = ["-", "--", "-.", ":"]
+    for i, (run_dir, m) in enumerate(runs):
+        name = f"{run_dir.name} " if len(runs) > 1 else ""
+        path = run_dir / metrics.TASKS_FILE
+        per_task = metrics.read_task_scores(path) if path.is_file() else {}
+        for j, (task, points) in enumerate(per_task.items()):
+            colour = colours[(j if len(runs) == 1 else i) % len(colours)]
+            steps, acc, chance = zip(*points)
+            ls = styles[i % len(styles)] if len(runs) > 1 else "-"
+            ax_tasks.plot(steps, acc, color=colour, ls=ls, marker="o", ms=3, label=name + task)
+            ax_tasks.plot(steps, chance, color=colour, ls=":", lw=1, alpha=0.6)
+        xs, ys = _points(m["step"], m.get("task_score", []))
+        colour = colours[i % len(colours)]
+        ax_score.plot(xs, ys, color=colour, marker="o", ms=4, label=run_dir.name or "score")
+    ax_score.axhline(0.0, color="grey", lw=1, ls=":")
+    ax_tasks.set(xlabel="optimizer step", ylabel="accuracy (dotted: chance)", title="Tasks")
+    ax_score.set(
+        xlabel="optimizer step", ylabel="mean centered accuracy", title="Task score (0 = chance)"
+    )
 
 
 def plot_runs(run_dirs: list[str | Path], out_path: str | Path, log_y: str = "auto") -> Path:

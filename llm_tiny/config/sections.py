@@ -163,6 +163,10 @@ class TrainConfig:
     # (`train.budget`). null: always the whole split.
     eval_iters: int | None = 16
     eval_batch_size: int = 32
+    # Tasks scored at evaluations (bundled names, "suite", or JSONL files; docs/eval.md):
+    eval_tasks: tuple[str, ...] = ()
+    eval_tasks_interval: int | None = None  # a multiple of eval_interval; null: eval_interval
+    eval_tasks_n: int = 50  # rows per bundled task
     log_interval: int = 10
     log_dynamics: bool = False  # weight norms and update ratios per matrix -> dynamics.csv
     profile_steps: int = 0  # profile this many steps after warm-up -> profile.txt, trace.json
@@ -371,6 +375,13 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(t.eval_interval >= 1, f"train.eval_interval must be >= 1, got {t.eval_interval}")
     check(t.eval_iters is None or t.eval_iters >= 1, "train.eval_iters must be >= 1 or null")
     check(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    check(
+        t.eval_tasks_interval is None
+        or (t.eval_tasks_interval >= 1 and t.eval_tasks_interval % t.eval_interval == 0),
+        "train.eval_tasks_interval must be a multiple of train.eval_interval (tasks are scored "
+        f"at evaluations), got {t.eval_tasks_interval}",
+    )
+    check(t.eval_tasks_n >= 1, f"train.eval_tasks_n must be >= 1, got {t.eval_tasks_n}")
     check(t.log_interval >= 1, f"train.log_interval must be >= 1, got {t.log_interval}")
     check(t.ckpt_interval >= 1, f"train.ckpt_interval must be >= 1, got {t.ckpt_interval}")
     check(t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}")

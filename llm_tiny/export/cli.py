@@ -102,14 +102,22 @@ def write_hf(
 ) -> None:
     """The Hugging Face folder for a model (`cfg`: the run config) at `out`, atomically."""
     from llm_tiny.export.hf import hf_config, to_hf
-    from llm_tiny.export.hf_tokenizer import tokenizer_config, tokenizer_json
+    from llm_tiny.export.hf_tokenizer import STAND_IN_BYTE, tokenizer_config, tokenizer_json
     from llm_tiny.infer.prompt import chat_stop_tokens
     from tok.chat import JINJA_TEMPLATE
 
     save_file = need("safetensors.torch").save_file
+    stand_in = None
+    if eot is None:
+        # NOTE: a run trained on plain text has no end-of-text token, yet lm-eval (its
+        # loglikelihood prefix, its stop string) and HF padding need a BOS/EOS id. Byte 0xFF
+        # never occurs in UTF-8 text: its token is never trained on nor produced by encoding
+        # text, so naming it `<|endoftext|>` changes no probability of any text, and the
+        # vocabulary keeps its size (`hf_tokenizer.tokenizer_json`).
+        eot, stand_in = STAND_IN_BYTE[0], cfg.data.eot or "<|endoftext|>"
     config = hf_config(cfg.model, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
     tensors = {k: v.to(TORCH_DTYPES[dtype]) for k, v in to_hf(state, cfg.model).items()}
-    eot_name = tokenizer.decode([eot]) if eot is not None else None
+    eot_name = stand_in or tokenizer.decode([eot])
     # A chat run's reply ends at its end-of-turn token: generation stops at either.
     turn = chat_stop_tokens(tokenizer)
     eos = [e for e in (eot, *turn) if e is not None]
@@ -121,7 +129,7 @@ def write_hf(
         files = {
             "config.json": config,
             "generation_config.json": generation,
-            "tokenizer.json": tokenizer_json(tokenizer),
+            "tokenizer.json": tokenizer_json(tokenizer, stand_in),
             "tokenizer_config.json": tokenizer_config(
                 eot_name, eot_name, cfg.model.block_size, template
             ),

@@ -67,8 +67,25 @@ def _byte_of() -> dict[str, int]:
 # ----------------------------------------------------------------------------- export
 
 
-def tokenizer_json(tok: Any) -> dict[str, Any]:
-    """The `tokenizer.json` content for our `tok.bpe.Tokenizer`."""
+STAND_IN_BYTE = b"\xff"  # never in UTF-8 text: its token can stand in for a missing end of text
+
+
+def stand_in_of(vocab: dict[str, int], added: dict[str, int]) -> str | None:
+    """The added token that renames the vocabulary's 0xFF byte token (`tokenizer_json`'s
+    `stand_in`), or None."""
+    if spell(STAND_IN_BYTE) in vocab:
+        return None
+    return next((name for name, i in added.items() if vocab.get(name) == i), None)
+
+
+def tokenizer_json(tok: Any, stand_in: str | None = None) -> dict[str, Any]:
+    """The `tokenizer.json` content for our `tok.bpe.Tokenizer`.
+
+    `stand_in` names a special token that takes the place of the byte 0xFF token (id 255),
+    for a run that has no end-of-text token of its own (`export.cli.write_hf`). 0xFF never
+    occurs in UTF-8 text, so no text encodes to that byte token and no merge uses it; the
+    vocabulary entry is renamed, because HF tokenizers give an added token the id of the
+    vocabulary entry spelled like it (an id of its own would be past the model's rows)."""
     from tok.patterns import resolve_pattern
 
     n = 256 + len(tok.merges)
@@ -78,7 +95,10 @@ def tokenizer_json(tok: Any) -> dict[str, Any]:
             "the tokenizer has two tokens with the same bytes (a hand-edited merge list?); "
             "a Hugging Face BPE vocabulary cannot hold both"
         )
-    specials = sorted(tok.special_tokens.items(), key=lambda kv: kv[1])
+    if stand_in is not None:
+        words[STAND_IN_BYTE[0]] = stand_in
+    extra = {stand_in: STAND_IN_BYTE[0]} if stand_in is not None else {}
+    specials = sorted([*tok.special_tokens.items(), *extra.items()], key=lambda kv: kv[1])
     # The regex our encoder splits with: a custom pattern is wrapped so that every character
     # it does not match is a chunk of its own (`tok.patterns`), and `Split` must do the same.
     regex = resolve_pattern(tok.pattern).compiled.pattern
@@ -242,6 +262,9 @@ def from_tokenizer_json(data: Any, source: str) -> tuple[Any, dict[int, int]]:
     pattern = _pattern_of(data.get("pre_tokenizer"), source)
     added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
     vocab = {w: i for w, i in model["vocab"].items() if w not in added}
+    stand_in = stand_in_of(model["vocab"], added)
+    if stand_in is not None:  # our export of a run without an end-of-text token
+        vocab[spell(STAND_IN_BYTE)] = added.pop(stand_in)
     ours: dict[str, int] = {spell(bytes([b])): b for b in range(256)}
     missing = [w for w in ours if w not in vocab]
     if missing:

@@ -45,6 +45,7 @@ from llm_tiny.data import PreparedData, open_split
 from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
+from llm_tiny.eval.monitor import TaskMonitor
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import (
     Runtime,
@@ -99,6 +100,7 @@ class Trainer:
         self.reserve = Reserve(
             t.max_seconds, targets(t.eval_batch_size, t.eval_iters), targets(t.eval_batch_size)
         )
+        self.tasks = TaskMonitor(cfg, data)  # train.eval_tasks
 
         seed_everything(t.seed)
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
@@ -291,6 +293,7 @@ class Trainer:
             self.log(note)
         metrics = {f"val_{k}": val[k] for k in ("loss", "ppl", "bpb")}
         metrics |= {f"full_val_{k}": val.get(f"full_{k}") for k in ("loss", "bpb")}
+        metrics |= self.par.on_main(self.tasks.run, self.model, s.step, self.log) or {}
         self.log.row(s.step, **row, **metrics, elapsed_s=self.elapsed())
         return val
 

@@ -9,6 +9,9 @@ a crash loses no logged row.
 On resume, rows past the resumed step (logged after the checkpoint the run restarts from) are
 dropped first, so the file never holds two rows for one step.
 
+`task_score` is the task suite's headline (mean centered accuracy, `train.eval_tasks`); each
+task's own score is a row of `tasks.csv`, `TASK_COLUMNS` (`read_task_scores` reads it).
+
 `dynamics.csv` (with `train.log_dynamics: true`) holds one row per weight matrix per logged
 step, `DYNAMICS_COLUMNS`: its norm and the update-to-weight ratio of that step
 (`llm_tiny.train.dynamics`); `read_dynamics` is its one reader, for `viz training`.
@@ -39,11 +42,15 @@ COLUMNS = (
     "grad_norm",
     "tokens_per_s",
     "elapsed_s",
+    "task_score",
 )
 DYNAMICS_COLUMNS = ("step", "param", "weight_norm", "update_ratio")
+# tasks.csv (with `train.eval_tasks`): a row per task per scored step (`eval.monitor`).
+TASK_COLUMNS = ("step", "task", "metric", "accuracy", "baseline", "centered")
 # The files' names in a run directory (the other run files are named in `rundir`).
 METRICS_FILE = "metrics.csv"
 DYNAMICS_FILE = "dynamics.csv"
+TASKS_FILE = "tasks.csv"
 
 
 def _cell(value: Any) -> str:
@@ -93,8 +100,19 @@ def read_dynamics(path: str | Path) -> dict[str, list[tuple[int, float, float]]]
     return out
 
 
+def read_task_scores(path: str | Path) -> dict[str, list[tuple[int, float, float]]]:
+    """The rows of a tasks.csv by task: name -> [(step, accuracy, baseline)], in file order."""
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            point = (int(row["step"]), float(row["accuracy"]), float(row["baseline"]))
+            out.setdefault(row["task"], []).append(point)
+    return out
+
+
 def _truncate_after(path: Path, step: int, columns: tuple[str, ...]) -> None:
-    """Keep the header and the rows with `step <= step` (rewritten atomically)."""
+    """Keep the header and the rows with `step <= step` (rewritten atomically). A file whose
+    columns are some of `columns` (written before a column was added) gets the new ones, empty."""
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
@@ -210,6 +228,7 @@ class RunLog:
         self._bar: Any = None
         self._metrics: MetricsLog | None = None
         self._dynamics: CsvFile | None = None
+        self._tasks: CsvFile | None = None
 
     def __call__(self, message: str) -> None:
         if not self.enabled:
@@ -236,12 +255,20 @@ class RunLog:
         resume_step: int | None,
         tensorboard: bool,
         dynamics: bool = False,
+        tasks: bool = False,
     ) -> None:
         if self.enabled:
             self._metrics = MetricsLog(out_dir, resume_step=resume_step, tensorboard=tensorboard)
             if dynamics:
                 path = Path(out_dir) / DYNAMICS_FILE
                 self._dynamics = CsvFile(path, DYNAMICS_COLUMNS, resume_step)
+            if tasks:
+                self._tasks = CsvFile(Path(out_dir) / TASKS_FILE, TASK_COLUMNS, resume_step)
+
+    def task_scores(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Rows of `TASK_COLUMNS` (without the step) for `step`, when tasks.csv is open."""
+        if self._tasks is not None:
+            self._tasks.write([{"step": step, **r} for r in rows])
 
     def dynamics(self, step: int, rows: list[tuple[str, float, float]]) -> None:
         """Rows of (param, weight_norm, update_ratio) for `step`, when dynamics.csv is open."""
@@ -268,5 +295,6 @@ class RunLog:
                 self._bar = None
             if self._metrics is not None:
                 self._metrics.close()
-            if self._dynamics is not None:
-                self._dynamics.close()
+            for extra in (self._dynamics, self._tasks):
+                if extra is not None:
+                    extra.close()

@@ -84,6 +84,7 @@ def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
         resume_step=resumed_at,
         tensorboard=cfg.train.tensorboard,
         dynamics=cfg.train.log_dynamics,
+        tasks=bool(cfg.train.eval_tasks),
     )
 
 
