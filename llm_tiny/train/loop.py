@@ -96,10 +96,8 @@ class Trainer:
             data, "train", cfg, rt.device, micro_batches=self.accum * rt.world_size
         )
         self.val_src = open_split(data, "val", cfg, rt.device)
-        targets = self.val_src.eval_targets  # of an evaluation during training, of the split
-        self.reserve = Reserve(
-            t.max_seconds, targets(t.eval_batch_size, t.eval_iters), targets(t.eval_batch_size)
-        )
+        sizes = [self.val_src.eval_targets(t.eval_batch_size, n) for n in (t.eval_iters, None)]
+        self.reserve = Reserve(t.max_seconds, *sizes)  # an evaluation's targets, the split's
         self.tasks = TaskMonitor(cfg, data)  # train.eval_tasks
 
         seed_everything(t.seed)
