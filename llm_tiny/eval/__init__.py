@@ -1,1 +1,3 @@
-"""Scoring a model: validation loss, perplexity and bits per byte (`loss`, the `eval` command)."""
+"""Scoring a model: loss, perplexity and bits per byte (`loss`), task evaluations (`taskfile`,
+`scoring`, `harness`, the bundled `suite`, `monitor` during training), the lm-eval bridge
+(`lmeval`) and the `eval` command (`cli`)."""

@@ -108,12 +108,13 @@ def write_hf(
 
     save_file = need("safetensors.torch").save_file
     stand_in = None
-    if eot is None:
+    if eot is None and not any(STAND_IN_BYTE[0] in pair for pair in tokenizer.merges):
         # NOTE: a run trained on plain text has no end-of-text token, yet lm-eval (its
         # loglikelihood prefix, its stop string) and HF padding need a BOS/EOS id. Byte 0xFF
         # never occurs in UTF-8 text: its token is never trained on nor produced by encoding
         # text, so naming it `<|endoftext|>` changes no probability of any text, and the
-        # vocabulary keeps its size (`hf_tokenizer.tokenizer_json`).
+        # vocabulary keeps its size (`hf_tokenizer.tokenizer_json`). A merge list that uses
+        # the byte (a tokenizer trained on other than UTF-8 text) keeps the export without one.
         eot, stand_in = STAND_IN_BYTE[0], cfg.data.eot or "<|endoftext|>"
     config = hf_config(cfg.model, eot, eot) | {"torch_dtype": DTYPE_NAMES[dtype]}
     tensors = {k: v.to(TORCH_DTYPES[dtype]) for k, v in to_hf(state, cfg.model).items()}
