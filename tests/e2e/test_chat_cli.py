@@ -88,3 +88,22 @@ def test_server_chat_uses_the_runs_template(chat_run, tiny_run):
     assert status == 200, answer
     plain = base_tok.encode(render_chat([(m["role"], m["content"]) for m in messages]))
     assert answer["usage"]["prompt_tokens"] == len(plain)
+
+
+def test_make_chat_demo_runs_the_documented_steps():
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "chat-demo"], capture_output=True, text=True
+    )
+    assert dry.returncode == 0, dry.stderr
+    steps = [
+        line.split("-m llm_tiny ", 1)[1]
+        for line in dry.stdout.splitlines()
+        if "-m llm_tiny " in line
+    ]
+    assert steps == [
+        "chatdemo data --out data/chat",
+        "train configs/chat_base.yaml ",
+        "train configs/chat_sft.yaml ",
+        "chatdemo eval --base --ckpt out/chat_base --data data/chat/test.jsonl",
+        "chatdemo eval --ckpt out/chat_sft --data data/chat/test.jsonl",
+    ]
