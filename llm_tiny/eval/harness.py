@@ -45,15 +45,37 @@ from llm_tiny.eval.scoring import (
 from llm_tiny.eval.taskfile import Example, Task
 from llm_tiny.infer.engine import run
 from llm_tiny.infer.params import SamplingParams
-from llm_tiny.infer.prompt import fit_prompt, render_chat, text_of
+from llm_tiny.infer.prompt import chat_stop_tokens, fit_prompt, render_chat, text_of
+from tok.chat import CHAT_TOKENS, chat_text, has_template
 
-CHAT_DELIMITER = " "  # the template's "Assistant:" cue, then a space, then the answer
+CHAT_DELIMITER = " "  # the plain template's "Assistant:" cue, then a space, then the answer
+TEMPLATE = "template"  # `chat=TEMPLATE`: the run's own template, with its turn tokens
 
 
-def chat_prompt(messages: list[tuple[str, str]]) -> str:
-    """The prompt text of a conversation that asks for the assistant's reply: the seam
-    between tasks and the chat template (today `infer.prompt.render_chat`)."""
-    return render_chat(messages, reply=True)
+def chat_prompt(messages: list[tuple[str, str]], template: bool = False) -> tuple[str, str]:
+    """(prompt text, delimiter) of a conversation that asks for the assistant's reply: the one
+    seam between tasks and the chat template. A chat run's own template (`template`) writes its
+    turn tokens as text, which `TemplateText` encodes as their ids; the answer follows
+    `<|assistant|>` directly. A base run gets the plain template (`infer.prompt.render_chat`)."""
+    if template:
+        return chat_text(messages, add_generation_prompt=True), ""
+    return render_chat(messages, reply=True), CHAT_DELIMITER
+
+
+class TemplateText:
+    """A tokenizer whose `encode` reads the chat template's turn tokens in a prompt's text as
+    their ids: evaluation builds its prompts as text, and the template's tokens in it are ours
+    (a task's own text never holds them), so `encode(chat_prompt(m, True)[0])` equals
+    `infer.prompt.chat_prompt_ids(m)` (tested). Everything else is the tokenizer's."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, allowed_special=set(CHAT_TOKENS))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
 
 
 def is_chat_run(cfg: Any) -> bool:
@@ -84,23 +106,24 @@ def draw_shots(task: Task, index: int) -> list[Example]:
 
 
 def build_prompt(
-    task: Task, index: int, chat: bool = False, shots: int | None = None
+    task: Task, index: int, chat: bool | str = False, shots: int | None = None
 ) -> tuple[str, str]:
     """(prompt text, delimiter before the answer) of scored example `index`, with its first
-    `shots` drawn shots (default: all of them)."""
+    `shots` drawn shots (default: all of them); `chat`: as a conversation, in the plain
+    template (True) or the run's own (`TEMPLATE`)."""
     s, example = task.settings, task.scored[index]
     shots = draw_shots(task, index)[:shots]
     if chat:
         messages: list[tuple[str, str]] = []
         for shot in shots:
             messages += [("user", shot.context), ("assistant", shot.answer_text(task.kind))]
-        return chat_prompt([*messages, ("user", example.context)]), CHAT_DELIMITER
+        return chat_prompt([*messages, ("user", example.context)], chat == TEMPLATE)
     parts = [shot.context + s.target_delimiter + shot.answer_text(task.kind) for shot in shots]
     return "".join(p + s.fewshot_delimiter for p in parts) + example.context, s.target_delimiter
 
 
 def fitted_prompt(
-    task: Task, index: int, tokenizer: Any, block_size: int, chat: bool = False
+    task: Task, index: int, tokenizer: Any, block_size: int, chat: bool | str = False
 ) -> tuple[str, str, int]:
     """`build_prompt` with as many of the example's shots as fit in the context together with
     its longest answer, and their number: whole shots are dropped, the last first, rather than
@@ -202,8 +225,12 @@ def evaluate_task(
     stop_tokens: Sequence[int] = (),
 ) -> dict[str, Any]:
     """One task's scores: its metrics, the headline metric as `accuracy` against `baseline`,
-    `centered`, the time it took, and a record per example (`records`)."""
+    `centered`, the time it took, and a record per example (`records`). With `chat`, a run
+    with a chat template is asked in it and its replies stop at its end-of-turn token."""
     t0 = time.perf_counter()
+    if chat and has_template(tokenizer):
+        chat, stop_tokens = TEMPLATE, [*stop_tokens, *chat_stop_tokens(tokenizer)]
+        tokenizer = TemplateText(tokenizer)
     block = model.config.block_size
     fitted = [fitted_prompt(task, i, tokenizer, block, chat) for i in range(len(task.scored))]
     prompts = [(p, d) for p, d, _ in fitted]

@@ -72,3 +72,28 @@ def test_bad_input_is_one_line_and_status_2(tiny_run, tmp_path, capsys, argv, me
     code, out, err = run_main(capsys, "--ckpt", str(tiny_run), *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message.replace("BAD", str(bad)) in err
+
+
+def test_a_chat_run_is_asked_in_its_own_template_and_stops_at_its_end_of_turn(chat_run, capsys):
+    """The prompt ids of a chat run's evaluation are the template's (`chat_prompt_ids`, the ids
+    the chat command and the server send), and its replies end at `<|end|>`."""
+    from llm_tiny.eval.harness import TemplateText, chat_prompt, evaluate_task
+    from llm_tiny.eval.suite import suite_task
+    from llm_tiny.infer.prompt import chat_prompt_ids
+    from llm_tiny.train.checkpoint import load_model
+
+    model, tok, cfg, _ = load_model(chat_run, "cpu")
+    talk = [("system", "Be brief."), ("user", "Max(3,7)="), ("assistant", "7"), ("user", "2+2=")]
+    text, delim = chat_prompt(talk, template=True)
+    assert delim == "" and text.endswith("<|assistant|>")
+    assert TemplateText(tok).encode(text) == chat_prompt_ids(tok, talk, cfg.model.block_size)
+
+    task = suite_task("digits", n=4)
+    result = evaluate_task(model, tok, task, chat=True)
+    for record in result["records"]:
+        assert record["prompt"].startswith("<|user|>") and record["prompt"].endswith(
+            "<|assistant|>"
+        )
+        assert "<|end|>" not in record.get("generated", "")
+    code, out, _ = run_main(capsys, "--ckpt", str(chat_run), "--tasks", "digits", "--n", "4")
+    assert code == 0 and "digits" in out  # the command finds the run's template by itself
