@@ -372,8 +372,7 @@ class _Run:
         self.seqs: list[Row] = []
 
     async def respond(self, stream: bool, ignored: list[str] | None = None) -> Any:
-        """The response: streamed or whole; `ignored` names the request's fields that changed
-        nothing (the `X-Ignored-Fields` header)."""
+        """The response, streamed or whole; `ignored`: the `X-Ignored-Fields` header."""
         self.queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         if self.server.inbox is None or self.server.inbox.loop is not loop:

@@ -126,7 +126,7 @@ def test_dependencies_point_one_way():
 def test_no_module_is_over_500_lines():
     # The model is the one file a learner reads top to bottom (docs/model.md): it keeps every
     # module the flags choose from together, and so may run a little over.
-    limits = {"llm_tiny.model.model": 600, "llm_tiny.train.loop": 410}
+    limits = {"llm_tiny.model.model": 600, "llm_tiny.train.loop": 400}
     for name, path in modules().items():
         n = len(path.read_text(encoding="utf-8").splitlines())
         assert n <= limits.get(name, 500), f"{name} has {n} lines"
