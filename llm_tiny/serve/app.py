@@ -4,13 +4,12 @@
     GET  /health                status and the engine's counters (active sequences, ...)
     GET  /v1/models             the one model this server holds
     POST /v1/completions        text completion, streamed (server-sent events) or not
-    POST /v1/chat/completions   chat, through the template in `protocol`
+    POST /v1/chat/completions   chat, in the run's template (`infer.prompt.chat_request`)
     POST /api/tokenize          a text's token ids and their text
     POST /api/attention         attention weights of the last of some ids, every layer and head
 
-Choice j of a request with `seed` s samples with seed s + j, so choice j gives the text of
-`python -m llm_tiny sample --seed s+j` with the same settings; values a request leaves out
-take the run's `sample` settings, as the CLI's flags do.
+Choice j of a request with `seed` s samples with seed s + j: the text of `python -m llm_tiny
+sample --seed s+j`; values a request leaves out take the run's `sample` settings.
 """
 
 from __future__ import annotations
