@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from llm_tiny.export import cli, importer
-from llm_tiny.export.hf_tokenizer import reproduces_template
+from llm_tiny.export.hf_tokenizer import STAND_IN_BYTE, reproduces_template
 from llm_tiny.train.checkpoint import load_model
 from tok.chat import JINJA_TEMPLATE, has_template, render
 
@@ -52,9 +52,10 @@ def test_generation_config_stops_at_the_end_of_a_turn(chat_run, hf_dir):
     _, tok, _, _ = load_model(chat_run, "cpu")
     generation = json.loads((hf_dir / "generation_config.json").read_text())
     eos = generation["eos_token_id"]
-    # The base run read one text file: no end-of-text token, so the end of a turn alone.
+    # The base run read one text file: no end-of-text token of its own, so the export's
+    # stand-in (the never-used 0xFF byte's token, named <|endoftext|>) and the end of a turn.
     assert "<|endoftext|>" not in tok.special_tokens
-    assert eos == [tok.special_tokens["<|end|>"]]
+    assert eos == [STAND_IN_BYTE[0], tok.special_tokens["<|end|>"]]
     config = json.loads((hf_dir / "tokenizer_config.json").read_text())
     assert config["chat_template"] == JINJA_TEMPLATE
 
