@@ -45,7 +45,7 @@ from llm_tiny.data import PreparedData, open_split
 from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
-from llm_tiny.model import TinyGPT
+from llm_tiny.model import TinyGPT, add_lora
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
@@ -104,6 +104,7 @@ class Trainer:
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
         if weights is not None:  # train.init_from
             self.model.load_state_dict(weights)
+        add_lora(self.model, cfg.lora)  # lora.rank > 0: those weights freeze, adapters train
         seed_everything(t.seed + rt.rank)  # rank-specific dropout masks from here on
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device_type)
         self.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.use_scaler)
