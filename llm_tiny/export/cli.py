@@ -78,7 +78,7 @@ def export(args: Any) -> int:
         if args.merge:
             raise UserError("--merge writes a whole model: use it with --format hf or gguf")
         return write_peft(args, out, t0)
-    model, tokenizer, cfg, _ = load_model(args.ckpt, "cpu")  # LoRA adapters come merged
+    model, tokenizer, cfg, ckpt = load_model(args.ckpt, "cpu")  # LoRA adapters come merged
     shape = hf_shape(cfg.model)  # refuses flags with no counterpart before any work
     if args.format == "gguf":
         check_gguf_exportable(cfg.model)
@@ -95,7 +95,8 @@ def export(args: Any) -> int:
         name = Path(args.ckpt).resolve().name if Path(args.ckpt).is_dir() else out.stem
         write_gguf(out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name)
         what = f"GGUF file (llama, {args.dtype})"
-    print(f"wrote {out}: {what} in {time.perf_counter() - t0:.1f} s")
+    merged = ", LoRA adapters merged into their base" if "base" in ckpt else ""
+    print(f"wrote {out}: {what}{merged} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

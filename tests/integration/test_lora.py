@@ -151,3 +151,57 @@ def test_commands_load_base_plus_adapters_and_refuse_another_base(tmp_path, base
     # Resuming with another adapter shape is refused before anything moves.
     result = llm("train", str(config), "--train.resume=always", "--lora.rank=8")
     assert result.returncode == 2 and "lora.rank is 4 in the checkpoint but 8" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "targets"),
+    [("gpt2", ["q", "v", "o", "down"]), ("llama", ["q", "k", "v", "o", "gate", "up", "down"])],
+)
+def test_peft_loads_the_exported_adapters_with_our_logits(tmp_path, bases, capsys, kind, targets):
+    """The real `peft` and `transformers`: PeftModel over the base's HF export computes our
+    adapted model's logits. GPT-2's fused c_attn gets q and v, not k: a block-diagonal B."""
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    base = getattr(bases, kind)
+    lora = {"rank": 4, "alpha": 8.0, "targets": targets}
+    config = lora_config(tmp_path, base, bases.corpus, lora=lora)
+    assert main(["train", str(config)]) == 0
+    base_hf, adapter = tmp_path / "base_hf", tmp_path / "adapter"
+    assert main(["export", "--ckpt", str(base), "--out", str(base_hf)]) == 0
+    argv = ["export", "--ckpt", str(tmp_path / "run"), "--format", "peft", "--out", str(adapter)]
+    assert main([*argv, "--base-hf", str(base_hf)]) == 0
+    assert "PEFT LoRA adapters" in capsys.readouterr().out
+    merged = tmp_path / "merged"
+    assert main(["export", "--ckpt", str(tmp_path / "run"), "--merge", "--out", str(merged)]) == 0
+    assert "LoRA adapters merged into their base" in capsys.readouterr().out
+    assert {p.name for p in adapter.iterdir()} == {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
+
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(base_hf).eval()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = hf_base(ids).logits.clone()
+        theirs = peft.PeftModel.from_pretrained(hf_base, adapter).eval()(ids).logits
+    ours, _, cfg, _ = load_model(tmp_path / "run")  # merged
+    # ...and unmerged: the base with live adapter layers.
+    live, _, _, _ = load_model(base)
+    L.add_lora(live, cfg.lora)
+    live.load_state_dict(load_checkpoint(tmp_path / "run" / "best.pt")["model"], strict=False)
+    with torch.no_grad():
+        for model in (ours, live.eval()):
+            got = model(ids)[0][..., : plain.shape[-1]]
+            assert (got - theirs).abs().max().item() < 1e-4
+    assert (theirs - plain).abs().max().item() > 1e-3  # the adapters do change the logits
+    # export --merge: a plain HF model with the merged weights gives the same logits.
+    with torch.no_grad():
+        merged_logits = transformers.AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    assert (merged_logits - theirs).abs().max().item() < 1e-4
+
+    # --format peft of a run without adapters, and --merge with it, are one line, exit 2.
+    capsys.readouterr()  # (transformers' progress bars)
+    for bad in (["--ckpt", str(base), "--format", "peft"], [*argv[1:5], "--merge"]):
+        assert main(["export", *bad, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and ("not a LoRA run" in err or "--merge" in err)
