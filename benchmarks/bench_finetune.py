@@ -7,7 +7,8 @@ Face model, in the same run.
 
 The job: `llm_tiny train` with `train.init_from` the base, on the second half of `--input`
 (the llm_tiny base, unless `--base` is given, is trained first on the first half, so the
-fine-tuning text is new to it), `--iters` steps, evaluation at the start and the end. Each
+fine-tuning text is new to it), `--iters` steps, evaluation at the start and the end. The
+context is the base's (`--block-size` for the two built here). Each
 variant runs in a fresh Python process (the real training loop, `train.loop.train`), so its
 peak memory is its own: the process's peak RSS on CPU, `torch.cuda.max_memory_allocated` on
 CUDA; beside it the counted training state (weights + gradients + AdamW's two moments of the
@@ -63,7 +64,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rows = read_metrics(Path(cfg.train.out_dir) / "metrics.csv")
-    tokens = cfg.tokens_per_iter
+    tokens = rows[-1]["tokens"] / rows[-1]["step"]  # the base's block_size, not the YAML's
     steps = [1000 * tokens / r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
     vals = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
     return {
@@ -133,7 +134,7 @@ def hf_llama(work: Path, base: Path, args: Any) -> Path:
     config = LlamaConfig(
         vocab_size=tok.vocab_size, hidden_size=args.hf_width, num_hidden_layers=args.hf_layers,
         intermediate_size=args.hf_width * 8 // 3, num_attention_heads=args.hf_width // 64,
-        num_key_value_heads=max(1, args.hf_width // 128), max_position_embeddings=1024,
+        num_key_value_heads=max(1, args.hf_width // 128), max_position_embeddings=args.block_size,
         rms_norm_eps=1e-5, tie_word_embeddings=True,
     )  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(folder)

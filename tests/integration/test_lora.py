@@ -57,9 +57,9 @@ def bases(tmp_path_factory) -> SimpleNamespace:
     return SimpleNamespace(corpus=corpus, **runs)
 
 
-def lora_config(tmp: Path, base: Path, corpus: Path, *flags: str, **sections) -> Path:
-    lora = {"rank": 4, "alpha": 8.0, "targets": ["q", "v", "o", "up", "down"]}
-    sections = {"lora": lora, "train": {"init_from": str(base)}} | sections
+def lora_config(tmp: Path, base: Path, corpus: Path, **sections) -> Path:
+    """`tmp/lora.yaml`: a LoRA run over `base` (rank 4 unless `lora` says otherwise)."""
+    sections.setdefault("lora", {"rank": 4, "alpha": 8.0, "targets": ["q", "v", "o", "up", "down"]})
     sections["train"] = {"init_from": str(base), **sections.get("train", {})}
     tmp.mkdir(parents=True, exist_ok=True)
     return write_config(tmp / "lora.yaml", corpus, tmp / "run", **sections)
@@ -174,6 +174,10 @@ def test_peft_loads_the_exported_adapters_with_our_logits(tmp_path, bases, capsy
     merged = tmp_path / "merged"
     assert main(["export", "--ckpt", str(tmp_path / "run"), "--merge", "--out", str(merged)]) == 0
     assert "LoRA adapters merged into their base" in capsys.readouterr().out
+    if kind == "llama":  # GGUF (Llama shapes only) takes the same merged weights
+        gguf = tmp_path / "merged.gguf"
+        argv_gguf = ["--ckpt", str(tmp_path / "run"), "--merge", "--format", "gguf"]
+        assert main(["export", *argv_gguf, "--out", str(gguf)]) == 0 and gguf.stat().st_size
     assert {p.name for p in adapter.iterdir()} == {
         "adapter_config.json",
         "adapter_model.safetensors",
