@@ -3,7 +3,7 @@
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_HF), ADAPTER_DIR)
 
-computes what our adapted model computes (tests/integration/test_lora_export.py checks the
+computes what our adapted model computes (tests/integration/test_lora_run.py checks the
 logits with the real `peft` and `transformers`).
 
 PEFT's LoRA layer on a module computes y = base(x) + (lora_alpha / r) lora_B(lora_A(drop(x)))
