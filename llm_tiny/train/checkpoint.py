@@ -244,6 +244,8 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         filled[name] = theirs
     tok = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
     check_end_of_text(cfg, tok, path)  # before anything is written: a refusal leaves nothing
+    if cfg.lora.rank:  # LoRA targets the model lacks (gate without SwiGLU), likewise
+        lora.check_targets(dataclasses.replace(cfg.model, **filled), cfg.lora)
     tok_path = Path(cfg.run_data.tokenizer)
     if not tok_path.exists():
         tok.save(tok_path)

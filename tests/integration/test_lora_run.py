@@ -152,6 +152,18 @@ def test_commands_load_base_plus_adapters_and_refuse_another_base(tmp_path, base
     result = llm("train", str(config), "--train.resume=always", "--lora.rank=8")
     assert result.returncode == 2 and "lora.rank is 4 in the checkpoint but 8" in result.stderr
 
+    # A bad lora config: one line, exit 2, and no run directory.
+    fresh = f"--train.out_dir={tmp_path / 'fresh'}"
+    for flags, message in (
+        (["--lora.rank=4", "--train.init_from=null"], "set train.init_from"),
+        (["--lora.targets=[q,gate]"], "'gate' is not a projection of this model"),
+        (["--lora.alpha=0"], "lora.alpha must be > 0"),
+    ):
+        result = llm("train", str(config), fresh, *flags)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "fresh").exists()
+
 
 @pytest.mark.parametrize(
     ("kind", "targets"),
