@@ -14,7 +14,7 @@ import yaml
 from llm_tiny.__main__ import main
 from llm_tiny.config import load_config
 from llm_tiny.model import lora as L
-from llm_tiny.train.checkpoint import load_checkpoint, load_model
+from llm_tiny.train.checkpoint import load_checkpoint, load_model, start_from
 from llm_tiny.train.loop import train
 from llm_tiny.train.metrics import read_metrics
 
@@ -89,6 +89,13 @@ def test_a_lora_run_trains_only_adapters_and_saves_them_alone(tmp_path, bases):
             torch.testing.assert_close(merged[key], expected, rtol=0, atol=0)
         else:
             assert torch.equal(merged[key], base[key]), key
+    # A new run may start from the LoRA run: from its merged weights.
+    again = load_config(config, [f"--train.init_from={tmp_path / 'run'}", "--lora.rank=0",
+                                 f"--train.out_dir={tmp_path / 'again'}"])  # fmt: skip
+    _, weights = start_from(again)
+    assert weights.keys() == merged.keys() and all(
+        torch.equal(weights[k], merged[k]) for k in merged
+    )
     # The validation loss moved from the base's (fine-tuning did something, from its start).
     losses = [r["val_loss"] for r in read_metrics(tmp_path / "run" / "metrics.csv") if r.get("val_loss")]  # fmt: skip
     assert len(losses) == 2 and losses[-1] < losses[0]
