@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses loaded from YAML and validated once.
 
-`sections` is the schema (the five sections, the allowed values of each choice, the rules);
+`sections` is the schema (the six sections, the allowed values of each choice, the rules);
 `load` reads YAML and `--section.key=value` flags into it. Everything is importable from here:
 `from llm_tiny.config import RunConfig, load_config`. `python -m llm_tiny config CONFIG.yaml`
 prints a config fully resolved.
@@ -33,6 +33,8 @@ from llm_tiny.config.sections import (
     DataKind,
     Device,
     Dtype,
+    LoraConfig,
+    LoraTarget,
     Mlp,
     ModelConfig,
     MuonDtype,

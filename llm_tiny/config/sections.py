@@ -1,4 +1,4 @@
-"""The run config's schema: five frozen dataclass sections, the allowed values of each choice
+"""The run config's schema: six frozen dataclass sections, the allowed values of each choice
 (`Literal` types), and every rule a valid config obeys (`validate`). Loading YAML and flags into
 these is `llm_tiny.config.load`."""
 
@@ -40,6 +40,7 @@ MuonDtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Resume = Literal["never", "auto", "always"]
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]  # gate: SwiGLU models only
 
 
 def arch(default: Any) -> Any:
@@ -203,14 +204,31 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Parameter-efficient fine-tuning (LoRA, `llm_tiny.model.lora`): rank 0 trains every
+    weight; rank r > 0 freezes the weights of `train.init_from` and trains a rank-r update of
+    each targeted projection, W + (alpha / r) B A, B starting at zero (docs/finetune.md)."""
+
+    rank: int = 0  # 0: off (full fine-tuning)
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapters' input
+    targets: tuple[LoraTarget, ...] = ("q", "k", "v", "o")  # attention; MLP: gate, up, down
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank if self.rank else 0.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """One training run: the five sections together."""
+    """One training run: the sections together."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     @property
     def tokens_per_iter(self) -> int:
@@ -234,6 +252,7 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "train": TrainConfig,
     "sample": SampleConfig,
+    "lora": LoraConfig,
 }
 
 
@@ -387,6 +406,18 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(t.threads is None or t.threads >= 1, f"train.threads must be >= 1, got {t.threads}")
     check(t.peak_flops is None or t.peak_flops > 0, "train.peak_flops must be > 0 or null")
     check(t.max_bad_steps >= 1, f"train.max_bad_steps must be >= 1, got {t.max_bad_steps}")
+
+    lo = cfg.lora
+    check(lo.rank >= 0, f"lora.rank must be >= 0 (0 means off), got {lo.rank}")
+    check(lo.alpha > 0 and math.isfinite(lo.alpha), f"lora.alpha must be > 0, got {lo.alpha}")
+    check(0.0 <= lo.dropout < 1.0, f"lora.dropout must be in [0, 1), got {lo.dropout}")
+    check(len(lo.targets) >= 1, "lora.targets must name at least one projection")
+    check(len(set(lo.targets)) == len(lo.targets), f"lora.targets repeats one: {list(lo.targets)}")
+    check(
+        lo.rank == 0 or t.init_from is not None,
+        "lora.rank > 0 adapts trained weights: set train.init_from to the base run (or an "
+        "imported model)",
+    )
 
     check(
         s.prompt != "",

@@ -5,6 +5,10 @@
 `tokenizer.json`, `tokenizer_config.json`); `--format gguf` writes one `.gguf` file for
 llama.cpp and Ollama (`--dtype f32|f16|q8_0`; `bf16` for hf). Nothing is written unless all of it is: the
 folder is assembled beside PATH and renamed into place.
+
+A LoRA run (`lora.rank > 0`) exports as its adapters merged into its base (`--merge` says so;
+it is what hf and gguf always write), or with `--format peft` as the adapters alone, in PEFT's
+format, for the hf export of the base (`--base-hf` fills in `base_model_name_or_path`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, run_cli
 from llm_tiny.export.files import check_out, need, staged_dir
 
-FORMATS = ("hf", "gguf")
+FORMATS = ("hf", "gguf", "peft")
 
 
 def build_parser() -> ArgumentParser:
@@ -30,7 +34,12 @@ def build_parser() -> ArgumentParser:
         description="Export a checkpoint to Hugging Face transformers or GGUF (llama.cpp).",
     )
     add_ckpt_arg(p)
-    p.add_argument("--format", choices=FORMATS, default="hf", help="hf (folder) or gguf (file)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="hf",
+        help="hf (folder), gguf (file) or peft (a LoRA run's adapters, a folder)",
+    )
     p.add_argument("--out", required=True, help="output folder (hf) or .gguf file (gguf)")
     p.add_argument(
         "--dtype",
@@ -39,6 +48,12 @@ def build_parser() -> ArgumentParser:
         help="weights' type: f32 | f16 | bf16 (hf) | q8_0 (gguf)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="a LoRA run: write its adapters merged into the base (what hf and gguf write)",
+    )
+    p.add_argument("--base-hf", help="peft: the base model's hf export, named in the config")
     return p
 
 
@@ -59,7 +74,11 @@ def export(args: Any) -> int:
         raise UserError("--dtype q8_0 is for --format gguf; hf takes f32, f16 or bf16")
     if args.format == "gguf" and args.dtype == "bf16":
         raise UserError("--dtype bf16 is for --format hf; gguf takes f32, f16 or q8_0")
-    model, tokenizer, cfg, _ = load_model(args.ckpt, "cpu")
+    if args.format == "peft":
+        if args.merge:
+            raise UserError("--merge writes a whole model: use it with --format hf or gguf")
+        return write_peft(args, out, t0)
+    model, tokenizer, cfg, ckpt = load_model(args.ckpt, "cpu")  # LoRA adapters come merged
     shape = hf_shape(cfg.model)  # refuses flags with no counterpart before any work
     if args.format == "gguf":
         check_gguf_exportable(cfg.model)
@@ -76,7 +95,36 @@ def export(args: Any) -> int:
         name = Path(args.ckpt).resolve().name if Path(args.ckpt).is_dir() else out.stem
         write_gguf(out, cfg.model, state, tokenizer, eot=eot, dtype=args.dtype, name=name)
         what = f"GGUF file (llama, {args.dtype})"
-    print(f"wrote {out}: {what} in {time.perf_counter() - t0:.1f} s")
+    merged = ", LoRA adapters merged into their base" if "base" in ckpt else ""
+    print(f"wrote {out}: {what}{merged} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def write_peft(args: Any, out: Path, t0: float) -> int:
+    """`--format peft`: a LoRA run's adapters as a PEFT folder, atomically."""
+    from llm_tiny.export.peft import peft_adapter
+    from llm_tiny.model.lora import split_state
+    from llm_tiny.train.checkpoint import (
+        checkpoint_config,
+        load_checkpoint,
+        model_weights,
+        resolve_checkpoint_path,
+    )
+
+    path = resolve_checkpoint_path(args.ckpt)
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path)
+    if "base" not in ckpt:
+        raise UserError(f"{path}: not a LoRA run (lora.rank 0): export it with --format hf")
+    model_weights(ckpt, path)  # the base must be there and be the adapters' own
+    config, tensors = peft_adapter(split_state(ckpt["model"])[1], cfg.model, cfg.lora, args.base_hf)
+    save_file = need("safetensors.torch").save_file
+    with staged_dir(out) as tmp:
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        text = json.dumps(config, indent=2) + "\n"
+        (tmp / "adapter_config.json").write_text(text, encoding="utf-8")
+    n = sum(t.numel() for t in tensors.values())
+    print(f"wrote {out}: PEFT LoRA adapters ({n:,} weights) in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -1,7 +1,9 @@
 """The model layer: TinyGPT (`model`, the file to read top to bottom), its attention kernels
-(`attention`), config-free pieces (`layers`) and the KV cache (`kvcache`). It imports nothing
+(`attention`), config-free pieces (`layers`), the KV cache (`kvcache`) and LoRA adapters
+(`lora`). It imports nothing
 from training, inference or serving."""
 
+from llm_tiny.model.lora import add_lora
 from llm_tiny.model.model import (
     RMSNorm,
     TinyGPT,

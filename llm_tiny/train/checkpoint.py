@@ -17,6 +17,9 @@ tuples and dicts (no pickled classes: loading a downloaded checkpoint runs no co
     tokenizer_fingerprint  sha256 of the tokenizer, to refuse resuming with another one
     data_sha256            sha256 of the text the run was prepared from (`meta.json`), so that
                            `eval` notices when the run's data directory now holds other text
+    base                   LoRA runs only (`lora.rank > 0`): {"init_from": the base checkpoint,
+                           "sha256": `lora.state_sha256` of its weights}; `model` then holds the
+                           adapters alone, and every reader merges them into that base
 
 Writes are atomic: the dict goes to `NAME.tmp`, is flushed and fsync'ed, then renamed over
 `NAME` (a rename within a directory is atomic on POSIX and Windows). A process killed at any
@@ -45,7 +48,7 @@ from llm_tiny.config import (
 )
 from llm_tiny.distributed import strip_wrapper_prefixes, unwrap
 from llm_tiny.errors import UserError
-from llm_tiny.model import TinyGPT
+from llm_tiny.model import TinyGPT, lora
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
 from tok.chat import missing_tokens, with_chat_tokens
@@ -177,6 +180,13 @@ def check_resume_compatible(
                 f"cannot resume from {path}: model.{name} is {old!r} in the checkpoint "
                 f"but {new!r} in the config"
             )
+    old_lora, new_lora = stored.lora, cfg.lora
+    for name in ("rank", "alpha", "targets"):
+        if getattr(old_lora, name) != getattr(new_lora, name):
+            raise UserError(
+                f"cannot resume from {path}: lora.{name} is {getattr(old_lora, name)!r} in the "
+                f"checkpoint but {getattr(new_lora, name)!r} in the config"
+            )
     if stored.data.kind != cfg.data.kind:
         raise UserError(
             f"cannot resume from {path}: data.kind is {stored.data.kind!r} in the checkpoint "
@@ -266,12 +276,14 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         filled[name] = theirs
     tok = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
     check_end_of_text(cfg, tok, path)  # before anything is written: a refusal leaves nothing
-    weights = ckpt["model"]
+    weights = model_weights(ckpt, path)  # a LoRA run's: merged into its own base
     if cfg.data.kind == "chat" and missing_tokens(tok):
         base = tok.vocab_size
         tok = with_chat_tokens(tok)
         filled["vocab_size"] = max(stored.vocab_size or 0, tok.vocab_size)
         weights = grow_vocab(weights, filled["vocab_size"], range(base, tok.vocab_size))
+    if cfg.lora.rank:  # LoRA targets the model lacks (gate without SwiGLU), likewise
+        lora.check_targets(dataclasses.replace(cfg.model, **filled), cfg.lora)
     tok_path = Path(cfg.run_data.tokenizer)
     if not tok_path.exists():
         tok.save(tok_path)
@@ -286,6 +298,36 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         data=dataclasses.replace(cfg.data, vocab_size=tok.vocab_size),
     )
     return cfg, weights
+
+
+def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, Tensor]:
+    """A checkpoint's full weights: its `model`, or for a LoRA run its adapters merged into the
+    base weights it names, which must be the ones it was trained over (else a UserError)."""
+    if "base" not in ckpt:
+        return ckpt["model"]
+    base_path = Path(ckpt["base"]["init_from"])
+    if not base_path.exists():
+        raise UserError(
+            f"{path}: holds LoRA adapters over {base_path}, which is not there any more "
+            "(the adapters need the base weights they were trained over)"
+        )
+    base = model_weights(load_checkpoint(base_path), base_path)
+    check_base(ckpt, base, path, base_path)
+    cfg = checkpoint_config(ckpt, path)
+    return lora.merge_state(base, ckpt["model"], cfg.model, cfg.lora)
+
+
+def check_base(
+    ckpt: dict[str, Any], base: Mapping[str, Tensor], path: str | Path, base_path: Any
+) -> None:
+    """One line, exit 2, when `base` is not the base model the adapters of `ckpt` were trained
+    over (its weights' sha256 differ)."""
+    theirs, expected = lora.state_sha256(base), ckpt["base"]["sha256"]
+    if theirs != expected:
+        raise UserError(
+            f"{path}: its LoRA adapters were trained over other base weights than {base_path} "
+            f"holds (sha256 {expected[:12]} expected, {theirs[:12]} found)"
+        )
 
 
 # ----------------------------------------------------------------------------- training state
@@ -316,11 +358,17 @@ def training_checkpoint(
     """The checkpoint dict of a training run (the format in the module docstring). `model` is
     the model or its full state dict (`Parallel.full_state_dict`); `rng` holds one
     `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
+    weights = clean_state_dict(model)
+    if cfg.lora.rank:  # the frozen base is the init_from run's: name it, keep the adapters
+        base, weights = lora.split_state(weights)
+        source = str(resolve_checkpoint_path(cfg.train.init_from).resolve())
+        extra = {"base": {"init_from": source, "sha256": lora.state_sha256(base)}}
     return {
+        **(extra if cfg.lora.rank else {}),
         "format": FORMAT,
         "version": VERSION,
         "config": config_to_dict(cfg),
-        "model": clean_state_dict(model),
+        "model": weights,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "step": state.step,
@@ -347,7 +395,14 @@ def restore_training(
 ) -> TrainState:
     """Load a `training_checkpoint` into fresh training objects and this rank's RNG states;
     returns its counters."""
-    model.load_state_dict(ckpt["model"])
+    if "base" in ckpt:  # adapters only, over the base weights `model` holds already
+        base = lora.split_state(clean_state_dict(model))[0]
+        check_base(ckpt, base, "cannot resume", "train.init_from")
+        got = model.load_state_dict(ckpt["model"], strict=False)
+        if got.unexpected_keys or any(lora.is_adapter_key(k) for k in got.missing_keys):
+            raise UserError("cannot resume: the checkpoint's adapters are not this run's")
+    else:
+        model.load_state_dict(ckpt["model"])
     sampler.load_state_dict(ckpt["sampler"])
     states = ckpt.get("rng") or []
     if rt.rank < len(states):
@@ -396,7 +451,7 @@ def load_model(
     tokenizer = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
     model = TinyGPT(cfg.model)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(model_weights(ckpt, path))  # LoRA adapters come merged
     except RuntimeError as e:
         raise UserError(
             f"{path}: model weights do not match the stored config: {first_line(e)}"

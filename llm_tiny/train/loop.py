@@ -46,7 +46,7 @@ from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
 from llm_tiny.eval.monitor import TaskMonitor
-from llm_tiny.model import TinyGPT
+from llm_tiny.model import TinyGPT, add_lora
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
@@ -104,6 +104,7 @@ class Trainer:
         self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
         if weights is not None:  # train.init_from
             self.model.load_state_dict(weights)
+        add_lora(self.model, cfg.lora)  # lora.rank > 0: those weights freeze, adapters train
         seed_everything(t.seed + rt.rank)  # rank-specific dropout masks from here on
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device_type)
         self.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.use_scaler)
@@ -336,9 +337,8 @@ def train(
             out(note)
         resumed_at = trainer.state.step if start.ckpt is not None else None
         par.on_main(start_files, cfg, out, resumed_at=resumed_at)
-        where = f"{rt.device} {rt.dtype_name}" + (
-            f", {rt.world_size} processes" if rt.distributed else ""
-        )
+        processes = f", {rt.world_size} processes" if rt.distributed else ""
+        where = f"{rt.device} {rt.dtype_name}{processes}"
         out(
             f"training {trainer.model.num_params() / 1e6:.2f}M parameters on {where}; "
             f"{trainer.tokens_per_step:,} tokens per step"

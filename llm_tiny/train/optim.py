@@ -44,6 +44,8 @@ def build_optimizer(
             f"{torch.__version__}: upgrade torch or use optim.name: adamw"
         )
     hidden = hidden_matrices(model)
+    if not hidden:  # a LoRA run: every trainable matrix is an adapter, AdamW's
+        return build_adamw(groups, cfg, device_type)
     ids = {id(p) for p in hidden}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
     # NOTE: torch's Muon iterates in bfloat16, which this project's CPUs run about 20x slower
@@ -74,11 +76,15 @@ def build_adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The 2-D weights inside the transformer blocks (attention and MLP matrices): Muon's.
-    Embeddings and the LM head sit outside the blocks; gains and biases are 1-D."""
+    Embeddings and the LM head sit outside the blocks; gains and biases are 1-D.
+
+    NOTE: LoRA adapters (`.lora.` in the name) stay with AdamW, as in PEFT and litgpt: A is
+    r x in and B out x r, and orthogonalising their updates would move all r directions by
+    the same amount, which B's start at zero does not call for."""
     return [
         p
         for name, p in model.named_parameters()
-        if p.requires_grad and p.dim() == 2 and name.startswith("blocks.")
+        if p.requires_grad and p.dim() == 2 and name.startswith("blocks.") and ".lora." not in name
     ]
 
 

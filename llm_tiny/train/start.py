@@ -73,7 +73,8 @@ def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
     resume_from = resume_path(cfg, out)
     ckpt = load_checkpoint(resume_from) if resume_from else None
     weights = None
-    if ckpt is None and cfg.train.init_from:
+    # A LoRA run's checkpoints hold only its adapters: a resume reloads the base weights too.
+    if cfg.train.init_from and (ckpt is None or cfg.lora.rank):
         cfg, weights = start_from(cfg)
     elif ckpt is not None and cfg.train.init_from:
         cfg = taken_from(cfg, checkpoint_config(ckpt, resume_from))

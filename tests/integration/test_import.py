@@ -15,6 +15,8 @@ import yaml
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from helpers import hf_bpe_tokenizer, hf_folder
+
 from llm_tiny.export import importer
 from llm_tiny.export.hf_tokenizer import from_tokenizer_json
 from llm_tiny.train.checkpoint import load_model
@@ -28,50 +30,7 @@ TRICKY = "héllo 世界 🙂 e\u0301 \r\n\r\n  x\t\t y  <|endoftext|>hi 1234567 
 @pytest.fixture(scope="module")
 def hf_tokenizer():
     """A GPT-2-style byte-level BPE trained by HF `tokenizers` (ids in its own order)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOT], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
-    tok.train_from_iterator([TEXT], trainer)
-    return tok
-
-
-def hf_folder(path: Path, kind: str, hf_tokenizer) -> torch.nn.Module:
-    """Save a random tiny HF model of `kind` and the tokenizer in `path`; return the model."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )  # fmt: skip
-
-    torch.manual_seed(0)
-    vocab, eot = hf_tokenizer.get_vocab_size(), hf_tokenizer.token_to_id(EOT)
-    if kind == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=200,
-            bos_token_id=eot, eos_token_id=eot,
-        )  # fmt: skip
-        model = GPT2LMHeadModel(config)
-    else:
-        config = LlamaConfig(
-            vocab_size=vocab + 8, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-            rms_norm_eps=1e-5, tie_word_embeddings=False, eos_token_id=eot,
-        )  # fmt: skip
-        model = LlamaForCausalLM(config)
-    with torch.no_grad():  # norms and biases away from 1 and 0, so each one matters
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(path)
-    PreTrainedTokenizerFast(tokenizer_object=hf_tokenizer, eos_token=EOT).save_pretrained(path)
-    return model.eval()
+    return hf_bpe_tokenizer(TEXT, EOT)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
