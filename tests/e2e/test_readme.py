@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -47,17 +48,22 @@ def test_the_readme_shows_the_commands_this_test_runs():
     assert any("--beam-width" in c and "--no-repeat-ngram" in c for c in commands)
 
 
-# A training command runs as written, cut down to a few steps of a smaller model.
-FEW_STEPS = (
-    " --train.max_iters=6 --train.eval_iters=2 --optim.warmup_iters=2 --model.n_layer=1"
-    " --train.sample_at_end=false --train.out_dir=out/readme_train --overwrite"
-)
+# A training command runs as written, cut down to a few steps (of a smaller model, unless it
+# starts from a run's weights), each in a directory of its own: a run that starts from another
+# run's weights takes that run's tokenizer, which another command's run may not share.
+FEW_STEPS = " --train.max_iters=6 --train.eval_iters=2 --optim.warmup_iters=2"
+SMALLER = " --model.n_layer=1"
 
 
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs_as_written(workdir, command):
     if command.startswith("python -m llm_tiny train"):
-        command = command.split("#")[0] + FEW_STEPS
+        command = command.split("#")[0].rstrip()
+        own = "out/readme_train_" + hashlib.sha1(command.encode()).hexdigest()[:8]
+        smaller = "" if "--train.init_from" in command else SMALLER
+        command += (
+            f"{FEW_STEPS}{smaller} --train.sample_at_end=false --train.out_dir={own} --overwrite"
+        )
     # `python` is this interpreter, as after `source .venv/bin/activate`.
     env_path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     done = subprocess.run(
