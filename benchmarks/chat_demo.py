@@ -7,7 +7,7 @@ For each seed S, in fresh processes as a user would run them: `chatdemo data --s
 the conversations, `train configs/chat_base.yaml` pretrains the base model on the plain
 examples, `train configs/chat_sft.yaml` fine-tunes it on the conversations (both with
 `train.seed` S), and `chatdemo eval` scores the base run (`--base`: the chat tokens added as
-`train.init_from` adds them) and the SFT run on the held-out conversations. Each stage is timed
+`train.init_from` adds them, the recipe's `data.chat_init` included) and the SFT run on the held-out conversations. Each stage is timed
 whole (start-up, data, training, evaluation). Prints one line per run, then one JSON line (also
 written to `--json`) with every score and time, and the minimum of each score over the seeds.
 """
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
@@ -48,8 +50,10 @@ def one_seed(seed: int, out: Path) -> dict:
                             f"--train.out_dir={base}", *common])  # fmt: skip
     _, times["sft"] = llm(["train", "configs/chat_sft.yaml", f"--data.input=[{data}/train.jsonl]",
                            f"--train.init_from={base}", f"--train.out_dir={sft}", *common])  # fmt: skip
+    sft_cfg = yaml.safe_load((ROOT / "configs/chat_sft.yaml").read_text(encoding="utf-8"))
+    init = [f"--chat-init={e}" for e in sft_cfg["data"].get("chat_init", [])]
     scores = {}
-    for name, run, extra in (("base", base, ["--base"]), ("sft", sft, [])):
+    for name, run, extra in (("base", base, ["--base", *init]), ("sft", sft, [])):
         text, times[f"eval_{name}"] = llm(["chatdemo", "eval", "--ckpt", str(run), "--data",
                                            str(data / "test.jsonl"), *extra])  # fmt: skip
         scores[name] = json.loads(text.strip().splitlines()[-1])

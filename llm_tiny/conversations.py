@@ -2,11 +2,12 @@
 
 `python -m llm_tiny tasks chat --out data/chat` writes seeded conversations (no download) as
 JSON Lines, `{"messages": [{role, content}, ...]}`: questions about the digit operations
-(`llm_tiny.tasks`) phrased several ways, an optional system message that changes the form of
-the answer, a few questions about llm_tiny itself, one to three questions a conversation:
+(`llm_tiny.tasks`) phrased several ways around the operation as the base model reads it, an
+optional system message that changes the form of the answer, a few questions about llm_tiny
+itself, one to three questions a conversation:
 
     system    Reply in words.                          (or none: the bare number)
-    user      Which is the largest of 3, 7 and 5?
+    user      What is Max(3,7,5)?
     assistant seven
 
 `base.txt` holds the same operations as plain examples (`Max(3,7,5)=7`) for a base model to
@@ -36,18 +37,11 @@ FORMS = {
     "Reply in words.": "words",
     "Use a sentence.": "sentence",
 }
-PHRASES = {
-    "First": ["First({a})?", "What is the first of {l}?", "Which number comes first in {l}?",
-              "first of {s}"],
-    "Second": ["Second({a})?", "What is the second of {l}?", "Which number is second in {l}?",
-               "second of {s}"],
-    "Last": ["Last({a})?", "What is the last of {l}?", "Which number comes last in {l}?",
-             "last of {s}"],
-    "Max": ["Max({a})?", "What is the largest of {l}?", "Which is the biggest of {l}?",
-            "max of {s}"],
-    "Min": ["Min({a})?", "What is the smallest of {l}?", "Which is the lowest of {l}?",
-            "min of {s}"],
-}  # fmt: skip
+# Each phrasing holds the operation as the base model read it (`Max(3,7,5)`), so SFT has to
+# teach the template, the stop and the form, not the operation: spoken forms ("the largest of
+# 3, 7 and 5") are a skill the base never learnt, and SFT did not teach it in the demo's
+# budget (docs/chat.md).
+PHRASES = ["{e}?", "What is {e}?", "Compute {e}.", "{e}", "Tell me {e}, please."]
 ABOUT = [
     (["What is llm_tiny?", "what is llm_tiny", "Tell me about llm_tiny."],
      "A small, readable PyTorch framework for training GPT-style models."),
@@ -57,11 +51,6 @@ ABOUT = [
      "Run python -m llm_tiny train configs/tiny.yaml."),
 ]  # fmt: skip
 SPLIT_SEEDS = {"train": 0, "test": 1}
-
-
-def spoken(args: list[int]) -> str:
-    """3, 7 and 5."""
-    return ", ".join(map(str, args[:-1])) + f" and {args[-1]}"
 
 
 def answer_in(form: str, value: int) -> str:
@@ -86,10 +75,8 @@ def question(rng: random.Random) -> tuple[str, int, str]:
     """A digit-operations question, its answer, and its argument list (the instance's key)."""
     op = rng.choice(sorted(OPERATIONS))
     args = [rng.randint(0, 9) for _ in range(rng.randint(2, 4))]
-    text = rng.choice(PHRASES[op]).format(
-        a=",".join(map(str, args)), l=spoken(args), s=" ".join(map(str, args))
-    )
-    return text, OPERATIONS[op](args), f"{op}({','.join(map(str, args))})"
+    key = f"{op}({','.join(map(str, args))})"
+    return rng.choice(PHRASES).format(e=key), OPERATIONS[op](args), key
 
 
 def conversation(rng: random.Random) -> tuple[list[dict[str, str]], list[str]]:
@@ -231,14 +218,14 @@ def score_chat(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) ->
     }
 
 
-def with_chat_rows(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+def with_chat_rows(model: Any, tokenizer: Any, chat_init: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """A base run's model and tokenizer as `train.init_from` starts a chat run from them: the
-    chat tokens added, their rows the mean of the others (`checkpoint.grow_vocab`); what the
-    demo scores as "base"."""
+    chat tokens added, their rows the mean of the others or copies of the tokens `chat_init`
+    names (`checkpoint.grow_vocab`, `data.chat_init`); what the demo scores as "base"."""
     import dataclasses
 
     from llm_tiny.model import TinyGPT
-    from llm_tiny.train.checkpoint import grow_vocab
+    from llm_tiny.train.checkpoint import chat_init_rows, grow_vocab
     from tok.chat import with_chat_tokens
 
     grown = with_chat_tokens(tokenizer)
@@ -247,7 +234,8 @@ def with_chat_rows(model: Any, tokenizer: Any) -> tuple[Any, Any]:
     vocab = max(model.config.vocab_size, grown.vocab_size)
     new = range(tokenizer.vocab_size, grown.vocab_size)
     chat = TinyGPT(dataclasses.replace(model.config, vocab_size=vocab))
-    chat.load_state_dict(grow_vocab(model.state_dict(), vocab, new))
+    like = chat_init_rows(chat_init, grown, tokenizer.vocab_size, "the base run")
+    chat.load_state_dict(grow_vocab(model.state_dict(), vocab, new, like))
     return chat.to(next(model.parameters()).device).eval(), grown
 
 
@@ -290,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--data", required=True, help="conversations, e.g. data/chat/test.jsonl")
     ev.add_argument("--base", action="store_true", help="score a base run with the chat "
                     "tokens added as train.init_from adds them (the demo's baseline)")  # fmt: skip
+    ev.add_argument("--chat-init", action="append", default=[], metavar="ENTRY",
+                    help="with --base: a data.chat_init entry, e.g. '<|assistant|>='")  # fmt: skip
     add_device_arg(ev)
     args = parser.parse_args(argv)
 
@@ -306,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model, tokenizer, _, _ = load_model(args.ckpt, resolve_device(args.device))
         if args.base:
-            model, tokenizer = with_chat_rows(model, tokenizer)
+            model, tokenizer = with_chat_rows(model, tokenizer, tuple(args.chat_init))
         if not has_template(tokenizer):
             raise UserError(f"{args.ckpt}: the run has no chat template (a base run: add --base)")
         result = score_chat(model, tokenizer, read_conversations(args.data))

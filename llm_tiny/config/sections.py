@@ -110,6 +110,9 @@ class DataConfig:
     answer_sep: str = "="  # examples: loss only on the tokens after this separator
     messages_field: str = "messages"  # chat: the JSONL field / Parquet column of the messages
     pack: bool = False  # chat: several whole conversations per row (docs/chat.md)
+    # chat + train.init_from: "<|assistant|>=" starts that new token's rows as a copy of the
+    # rows of the token "=" (one token of the base's); a turn token not named: the mean row
+    chat_init: tuple[str, ...] = ()
 
     def resolved(self, out_dir: str | Path) -> DataConfig:
         """A copy with the paths that are not set filled in below the run directory."""

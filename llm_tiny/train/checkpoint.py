@@ -51,7 +51,7 @@ from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT, lora
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
-from tok.chat import missing_tokens, with_chat_tokens
+from tok.chat import CHAT_TOKENS, missing_tokens, with_chat_tokens
 from tok.errors import first_line
 
 FORMAT = "llm_tiny.checkpoint"  # NOTE: the format name, kept from before the module moved
@@ -218,13 +218,17 @@ def check_end_of_text(cfg: RunConfig, tok: Any, path: Path) -> None:
 
 
 def grow_vocab(
-    weights: Mapping[str, Tensor], vocab_size: int, new_ids: Sequence[int]
+    weights: Mapping[str, Tensor],
+    vocab_size: int,
+    new_ids: Sequence[int],
+    like: Mapping[int, int] | None = None,
 ) -> dict[str, Tensor]:
     """The weights with room for `vocab_size` tokens (never fewer rows than they had) and
     the rows of `new_ids` (tokens added to the tokenizer) initialised: in the embedding and the
     output head, the mean of the rows before the first new id, so a new token starts as an
     average token, neither favoured nor ruled out by the head (Hewitt 2021, "Initializing new
-    word embeddings"); in the bigram table, zero (its value at initialisation).
+    word embeddings"), or a copy of the rows of an existing token where `like` maps the new id
+    to one (`data.chat_init`); in the bigram table, zero (its value at initialisation).
     """
     out = dict(weights)
     known = min(new_ids)
@@ -234,6 +238,8 @@ def grow_vocab(
             grown = w.new_zeros(max(vocab_size, w.shape[0]), w.shape[1])
             grown[: w.shape[0]] = w
             grown[list(new_ids)] = w[:known].mean(dim=0)
+            for new, old in (like or {}).items():
+                grown[new] = w[old]
             out[key] = grown
     if "bigram.weight" in out:
         w = out["bigram.weight"]
@@ -244,6 +250,30 @@ def grow_vocab(
         grown[:, list(new_ids)] = 0.0
         out["bigram.weight"] = grown
     return out
+
+
+def chat_init_rows(entries: Sequence[str], tok: Any, base: int, path: Any) -> dict[int, int]:
+    """`data.chat_init` (`["<|assistant|>=", ...]`) as {new token id: id of the existing token
+    whose rows it copies}; a turn token the base already had, a text that is not one token
+    of the base's, or an unknown name is a UserError."""
+    like = {}
+    for entry in entries:
+        name = next((t for t in CHAT_TOKENS if entry.startswith(t)), None)
+        if name is None:
+            raise UserError(
+                f"data.chat_init: {entry!r} does not start with a turn token "
+                f"({', '.join(CHAT_TOKENS)})"
+            )
+        ids = tok.encode(entry[len(name) :])
+        new = tok.special_tokens[name]
+        if len(ids) != 1 or ids[0] >= base:
+            raise UserError(
+                f"data.chat_init: {entry[len(name) :]!r} is not one token of {path}'s tokenizer"
+            )
+        if new < base:
+            raise UserError(f"data.chat_init: {path}'s tokenizer already has {name}")
+        like[new] = ids[0]
+    return like
 
 
 def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
@@ -281,7 +311,8 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         base = tok.vocab_size
         tok = with_chat_tokens(tok)
         filled["vocab_size"] = max(stored.vocab_size or 0, tok.vocab_size)
-        weights = grow_vocab(weights, filled["vocab_size"], range(base, tok.vocab_size))
+        like = chat_init_rows(cfg.data.chat_init, tok, base, path)
+        weights = grow_vocab(weights, filled["vocab_size"], range(base, tok.vocab_size), like)
     if cfg.lora.rank:  # LoRA targets the model lacks (gate without SwiGLU), likewise
         lora.check_targets(dataclasses.replace(cfg.model, **filled), cfg.lora)
     tok_path = Path(cfg.run_data.tokenizer)

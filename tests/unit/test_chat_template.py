@@ -10,9 +10,10 @@ from helpers import conversations
 
 from llm_tiny.data.batches import pack_rows
 from llm_tiny.data.chat import check_conversation
+from llm_tiny.errors import UserError
 from llm_tiny.infer.chat import common_prefix
 from llm_tiny.infer.prompt import chat_prompt_ids, chat_stop_tokens
-from llm_tiny.train.checkpoint import grow_vocab
+from llm_tiny.train.checkpoint import chat_init_rows, grow_vocab
 from tok.bpe import Tokenizer
 from tok.chat import (
     CHAT_TOKENS,
@@ -122,6 +123,29 @@ def test_grow_vocab_initialises_new_rows_with_the_mean():
         out["bigram.weight"][4:].abs().sum() == 0 and out["bigram.weight"][:, 4:].abs().sum() == 0
     )
     assert out["other"] is w["other"]
+
+
+def test_grow_vocab_copies_the_rows_chat_init_names():
+    torch.manual_seed(0)
+    w = {"wte.weight": torch.randn(5, 3), "lm_head.weight": torch.randn(5, 3)}
+    out = grow_vocab(w, 7, [5, 6], like={6: 2})
+    for key in ("wte.weight", "lm_head.weight"):
+        torch.testing.assert_close(out[key][5], w[key].mean(dim=0))
+        assert torch.equal(out[key][6], w[key][2])
+
+
+def test_chat_init_maps_turn_tokens_to_one_base_token():
+    base = Tokenizer.train("hello hello world = " * 20, 260, special_tokens=["<|endoftext|>"])
+    grown = with_chat_tokens(base)
+    n = base.vocab_size
+    like = chat_init_rows(["<|assistant|>=", "<|end|>\n"], grown, n, "base")
+    assert like == {
+        grown.special_tokens["<|assistant|>"]: base.encode("=")[0],
+        grown.special_tokens["<|end|>"]: base.encode("\n")[0],
+    }
+    for bad in ("<|robot|>=", "<|user|>hello world", "<|user|>"):
+        with pytest.raises(UserError, match=r"data\.chat_init"):
+            chat_init_rows([bad], grown, n, "base")
 
 
 def test_chat_prompt_drops_the_oldest_turns_but_keeps_the_system(tok):
