@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from llm_tiny.errors import ArgumentParser, UserError, run_cli
+HERE = Path(__file__).resolve().parent
+for _p in (str(HERE), str(HERE.parent)):  # bench_train and llm_tiny, however it is started
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import bench_train  # noqa: E402
+
+from llm_tiny.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 VARIANTS = ("full", "lora")
 
@@ -92,16 +98,8 @@ def child_main(job_json: str) -> int:
 
 
 def run_child(job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"failed: timed out after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    return {"status": f"failed: {(lines[-1] if lines else proc.returncode)}"}
+    """One variant in a fresh process (`bench_train.run_job` with this script's child)."""
+    return bench_train.run_job(job, timeout, script=Path(__file__).resolve())
 
 
 # ----------------------------------------------------------------------------- the bases
