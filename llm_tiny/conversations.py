@@ -221,11 +221,11 @@ def score_chat(model: Any, tokenizer: Any, convs: list[list[dict[str, str]]]) ->
 def with_chat_rows(model: Any, tokenizer: Any, chat_init: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """A base run's model and tokenizer as `train.init_from` starts a chat run from them: the
     chat tokens added, their rows the mean of the others or copies of the tokens `chat_init`
-    names (`checkpoint.grow_vocab`, `data.chat_init`); what the demo scores as "base"."""
+    names (`vocab.grow_vocab`, `data.chat_init`); what the demo scores as "base"."""
     import dataclasses
 
     from llm_tiny.model import TinyGPT
-    from llm_tiny.train.checkpoint import chat_init_rows, grow_vocab
+    from llm_tiny.train.vocab import chat_init_rows, grow_vocab
     from tok.chat import with_chat_tokens
 
     grown = with_chat_tokens(tokenizer)

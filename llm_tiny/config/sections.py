@@ -216,6 +216,9 @@ class LoraConfig:
     alpha: float = 16.0  # the update is scaled by alpha / rank
     dropout: float = 0.0  # dropout on the adapters' input
     targets: tuple[LoraTarget, ...] = ("q", "k", "v", "o")  # attention; MLP: gate, up, down
+    # Token ids whose embedding and output rows train whole (PEFT's trainable_token_indices);
+    # a chat run adds the chat tokens it grows the base's vocabulary by (docs/finetune.md).
+    tokens: tuple[int, ...] = ()
 
     @property
     def scale(self) -> float:
@@ -416,6 +419,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(0.0 <= lo.dropout < 1.0, f"lora.dropout must be in [0, 1), got {lo.dropout}")
     check(len(lo.targets) >= 1, "lora.targets must name at least one projection")
     check(len(set(lo.targets)) == len(lo.targets), f"lora.targets repeats one: {list(lo.targets)}")
+    check(all(t >= 0 for t in lo.tokens), f"lora.tokens must be token ids >= 0: {list(lo.tokens)}")
+    check(len(set(lo.tokens)) == len(lo.tokens), f"lora.tokens repeats one: {list(lo.tokens)}")
     check(
         lo.rank == 0 or t.init_from is not None,
         "lora.rank > 0 adapts trained weights: set train.init_from to the base run (or an "

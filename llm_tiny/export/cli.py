@@ -116,6 +116,12 @@ def write_peft(args: Any, out: Path, t0: float) -> int:
     cfg = checkpoint_config(ckpt, path)
     if "base" not in ckpt:
         raise UserError(f"{path}: not a LoRA run (lora.rank 0): export it with --format hf")
+    if cfg.lora.tokens:  # PEFT adapters load over the base export, which lacks those rows
+        raise UserError(
+            f"{path}: also trains the rows of tokens {list(cfg.lora.tokens)} (lora.tokens, the "
+            "chat tokens of a chat run), which a PEFT adapter over the base's export cannot "
+            "carry: export the merged model instead (--merge --format hf)"
+        )
     model_weights(ckpt, path)  # the base must be there and be the adapters' own
     config, tensors = peft_adapter(split_state(ckpt["model"])[1], cfg.model, cfg.lora, args.base_hf)
     save_file = need("safetensors.torch").save_file

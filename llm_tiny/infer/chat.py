@@ -27,7 +27,7 @@ import torch
 
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
 from llm_tiny.infer.engine import Decoder, Row, generating
-from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.params import SamplingParams, add_sampling_args
 from llm_tiny.infer.prompt import chat_prompt_ids, chat_stop_tokens
 from tok.chat import as_pairs, has_template
 
@@ -101,13 +101,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--system", help="a system message that starts the conversation")
     p.add_argument("--jsonl", action="store_true", help="read JSON Lines from stdin (the "
                    "default when stdin is not a terminal)")  # fmt: skip
-    p.add_argument("--max-new-tokens", type=int, help="most tokens in one reply")
-    p.add_argument("--temperature", type=float, help="0 = greedy; higher = more random")
-    p.add_argument("--top-k", type=int, help="keep only the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus: smallest set with probability >= p")
-    p.add_argument("--seed", type=int, help="random seed (same seed, same replies)")
-    p.add_argument("--repetition-penalty", type=float, help="> 1: seen tokens less likely")
-    p.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of N tokens")
+    add_sampling_args(p)
     add_device_arg(p)
     return p
 
@@ -122,10 +116,7 @@ def _chat(args: Any, stdin: TextIO, out: TextIO) -> int:
     from llm_tiny.train.checkpoint import load_model
 
     model, tokenizer, cfg, _ = load_model(args.ckpt, resolve_device(args.device))
-    params = SamplingParams.from_config(
-        cfg.sample, lambda k: "--" + k.replace("_", "-"),
-        **{k: getattr(args, k) for k in SamplingParams().values() if hasattr(args, k)},
-    )  # fmt: skip
+    params = SamplingParams.from_args(cfg.sample, args)
     session = ChatSession(model, tokenizer, params, args.system)
     if args.jsonl or not stdin.isatty():
         return _jsonl(session, stdin, out)

@@ -80,6 +80,13 @@ class SamplingParams:
         _check(merged, spell)
         return cls(**merged)
 
+    @classmethod
+    def from_args(cls, sample: SampleConfig, args: Any, **values: Any) -> SamplingParams:
+        """A command's: the run's `sample` values, each replaced by its flag when given
+        (`add_sampling_args`; flags are named after the fields, errors spell them as flags)."""
+        flags = {k: getattr(args, k) for k in cls().values() if hasattr(args, k)}
+        return cls.from_config(sample, flag_name, **flags, **values)
+
     def replace(self, **values: Any) -> SamplingParams:
         """A copy with some fields changed (and checked)."""
         return dataclasses.replace(self, **values)
@@ -94,6 +101,31 @@ class SamplingParams:
     @property
     def discourages_repeats(self) -> bool:
         return self.repetition_penalty != 1 or self.no_repeat_ngram != 0
+
+
+def flag_name(key: str) -> str:
+    """A sampling value's command-line flag: `top_p` -> `--top-p`."""
+    return "--" + key.replace("_", "-")
+
+
+# The sampling flags every generating command shares (`sample`, `chat`), one wording; each
+# left out takes the run's `sample` value.
+SAMPLING_FLAGS = {
+    "max_new_tokens": (int, "most tokens to generate (in one reply, for chat)"),
+    "temperature": (float, "0 = greedy; higher = more random"),
+    "top_k": (int, "keep only the k most likely tokens"),
+    "top_p": (float, "nucleus: smallest set with probability >= p"),
+    "seed": (int, "random seed (same seed, same text)"),
+    "repetition_penalty": (float, "> 1 makes tokens already in the text less likely"),
+    "no_repeat_ngram": (int, "never repeat an n-gram of N tokens"),
+}
+
+
+def add_sampling_args(parser: Any) -> None:
+    """The sampling flags (`SAMPLING_FLAGS`) on a command's parser; read them back with
+    `SamplingParams.from_args`."""
+    for key, (kind, text) in SAMPLING_FLAGS.items():
+        parser.add_argument(flag_name(key), type=kind, help=text + " (default: the run's)")
 
 
 def _check(values: dict[str, Any], spell: Callable[[str], str]) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from llm_tiny.config import sampling_problem
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
-from llm_tiny.infer.params import SamplingParams
+from llm_tiny.infer.params import SamplingParams, add_sampling_args
 from llm_tiny.infer.prompt import eot_ids, prompt_ids, text_of
 
 
@@ -87,17 +87,9 @@ def build_parser() -> ArgumentParser:
         "a run of documents, else the first line of its validation text)",
     )
     group.add_argument("--prompt-file", help="read the prompt from this file")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate")
-    p.add_argument("--temperature", type=float, help="0 = greedy; higher = more random")
-    p.add_argument("--top-k", type=int, help="keep only the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="nucleus: smallest set with probability >= p")
+    add_sampling_args(p)
     p.add_argument("--num-samples", type=int, help="how many independent samples")
-    p.add_argument("--seed", type=int, help="random seed (same seed, same text)")
     p.add_argument("--beam-width", type=int, default=0, help="beam search with this width")
-    p.add_argument(
-        "--repetition-penalty", type=float, help="> 1 makes tokens already in the text less likely"
-    )
-    p.add_argument("--no-repeat-ngram", type=int, help="never repeat an n-gram of N tokens")
     p.add_argument(
         "--stop-at-eot",
         action=argparse.BooleanOptionalAction,
@@ -123,11 +115,7 @@ def _sample(args) -> int:
     device = resolve_device(args.device)
     model, tokenizer, cfg, _ = load_model(args.ckpt, device)
     stops = eot_ids(tokenizer, cfg, args.stop_at_eot)
-    # Each flag left out takes the run's `sample` value (flags are named after the fields).
-    params = SamplingParams.from_config(
-        cfg.sample, lambda k: "--" + k.replace("_", "-"), stop_tokens=stops,
-        **{k: getattr(args, k) for k in SamplingParams().values() if hasattr(args, k)},
-    )  # fmt: skip
+    params = SamplingParams.from_args(cfg.sample, args, stop_tokens=stops)
     num_samples = cfg.sample.num_samples if args.num_samples is None else args.num_samples
     problem = sampling_problem(lambda k: "--num-samples", num_samples=num_samples)
     if problem is not None:

@@ -16,6 +16,13 @@ Adapters add parameters named `<linear>.lora.<target>.A` / `.B` next to the froz
 `<linear>.weight`, whose name does not change: the base part of an adapted model's state dict
 is the base model's state dict (`split_state`). `merge_state` folds adapters into plain weights
 (the export, the inference loader); `merge`/`unmerge` do it in place on a live model.
+
+Token rows (`lora.tokens`, PEFT's `trainable_token_indices`): a frozen embedding cannot learn a
+token that the base never saw, such as the turn tokens a chat run adds. Those tokens' rows of
+the embedding and of the output head train whole, as `wte.lora.rows` / `lm_head.lora.rows`
+(n, C) beside the frozen matrices (one shared Parameter when the two are tied); everything
+else stays frozen. The adapter checkpoint holds them with the adapters, and `merge_state` writes
+them over the base's rows (growing the matrices to the run's vocabulary first).
 """
 
 from __future__ import annotations
@@ -76,6 +83,22 @@ def check_targets(model_cfg: ModelConfig, lora: LoraConfig) -> dict[str, tuple[s
     return {t: rows[t] for t in lora.targets}
 
 
+def check_tokens(model_cfg: ModelConfig, lora: LoraConfig) -> None:
+    """`lora.tokens` must be ids of this vocabulary, and (NOTE) a bigram table would leave their
+    rows frozen, so that combination is refused rather than half-trained."""
+    vocab = model_cfg.vocab_size
+    if vocab is not None and any(t >= vocab for t in lora.tokens):
+        raise ConfigError(
+            f"lora.tokens: {max(lora.tokens)} is not a token id of this model "
+            f"(vocabulary of {vocab})"
+        )
+    if lora.tokens and model_cfg.bigram_logits:
+        raise ConfigError(
+            "lora.tokens with model.bigram_logits: the bigram table's rows of those tokens "
+            "cannot train under LoRA; fine-tune every weight (lora.rank: 0) instead"
+        )
+
+
 def is_adapter_key(key: str) -> bool:
     return ADAPTER_TAG in key
 
@@ -105,6 +128,16 @@ def merge_state(
             a, b = adapters[f"{prefix}.lora.{target}.A"], adapters[f"{prefix}.lora.{target}.B"]
             w = out[f"{prefix}.weight"]
             w[start:end] += lora_delta(a.to(w.dtype), b.to(w.dtype), lora.scale)
+    if lora.tokens:  # the trained token rows replace the base's (grown to the run's vocabulary)
+        ids = torch.tensor(lora.tokens)
+        for key in ("wte.weight", "lm_head.weight"):
+            w = base[key]
+            grown = w.new_zeros(max(model_cfg.vocab_size, w.shape[0]), w.shape[1])
+            grown[: w.shape[0]] = w
+            grown[ids] = adapters[key.replace(".weight", ".lora.rows")].to(w.dtype)
+            out[key] = grown
+        if model_cfg.tie_weights:
+            out["lm_head.weight"] = out["wte.weight"]
     return out
 
 
@@ -177,13 +210,84 @@ class LoRALinear(Linear):
         self.merged = sign > 0
 
 
+class TokenRows(nn.Module):
+    """Trainable rows `rows` (n, C) standing for rows `ids` of frozen (V, C) matrices: the
+    embedding's, and the output head's (the same matrix when they are tied)."""
+
+    def __init__(self, weight: Tensor, ids: tuple[int, ...]) -> None:
+        super().__init__()
+        index = torch.tensor(ids, dtype=torch.long, device=weight.device)
+        slot = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+        slot[index] = torch.arange(len(ids), device=weight.device)
+        self.register_buffer("ids", index, persistent=False)
+        self.register_buffer("slot", slot, persistent=False)  # token id -> its row, or -1
+        self.rows = nn.Parameter(weight.detach()[index].clone())
+        self.merged: list[tuple[Tensor, Tensor]] = []  # (weight, its own rows) while merged
+
+    @torch.no_grad()
+    def merge(self, weights: list[Tensor], sign: float) -> None:
+        if sign > 0 and not self.merged:
+            self.merged = [(w, w[self.ids].clone()) for w in weights]
+            for w in weights:
+                w[self.ids] = self.rows.to(w.dtype)
+        elif sign < 0:
+            for w, own in self.merged:
+                w[self.ids] = own
+            self.merged = []
+
+
+class RowsEmbedding(nn.Embedding):
+    """The frozen `nn.Embedding` (the same Parameter, under the same name) whose rows `ids`
+    come from `lora.rows`."""
+
+    def __init__(self, base: nn.Embedding, rows: TokenRows) -> None:
+        super().__init__(base.num_embeddings, base.embedding_dim, _weight=base.weight.detach())
+        self.weight, self.lora = base.weight, rows
+
+    def forward(self, idx: Tensor) -> Tensor:
+        out = super().forward(idx)  # (..., C)
+        if self.lora.merged:
+            return out
+        slot = self.lora.slot[idx]
+        own = self.lora.rows[slot.clamp(min=0)].to(out.dtype)
+        return torch.where((slot >= 0).unsqueeze(-1), own, out)
+
+
+class RowsLinear(Linear):
+    """The frozen output head (the same Parameter, under the same name) whose outputs `ids`
+    come from `lora.rows`: logits[..., ids] = x @ rows^T."""
+
+    def __init__(self, base: Linear, rows: TokenRows) -> None:
+        nn.Module.__init__(self)  # as LoRALinear: keep the base's Parameters
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias, self.lora = base.weight, base.bias, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)  # (..., V)
+        if self.lora.merged:
+            return y
+        return y.index_copy(-1, self.lora.ids, x @ self.lora.rows.t().to(x.dtype))
+
+
+def add_token_rows(model: nn.Module, ids: tuple[int, ...]) -> None:
+    """Give the rows `ids` of the (frozen) embedding and output head their own trainable
+    Parameters: one `TokenRows` for a tied pair, one each otherwise."""
+    tied = model.lm_head.weight is model.wte.weight
+    emb_rows = TokenRows(model.wte.weight, ids)
+    head_rows = emb_rows if tied else TokenRows(model.lm_head.weight, ids)
+    model.wte = RowsEmbedding(model.wte, emb_rows)
+    model.lm_head = RowsLinear(model.lm_head, head_rows)
+
+
 def add_lora(model: nn.Module, lora: LoraConfig) -> list[nn.Parameter]:
-    """Freeze every weight of a TinyGPT and put adapters on `lora.targets` in every block;
-    returns the adapters' parameters (now the only trainable ones). Call it after loading
-    the base weights: it draws A from the global RNG. Rank 0 (LoRA off) changes nothing."""
+    """Freeze every weight of a TinyGPT and put adapters on `lora.targets` in every block (and
+    trainable rows for `lora.tokens`); returns the adapters' parameters (now the only trainable
+    ones). Call it after loading the base weights: it draws A from the global RNG. Rank 0 (LoRA
+    off) changes nothing."""
     if not lora.rank:
         return []
     rows = check_targets(model.config, lora)
+    check_tokens(model.config, lora)
     for p in model.parameters():
         p.requires_grad_(False)
     by_linear: dict[str, dict[str, tuple[int, int]]] = {}
@@ -196,18 +300,30 @@ def add_lora(model: nn.Module, lora: LoraConfig) -> list[nn.Parameter]:
             base = getattr(owner, attr)
             adapted = LoRALinear(base, targets, lora.rank, lora.alpha, lora.dropout)
             setattr(owner, attr, adapted.to(base.weight.device))
+    if lora.tokens:
+        add_token_rows(model, lora.tokens)
     return [p for n, p in model.named_parameters() if is_adapter_key(n)]
 
 
 def merge(model: nn.Module) -> None:
     """Fold every adapter into its weight in place (outputs unchanged, faster; `unmerge` undoes
     it up to rounding)."""
-    for m in model.modules():
-        if isinstance(m, LoRALinear):
-            m.merge(1.0)
+    _merge_all(model, 1.0)
 
 
 def unmerge(model: nn.Module) -> None:
+    _merge_all(model, -1.0)
+
+
+def _merge_all(model: nn.Module, sign: float) -> None:
     for m in model.modules():
         if isinstance(m, LoRALinear):
-            m.merge(-1.0)
+            m.merge(sign)
+    owners: dict[int, tuple[TokenRows, list[Tensor]]] = {}  # a tied pair's rows merge once
+    for m in model.modules():
+        if isinstance(m, (RowsEmbedding, RowsLinear)):
+            rows, weights = owners.setdefault(id(m.lora), (m.lora, []))
+            if all(w is not m.weight for w in weights):
+                weights.append(m.weight)
+    for rows, weights in owners.values():
+        rows.merge(weights, sign)

@@ -29,9 +29,10 @@ instant leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT, lora
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
-from tok.chat import CHAT_TOKENS, missing_tokens, with_chat_tokens
+from llm_tiny.train.vocab import chat_init_rows, grow_vocab
+from tok.chat import missing_tokens, with_chat_tokens
 from tok.errors import first_line
 
 FORMAT = "llm_tiny.checkpoint"  # NOTE: the format name, kept from before the module moved
@@ -181,12 +183,15 @@ def check_resume_compatible(
                 f"but {new!r} in the config"
             )
     old_lora, new_lora = stored.lora, cfg.lora
-    for name in ("rank", "alpha", "targets"):
+    for name in ("rank", "alpha", "targets", "tokens"):
         if getattr(old_lora, name) != getattr(new_lora, name):
             raise UserError(
                 f"cannot resume from {path}: lora.{name} is {getattr(old_lora, name)!r} in the "
                 f"checkpoint but {getattr(new_lora, name)!r} in the config"
             )
+    if "base" in ckpt:  # a LoRA run resumes over train.init_from's weights: its base?
+        base = str(resolve_checkpoint_path(cfg.train.init_from))
+        check_base(ckpt, base, f"cannot resume from {path}", base)
     if stored.data.kind != cfg.data.kind:
         raise UserError(
             f"cannot resume from {path}: data.kind is {stored.data.kind!r} in the checkpoint "
@@ -215,65 +220,6 @@ def check_end_of_text(cfg: RunConfig, tok: Any, path: Path) -> None:
             "document of data.input; set data.eot: null to fine-tune on the documents without it "
             "(they then follow each other in one token stream)"
         )
-
-
-def grow_vocab(
-    weights: Mapping[str, Tensor],
-    vocab_size: int,
-    new_ids: Sequence[int],
-    like: Mapping[int, int] | None = None,
-) -> dict[str, Tensor]:
-    """The weights with room for `vocab_size` tokens (never fewer rows than they had) and
-    the rows of `new_ids` (tokens added to the tokenizer) initialised: in the embedding and the
-    output head, the mean of the rows before the first new id, so a new token starts as an
-    average token, neither favoured nor ruled out by the head (Hewitt 2021, "Initializing new
-    word embeddings"), or a copy of the rows of an existing token where `like` maps the new id
-    to one (`data.chat_init`); in the bigram table, zero (its value at initialisation).
-    """
-    out = dict(weights)
-    known = min(new_ids)
-    for key in ("wte.weight", "lm_head.weight"):
-        if key in out:
-            w = out[key]
-            grown = w.new_zeros(max(vocab_size, w.shape[0]), w.shape[1])
-            grown[: w.shape[0]] = w
-            grown[list(new_ids)] = w[:known].mean(dim=0)
-            for new, old in (like or {}).items():
-                grown[new] = w[old]
-            out[key] = grown
-    if "bigram.weight" in out:
-        w = out["bigram.weight"]
-        n = max(vocab_size, w.shape[0])
-        grown = w.new_zeros(n, n)
-        grown[: w.shape[0], : w.shape[1]] = w
-        grown[list(new_ids)] = 0.0
-        grown[:, list(new_ids)] = 0.0
-        out["bigram.weight"] = grown
-    return out
-
-
-def chat_init_rows(entries: Sequence[str], tok: Any, base: int, path: Any) -> dict[int, int]:
-    """`data.chat_init` (`["<|assistant|>=", ...]`) as {new token id: id of the existing token
-    whose rows it copies}; a turn token the base already had, a text that is not one token
-    of the base's, or an unknown name is a UserError."""
-    like = {}
-    for entry in entries:
-        name = next((t for t in CHAT_TOKENS if entry.startswith(t)), None)
-        if name is None:
-            raise UserError(
-                f"data.chat_init: {entry!r} does not start with a turn token "
-                f"({', '.join(CHAT_TOKENS)})"
-            )
-        ids = tok.encode(entry[len(name) :])
-        new = tok.special_tokens[name]
-        if len(ids) != 1 or ids[0] >= base:
-            raise UserError(
-                f"data.chat_init: {entry[len(name) :]!r} is not one token of {path}'s tokenizer"
-            )
-        if new < base:
-            raise UserError(f"data.chat_init: {path}'s tokenizer already has {name}")
-        like[new] = ids[0]
-    return like
 
 
 def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
@@ -313,8 +259,13 @@ def start_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, Tensor]]:
         filled["vocab_size"] = max(stored.vocab_size or 0, tok.vocab_size)
         like = chat_init_rows(cfg.data.chat_init, tok, base, path)
         weights = grow_vocab(weights, filled["vocab_size"], range(base, tok.vocab_size), like)
+        if cfg.lora.rank:  # a frozen embedding cannot learn them: their rows train whole
+            grown = set(range(base, tok.vocab_size))
+            tokens = tuple(sorted(set(cfg.lora.tokens) | grown))
+            cfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, tokens=tokens))
     if cfg.lora.rank:  # LoRA targets the model lacks (gate without SwiGLU), likewise
         lora.check_targets(dataclasses.replace(cfg.model, **filled), cfg.lora)
+        lora.check_tokens(dataclasses.replace(cfg.model, **filled), cfg.lora)
     tok_path = Path(cfg.run_data.tokenizer)
     if not tok_path.exists():
         tok.save(tok_path)
@@ -348,12 +299,25 @@ def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, Tensor]:
     return lora.merge_state(base, ckpt["model"], cfg.model, cfg.lora)
 
 
+def base_sha256(path: str | Path) -> str:
+    """`lora.state_sha256` of the full weights in the checkpoint at `path` (before a chat run
+    grows them), computed once per process while the file stays the same."""
+    st = os.stat(path)
+    return _weights_sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _weights_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return lora.state_sha256(model_weights(load_checkpoint(path), path))
+
+
 def check_base(
-    ckpt: dict[str, Any], base: Mapping[str, Tensor], path: str | Path, base_path: Any
+    ckpt: dict[str, Any], base: Mapping[str, Tensor] | str, path: str | Path, base_path: Any
 ) -> None:
-    """One line, exit 2, when `base` is not the base model the adapters of `ckpt` were trained
-    over (its weights' sha256 differ)."""
-    theirs, expected = lora.state_sha256(base), ckpt["base"]["sha256"]
+    """One line, exit 2, when `base` (weights, or the checkpoint file holding them) is not the
+    base model the adapters of `ckpt` were trained over (its weights' sha256 differ)."""
+    theirs = base_sha256(base) if isinstance(base, str) else lora.state_sha256(base)
+    expected = ckpt["base"]["sha256"]
     if theirs != expected:
         raise UserError(
             f"{path}: its LoRA adapters were trained over other base weights than {base_path} "
@@ -391,9 +355,9 @@ def training_checkpoint(
     `runtime.capture_rng()` per rank; `state.elapsed_s` is the wall time so far."""
     weights = clean_state_dict(model)
     if cfg.lora.rank:  # the frozen base is the init_from run's: name it, keep the adapters
-        base, weights = lora.split_state(weights)
+        weights = lora.split_state(weights)[1]
         source = str(resolve_checkpoint_path(cfg.train.init_from).resolve())
-        extra = {"base": {"init_from": source, "sha256": lora.state_sha256(base)}}
+        extra = {"base": {"init_from": source, "sha256": base_sha256(source)}}
     return {
         **(extra if cfg.lora.rank else {}),
         "format": FORMAT,
@@ -426,9 +390,8 @@ def restore_training(
 ) -> TrainState:
     """Load a `training_checkpoint` into fresh training objects and this rank's RNG states;
     returns its counters."""
-    if "base" in ckpt:  # adapters only, over the base weights `model` holds already
-        base = lora.split_state(clean_state_dict(model))[0]
-        check_base(ckpt, base, "cannot resume", "train.init_from")
+    if "base" in ckpt:  # adapters only, over the base weights `model` holds already (their
+        # hash was checked by `check_resume_compatible`)
         got = model.load_state_dict(ckpt["model"], strict=False)
         if got.unexpected_keys or any(lora.is_adapter_key(k) for k in got.missing_keys):
             raise UserError("cannot resume: the checkpoint's adapters are not this run's")

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from llm_tiny.__main__ import main
-from llm_tiny.config import load_config
+from llm_tiny.config import config_from_dict, load_config
 from llm_tiny.model import lora as L
 from llm_tiny.train.checkpoint import load_checkpoint, load_model, start_from
 from llm_tiny.train.loop import train
@@ -228,3 +228,51 @@ def test_peft_loads_the_exported_adapters_with_our_logits(tmp_path, bases, capsy
         assert main(["export", *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and ("not a LoRA run" in err or "--merge" in err)
+
+
+def test_lora_chat_sft_trains_the_new_turn_tokens_rows_and_resumes_bit_for_bit(tiny_run, tmp_path):
+    """A chat run with LoRA over a base without the chat tokens: the grown rows train whole
+    (`lora.tokens`), the adapter checkpoint holds them, and the run resumes bit for bit."""
+    from helpers import sft_config
+
+    from tok.chat import CHAT_TOKENS
+
+    lora = {"rank": 4, "alpha": 8.0, "targets": ["q", "v", "o"]}
+    whole = sft_config(tmp_path / "a", tiny_run, max_iters=6, ckpt_interval=3) | {"lora": lora}
+    train(config_from_dict(whole), progress=False, log=quiet)
+    split = sft_config(tmp_path / "b", tiny_run, max_iters=3, ckpt_interval=3) | {"lora": lora}
+    split["optim"]["lr_decay_iters"] = 6
+    train(config_from_dict(split), progress=False, log=quiet)
+    split["train"] |= {"max_iters": 6, "resume": "always"}
+    train(config_from_dict(split), progress=False, log=quiet)
+
+    ckpt = load_checkpoint(tmp_path / "a" / "chat" / "last.pt")
+    base = load_checkpoint(tiny_run / "best.pt")["model"]["wte.weight"]
+    cfg = config_from_dict(ckpt["config"])
+    assert cfg.lora.tokens == tuple(range(base.shape[0], base.shape[0] + len(CHAT_TOKENS)))
+    assert set(ckpt["model"]) >= {"wte.lora.rows", "lm_head.lora.rows"}
+    assert all(L.is_adapter_key(k) for k in ckpt["model"])
+    assert ckpt["base"]["sha256"] == L.state_sha256(load_checkpoint(tiny_run / "best.pt")["model"])
+    # The turn tokens' rows moved away from their start (the mean row) and the merged model
+    # carries them; the base's own rows did not move.
+    model = load_model(tmp_path / "a" / "chat", name="last.pt")[0]
+    merged = model.state_dict()["wte.weight"]
+    assert torch.equal(merged[: base.shape[0]], base)
+    assert torch.equal(merged[base.shape[0] :], ckpt["model"]["wte.lora.rows"])
+    assert not torch.allclose(merged[base.shape[0] :], base.mean(dim=0).expand(4, -1), atol=1e-4)
+
+    # Bit for bit: the same losses and the same adapters and rows.
+    def losses(run):
+        rows = read_metrics(run / "chat" / "metrics.csv")
+        return {r["step"]: r["train_loss"] for r in rows if r["train_loss"] is not None}
+
+    assert losses(tmp_path / "a") == {
+        k: v for k, v in losses(tmp_path / "b").items() if k in losses(tmp_path / "a")
+    }
+    b = load_checkpoint(tmp_path / "b" / "chat" / "last.pt")["model"]
+    assert b.keys() == ckpt["model"].keys()
+    assert all(torch.equal(ckpt["model"][k], b[k]) for k in b)
+    # PEFT's format cannot carry rows the base's export lacks: one line saying what to do.
+    args = ["export", "--ckpt", str(tmp_path / "a" / "chat"), "--format", "peft",
+            "--out", str(tmp_path / "peft"), "--base-hf", str(tmp_path / "none")]  # fmt: skip
+    assert main(args) == 2 and not (tmp_path / "peft").exists()

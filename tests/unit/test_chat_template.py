@@ -13,7 +13,7 @@ from llm_tiny.data.chat import check_conversation
 from llm_tiny.errors import UserError
 from llm_tiny.infer.chat import common_prefix
 from llm_tiny.infer.prompt import chat_prompt_ids, chat_stop_tokens
-from llm_tiny.train.checkpoint import chat_init_rows, grow_vocab
+from llm_tiny.train.vocab import chat_init_rows, grow_vocab
 from tok.bpe import Tokenizer
 from tok.chat import (
     CHAT_TOKENS,

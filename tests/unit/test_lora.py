@@ -172,6 +172,8 @@ def test_a_target_the_model_lacks_is_a_config_error():
         ({"rank": 4, "targets": ["query"]}, {"init_from": "base"}, "lora.targets"),
         ({"rank": 4}, {}, "set train.init_from"),
         ({"rnak": 4}, {}, "did you mean lora.rank"),
+        ({"rank": 4, "tokens": [-1]}, {"init_from": "base"}, "lora.tokens must be token ids"),
+        ({"rank": 4, "tokens": [3, 3]}, {"init_from": "base"}, "lora.tokens repeats one"),
     ],
 )
 def test_bad_lora_configs_are_one_line_config_errors(lora, train, message):
@@ -186,3 +188,73 @@ def test_the_lora_section_round_trips():
     )
     assert cfg.lora == LoraConfig(rank=8, targets=("q", "v")) and cfg.lora.scale == 2.0
     assert dataclasses.asdict(cfg.lora)["alpha"] == 16.0
+
+
+# ----------------------------------------------------------------------------- token rows
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_token_rows_stand_for_their_rows_and_merge_into_plain_weights(tied):
+    cfg = GPT2 | {"tie_weights": tied}
+    model = lively_model(**cfg)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = (3, 17, 60)
+    L.add_lora(model, LoraConfig(rank=2, targets=("q", "v"), tokens=ids))
+    randomise([p for n, p in model.named_parameters() if p.requires_grad])
+    assert (model.wte.lora.rows is model.lm_head.lora.rows) == tied  # one for a tied pair
+    emb_rows, head_rows = model.wte.lora.rows.detach(), model.lm_head.lora.rows.detach()
+    # The embedding and the head against a copy of their matrices with those rows replaced.
+    idx = torch.randint(0, 64, (3, 16))
+    idx[0, :3] = torch.tensor(ids)
+    emb = base["wte.weight"].clone()
+    emb[list(ids)] = emb_rows
+    torch.testing.assert_close(model.wte(idx), emb[idx], rtol=0, atol=0)
+    head = base["lm_head.weight"].clone()
+    head[list(ids)] = head_rows
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(model.lm_head(x), x @ head.t(), rtol=1e-5, atol=1e-5)
+    # The frozen matrices did not move; the rows and adapters are the only trainable weights.
+    assert torch.equal(model.wte.weight, base["wte.weight"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"wte.lora.rows"} | ({"lm_head.lora.rows"} if not tied else set()) <= trainable
+    assert all(L.is_adapter_key(n) for n in trainable)
+    groups = build_optimizer(model, OptimConfig()).param_groups
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    # merge_state gives plain weights with the same outputs; so does merging in place.
+    adapters = L.split_state(model.state_dict())[1]
+    plain = TinyGPT(model.config).eval()
+    plain.load_state_dict(L.merge_state(base, adapters, model.config, LoraConfig(
+        rank=2, targets=("q", "v"), tokens=ids)))  # fmt: skip
+    expected = model(idx)[0]
+    torch.testing.assert_close(plain(idx)[0], expected, rtol=1e-5, atol=1e-5)
+    L.merge(model)
+    torch.testing.assert_close(model(idx)[0], expected, rtol=1e-5, atol=1e-5)
+    L.unmerge(model)
+    torch.testing.assert_close(model.wte.weight, base["wte.weight"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(model(idx)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_state_grows_the_base_to_the_runs_vocabulary():
+    model = lively_model(**GPT2)
+    base = model.state_dict()
+    grown = dataclasses.replace(model.config, vocab_size=68)
+    rows = torch.randn(4, 16)
+    lora = LoraConfig(rank=2, targets=("q",), tokens=(64, 65, 66, 67))
+    zero = {
+        "wte.lora.rows": rows, "lm_head.lora.rows": rows,
+        "blocks.0.attn.qkv.lora.q.A": torch.zeros(2, 16), "blocks.0.attn.qkv.lora.q.B": torch.zeros(16, 2),
+        "blocks.1.attn.qkv.lora.q.A": torch.zeros(2, 16), "blocks.1.attn.qkv.lora.q.B": torch.zeros(16, 2),
+    }  # fmt: skip
+    merged = L.merge_state(base, zero, grown, lora)
+    assert (
+        merged["wte.weight"].shape == (68, 16) and merged["lm_head.weight"] is merged["wte.weight"]
+    )
+    assert torch.equal(merged["wte.weight"][:64], base["wte.weight"])
+    assert torch.equal(merged["wte.weight"][64:], rows)
+
+
+def test_token_ids_outside_the_vocabulary_or_with_a_bigram_table_are_refused():
+    with pytest.raises(ConfigError, match=r"lora\.tokens: 64 is not a token id"):
+        L.add_lora(lively_model(**GPT2), LoraConfig(rank=2, tokens=(1, 64)))
+    with pytest.raises(ConfigError, match="bigram"):
+        L.add_lora(lively_model(**GPT2, bigram_logits=True), LoraConfig(rank=2, tokens=(1,)))
