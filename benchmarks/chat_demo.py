@@ -5,7 +5,7 @@ held-out conversations.
 
 For each seed S, in fresh processes as a user would run them: `chatdemo data --seed S` writes
 the conversations, `train configs/chat_base.yaml` pretrains the base model on the plain
-examples, `train configs/chat_sft.yaml` fine-tunes it on the conversations (both with
+examples, `train configs/chat_sft.yaml` (or `--sft-config`) fine-tunes it on the conversations (both with
 `train.seed` S), and `chatdemo eval` scores the base run (`--base`: the chat tokens added as
 `train.init_from` adds them, the recipe's `data.chat_init` included) and the SFT run on the held-out conversations. Each stage is timed
 whole (start-up, data, training, evaluation). Prints one line per run, then one JSON line (also
@@ -26,6 +26,7 @@ import yaml
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
+SFT = "configs/chat_sft.yaml"
 SCORES = ("exact", "ends_turn", "follows_system", "assistant_loss", "all_token_loss")
 
 
@@ -40,17 +41,19 @@ def llm(args: list[str]) -> tuple[str, float]:
     return result.stdout, time.perf_counter() - t0
 
 
-def one_seed(seed: int, out: Path) -> dict:
+def one_seed(seed: int, out: Path, sft_config: str = SFT, reuse: bool = False) -> dict:
     data = out / f"seed{seed}" / "data"
-    base, sft = out / f"seed{seed}" / "base", out / f"seed{seed}" / "sft"
+    name = "sft" if sft_config == SFT else Path(sft_config).stem
+    base, sft = out / f"seed{seed}" / "base", out / f"seed{seed}" / name
     times = {}
-    _, times["data"] = llm(["chatdemo", "data", "--out", str(data), "--seed", str(seed)])
     common = [f"--train.seed={seed}", "--train.overwrite=true"]
-    _, times["base"] = llm(["train", "configs/chat_base.yaml", f"--data.input=[{data}/base.txt]",
-                            f"--train.out_dir={base}", *common])  # fmt: skip
-    _, times["sft"] = llm(["train", "configs/chat_sft.yaml", f"--data.input=[{data}/train.jsonl]",
+    if not (reuse and (base / "best.pt").exists()):
+        _, times["data"] = llm(["chatdemo", "data", "--out", str(data), "--seed", str(seed)])
+        _, times["base"] = llm(["train", "configs/chat_base.yaml", f"--data.input=[{data}/base.txt]",
+                                f"--train.out_dir={base}", *common])  # fmt: skip
+    _, times["sft"] = llm(["train", sft_config, f"--data.input=[{data}/train.jsonl]",
                            f"--train.init_from={base}", f"--train.out_dir={sft}", *common])  # fmt: skip
-    sft_cfg = yaml.safe_load((ROOT / "configs/chat_sft.yaml").read_text(encoding="utf-8"))
+    sft_cfg = yaml.safe_load((ROOT / sft_config).read_text(encoding="utf-8"))
     init = [f"--chat-init={e}" for e in sft_cfg["data"].get("chat_init", [])]
     scores = {}
     for name, run, extra in (("base", base, ["--base", *init]), ("sft", sft, [])):
@@ -65,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
     parser.add_argument("--out", default="out/chat_demo", help="where the runs go")
     parser.add_argument("--json", help="also write the JSON line here")
+    parser.add_argument("--sft-config", default=SFT, help="the SFT recipe (its run goes in "
+                        "OUT/seedS/<its name>); e.g. configs/chat_sft_lora.yaml")  # fmt: skip
+    parser.add_argument("--reuse", action="store_true", help="keep a seed's data and base run "
+                        "when OUT has them (compare SFT recipes on the same bases)")  # fmt: skip
     args = parser.parse_args(argv)
 
     def go() -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
         results = []
         for seed in seeds:
-            r = one_seed(seed, Path(args.out))
+            r = one_seed(seed, Path(args.out), args.sft_config, args.reuse)
             results.append(r)
             for name, s in r["scores"].items():
                 print(f"seed {seed} {name:<4} exact {100 * s['exact']:5.1f}%  ends turn "

@@ -287,15 +287,20 @@ def model_weights(ckpt: dict[str, Any], path: str | Path) -> dict[str, Tensor]:
     base weights it names, which must be the ones it was trained over (else a UserError)."""
     if "base" not in ckpt:
         return ckpt["model"]
+    cfg = checkpoint_config(ckpt, path)
     base_path = Path(ckpt["base"]["init_from"])
+    if not base_path.exists():  # moved with the project? the run's own train.init_from, then
+        with contextlib.suppress(UserError):
+            base_path = resolve_checkpoint_path(cfg.train.init_from or base_path)
     if not base_path.exists():
         raise UserError(
-            f"{path}: holds LoRA adapters over {base_path}, which is not there any more "
-            "(the adapters need the base weights they were trained over)"
+            f"{path}: holds LoRA adapters over {ckpt['base']['init_from']}, which is not there "
+            "any more (the adapters need the base weights they were trained over; put them "
+            "back, or run from where its train.init_from "
+            f"{cfg.train.init_from!r} names them)"
         )
     base = model_weights(load_checkpoint(base_path), base_path)
     check_base(ckpt, base, path, base_path)
-    cfg = checkpoint_config(ckpt, path)
     return lora.merge_state(base, ckpt["model"], cfg.model, cfg.lora)
 
 

@@ -276,3 +276,28 @@ def test_lora_chat_sft_trains_the_new_turn_tokens_rows_and_resumes_bit_for_bit(t
     args = ["export", "--ckpt", str(tmp_path / "a" / "chat"), "--format", "peft",
             "--out", str(tmp_path / "peft"), "--base-hf", str(tmp_path / "none")]  # fmt: skip
     assert main(args) == 2 and not (tmp_path / "peft").exists()
+
+
+def test_adapters_find_their_base_after_the_project_moves(tmp_path, bases, monkeypatch):
+    """The absolute base path is gone after a move: the run's own (relative) train.init_from,
+    read from the working directory, finds the base, whose hash is checked; no base at all is
+    one line."""
+    import shutil
+
+    from llm_tiny.errors import UserError
+
+    project = tmp_path / "project"
+    shutil.copytree(bases.gpt2, project / "base")
+    monkeypatch.chdir(project)
+    config = lora_config(project, Path("base"), bases.corpus)
+    train(load_config(config), progress=False, log=quiet)
+    want = load_model(project / "run", name="last.pt")[0].state_dict()
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    monkeypatch.chdir(moved)
+    got = load_model(moved / "run", name="last.pt")[0].state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    shutil.rmtree(moved / "base")
+    with pytest.raises(UserError, match="which is not there any more") as info:
+        load_model(moved / "run", name="last.pt")
+    assert "\n" not in str(info.value)
