@@ -3,7 +3,7 @@
 (`lora`). It imports nothing
 from training, inference or serving."""
 
-from llm_tiny.model.lora import add_lora
+from llm_tiny.model.lora import add_lora, trainable_note
 from llm_tiny.model.model import (
     RMSNorm,
     TinyGPT,

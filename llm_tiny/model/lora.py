@@ -305,6 +305,15 @@ def add_lora(model: nn.Module, lora: LoraConfig) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if is_adapter_key(n)]
 
 
+def trainable_note(model: nn.Module) -> str:
+    """` (N trainable)` when some weights are frozen (a LoRA run), else nothing: for the line
+    that starts a run."""
+    params = dict(model.named_parameters())  # a tied matrix once
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    total = sum(p.numel() for p in params.values())
+    return "" if trainable == total else f" ({trainable / 1e6:.3f}M trainable)"
+
+
 def merge(model: nn.Module) -> None:
     """Fold every adapter into its weight in place (outputs unchanged, faster; `unmerge` undoes
     it up to rounding)."""

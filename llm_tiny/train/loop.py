@@ -46,7 +46,7 @@ from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
 from llm_tiny.eval.monitor import TaskMonitor
-from llm_tiny.model import TinyGPT, add_lora
+from llm_tiny.model import TinyGPT, add_lora, trainable_note
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
@@ -339,9 +339,9 @@ def train(
         par.on_main(start_files, cfg, out, resumed_at=resumed_at)
         processes = f", {rt.world_size} processes" if rt.distributed else ""
         where = f"{rt.device} {rt.dtype_name}{processes}"
+        n, note = trainer.model.num_params() / 1e6, trainable_note(trainer.model)
         out(
-            f"training {trainer.model.num_params() / 1e6:.2f}M parameters on {where}; "
-            f"{trainer.tokens_per_step:,} tokens per step"
+            f"training {n:.2f}M parameters{note} on {where}; {trainer.tokens_per_step:,} tokens per step"
         )
         result = trainer.run()
         out(summary(result, cfg))

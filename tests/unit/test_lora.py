@@ -258,3 +258,11 @@ def test_token_ids_outside_the_vocabulary_or_with_a_bigram_table_are_refused():
         L.add_lora(lively_model(**GPT2), LoraConfig(rank=2, tokens=(1, 64)))
     with pytest.raises(ConfigError, match="bigram"):
         L.add_lora(lively_model(**GPT2, bigram_logits=True), LoraConfig(rank=2, tokens=(1,)))
+
+
+def test_the_start_line_names_the_trainable_share():
+    model = lively_model(**GPT2)
+    assert L.trainable_note(model) == ""
+    L.add_lora(model, LoraConfig(rank=2, targets=("q",)))
+    n = 2 * (2 * 16 + 16 * 2)  # two blocks: A (2, 16) and B (16, 2) on q's 16 rows
+    assert L.trainable_note(model) == f" ({n / 1e6:.3f}M trainable)"
