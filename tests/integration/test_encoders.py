@@ -57,7 +57,7 @@ def test_trains_resumes_exactly_and_scores_the_digit_task(arch, digits, tmp_path
     assert losses(tmp_path / "split") == losses(tmp_path / "whole")  # bit for bit
 
     # The checkpoint rebuilds the right class; the digit task's report reads its answers.
-    model, tok, cfg, _ = load_model(tmp_path / "whole", archs=tuple(MODELS), name="last.pt")
+    model, tok, _cfg, _ = load_model(tmp_path / "whole", archs=tuple(MODELS), name="last.pt")
     assert type(model) is {"encoder": TinyEncoder, "encoder_decoder": TinySeq2Seq}[arch]
     examples = read_examples(digits / "test.txt")  # 40: three batches of 16, the last short
     result = score(examples, predict(model, tok, examples, batch_size=16))

@@ -24,8 +24,8 @@ V = 32
 
 
 def cfg_of(arch: str, **kw) -> ModelConfig:
-    values = dict(vocab_size=V, block_size=12, n_layer=2, n_head=4, n_embd=32, pos_emb="rope",
-                  norm="rmsnorm", mlp="swiglu", arch=arch, n_classes=5)  # fmt: skip
+    values = {"vocab_size": V, "block_size": 12, "n_layer": 2, "n_head": 4, "n_embd": 32,
+              "pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "arch": arch, "n_classes": 5}  # fmt: skip
     return ModelConfig(**{**values, **kw})
 
 
@@ -90,8 +90,7 @@ def test_the_encoder_is_bidirectional_and_hides_padding(attn_impl):
 def decoder_twin(encoder: TinyEncoder, cfg: ModelConfig) -> TinyGPT:
     """TinyGPT with the encoder's blocks: the same weights behind the causal mask."""
     gpt = TinyGPT(ModelConfig(**{**cfg.__dict__, "vocab_size": V + 3, "arch": "decoder"})).eval()
-    own = {k: v for k, v in encoder.encoder.state_dict().items()}
-    gpt.load_state_dict({**gpt.state_dict(), **own}, strict=True)
+    gpt.load_state_dict({**gpt.state_dict(), **encoder.encoder.state_dict()}, strict=True)
     return gpt
 
 
@@ -218,7 +217,7 @@ def test_encoder_loss_is_the_mean_over_class_and_masked_lm_targets():
 def test_seq2seq_loss_is_cross_entropy_of_the_answer():
     cfg = cfg_of("encoder_decoder")
     model = lively(cfg)
-    x = torch.tensor([source_row([3, 4], cfg) + [cfg.bos_id, 7, cfg.pad_id]])
+    x = torch.tensor([[*source_row([3, 4], cfg), cfg.bos_id, 7, cfg.pad_id]])
     y = torch.tensor([[7, 1, -1]])
     logits, loss = model(x, y)
     torch.testing.assert_close(loss, F.cross_entropy(logits[0, :2], y[0, :2]))
