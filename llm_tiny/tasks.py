@@ -350,7 +350,11 @@ def predict_encoded(model, tokenizer, examples: list[str], batch_size: int = 256
         prompts = [
             tokenizer.encode(line.split("=", 1)[0] + "=") for line in examples[start:][:batch_size]
         ]
-        idx = torch.tensor([row(p, cfg) for p in prompts], dtype=torch.long, device=device)
+        rows = [row(p, cfg) for p in prompts]
+        for line, r in zip(examples[start:], rows):
+            if len(r) > cfg.block_size:
+                raise UserError(f"{line!r}: its question does not fit model.block_size")
+        idx = torch.tensor(rows, dtype=torch.long, device=device)
         with torch.no_grad():
             if cfg.arch == "encoder":
                 answers += [str(c) for c in model.classify(idx).argmax(-1).tolist()]

@@ -360,6 +360,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         check(m.pos_emb != "alibi", f"model.arch {m.arch}: ALiBi is causal only; use rope")
         check(cfg.lora.rank == 0, f"model.arch {m.arch}: LoRA (lora.rank > 0) is for decoders")
         check(not t.sample_at_end, f"model.arch {m.arch}: set train.sample_at_end: false")
+        check(not t.eval_tasks, f"model.arch {m.arch}: train.eval_tasks are for decoders")
     check(
         m.arch != "encoder" or (m.n_classes is not None and m.n_classes >= 2),
         f"model.arch encoder needs model.n_classes >= 2 (the answers), got {m.n_classes}",

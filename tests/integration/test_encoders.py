@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from llm_tiny.config import load_config
+from llm_tiny.errors import UserError
 from llm_tiny.export.cli import main as export_main
 from llm_tiny.model import MODELS
 from llm_tiny.model.encoder import TinyEncoder
@@ -62,9 +63,11 @@ def test_trains_resumes_exactly_and_scores_the_digit_task(arch, digits, tmp_path
     examples = read_examples(digits / "test.txt")  # 40: three batches of 16, the last short
     result = score(examples, predict(model, tok, examples, batch_size=16))
     assert result["n"] == 40 and "all" in format_report(result)
+    with pytest.raises(UserError, match=r"does not fit model\.block_size"):
+        predict(model, tok, ["Max(1,2,3,4,5,6,7,8,9)=9"])
 
     # Generating, serving and exporting take decoders only: one line naming the arch.
-    with pytest.raises(Exception, match=f"model.arch is {arch}; this command takes decoder"):
+    with pytest.raises(UserError, match=f"model.arch is {arch}; this command takes decoder"):
         load_model(tmp_path / "whole")
     for fmt in ("hf", "gguf"):
         assert export_main(["--ckpt", str(tmp_path / "whole"), "--format", fmt,

@@ -303,13 +303,19 @@ def test_seq2seq_rows_put_the_source_then_the_decoder_input():
         ({"arch": "encoder_decoder", "pos_emb": "alibi"}, {}, "ALiBi is causal only"),
         ({"arch": "encoder_decoder", "norm_position": "post"}, {}, "pre-norm only"),
         ({"arch": "encoder", "n_classes": 10, "mlm_prob": 1.0}, {}, "mlm_prob must be in"),
+        ({"arch": "encoder_decoder"}, {"sample_at_end": True}, "set train.sample_at_end: false"),
+        ({"arch": "encoder_decoder"}, {"eval_tasks": ("suite",)}, "eval_tasks are for decoders"),
     ],
 )
 def test_config_rules(model, data, message):
+    train_keys = ("sample_at_end", "eval_tasks")
+    train = {k: v for k, v in data.items() if k in train_keys}
     cfg = RunConfig(
         model=ModelConfig(**model),
-        data=DataConfig(**{"kind": "examples", **data}),
-        train=TrainConfig(sample_at_end=False),
+        data=DataConfig(
+            **{"kind": "examples"} | {k: v for k, v in data.items() if k not in train_keys}
+        ),
+        train=TrainConfig(**{"sample_at_end": False, **train}),
     )
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
