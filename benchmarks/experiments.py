@@ -13,7 +13,10 @@ each answering a question a learner asks:
   (post-LN, the original Transformer);
 - which norm: LayerNorm or RMSNorm;
 - the MLP: ReLU (the original Transformer), GELU (GPT-2) or SwiGLU (Llama), all about equal in
-  weights.
+  weights;
+- the architecture (digits only): decoder-only (GPT), encoder-only (BERT: the answer is a class
+  read from a bidirectional encoding) or encoder-decoder (T5: the answer written by a decoder
+  that cross-attends to the encoded question), `model.arch`, with the same layers per stack.
 
 Two tasks, both trained with AdamW: the digit operations (`configs/digits.yaml` cut to
 `--digits-steps`, scored by test exact match on data drawn with each seed) and character-level
@@ -43,14 +46,19 @@ from typing import Any
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINE = {"pos_emb": "rope", "norm_position": "pre", "norm": "rmsnorm", "mlp": "swiglu"}
+BASELINE = {
+    "pos_emb": "rope", "norm_position": "pre", "norm": "rmsnorm", "mlp": "swiglu",
+    "arch": "decoder",
+}  # fmt: skip
 # The questions, each with its choices; the baseline's own choice is one row of every question.
 QUESTIONS = {
     "positions": ("pos_emb", ["learned", "rope", "alibi"]),
     "norm position": ("norm_position", ["pre", "post"]),
     "norm": ("norm", ["layernorm", "rmsnorm"]),
     "MLP": ("mlp", ["relu", "gelu", "swiglu"]),
+    "architecture": ("arch", ["decoder", "encoder", "encoder_decoder"]),
 }
+DIGITS_ONLY = {"arch"}  # fields whose other choices need examples (an encoder has no text LM)
 TASKS = ("digits", "text")
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -62,6 +70,11 @@ def variant_names() -> list[str]:
     for field, choices in QUESTIONS.values():
         names += [f"{field}={c}" for c in choices if c != BASELINE[field]]
     return names
+
+
+def runs_on(task: str, variant: str) -> bool:
+    """Whether `variant` runs on `task`: the architecture's choices on the digits only."""
+    return task == "digits" or variant == "baseline" or variant.split("=")[0] not in DIGITS_ONLY
 
 
 def model_of(variant: str) -> dict[str, str]:
@@ -98,10 +111,12 @@ def run_config(task: str, variant: str, seed: int, args, work: Path):
     if task == "digits":
         data = work / "data" / f"digits{seed}"
         steps = args.digits_steps
+        classes = ["model.n_classes=10"] if model_of(variant)["arch"] == "encoder" else []
         return load_config(
             ROOT / "configs/digits.yaml",
             [
                 *common,
+                *classes,  # the encoder's classifier: the answers 0-9
                 f"data.input=[{data / 'train.txt'},{data / 'val.txt'}]",
                 f"train.max_iters={steps}",
                 f"train.eval_interval={max(1, steps // 6)}",
@@ -127,6 +142,7 @@ def run_config(task: str, variant: str, seed: int, args, work: Path):
 
 def run_one(task: str, variant: str, seed: int, args, work: Path) -> dict[str, Any]:
     """Train one (task, variant, seed) and score it; returns one row of the results."""
+    from llm_tiny.model import MODELS
     from llm_tiny.tasks import DEFAULT_N, predict, read_examples, score, write_dataset
     from llm_tiny.train.checkpoint import load_model
     from llm_tiny.train.loop import train
@@ -148,7 +164,7 @@ def run_one(task: str, variant: str, seed: int, args, work: Path) -> dict[str, A
         "val_loss": result.val_loss,
         "curve": [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None],
     }
-    model, tokenizer, _, _ = load_model(cfg.train.out_dir, name="last.pt")
+    model, tokenizer, _, _ = load_model(cfg.train.out_dir, name="last.pt", archs=tuple(MODELS))
     row["params"] = model.num_params()
     if task == "digits":
         examples = read_examples(data / "test.txt")
@@ -196,8 +212,8 @@ def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]
         + f". Command: `{meta['command']}`",
         "",
         "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
-        "baseline (RoPE, pre-LN, RMSNorm, SwiGLU), which is the row marked **baseline** in "
-        "every question.",
+        "baseline (a decoder with RoPE, pre-LN, RMSNorm, SwiGLU), which is the row marked "
+        "**baseline** in every question.",
     ]
     titles = {
         "digits": f"Digit operations, 0–9 ({meta['digits_steps']} steps of `configs/digits.yaml`)",
@@ -342,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="llm_tiny_experiments_") as tmp:
             for task in tasks:
                 for seed in seeds:  # round-robin: every variant once per seed
-                    for variant in variants:
+                    for variant in [v for v in variants if runs_on(task, v)]:
                         row = run_one(task, variant, seed, args, Path(tmp))
                         runs.append(row)
                         extra = f" acc {row['accuracy']:.4f}" if "accuracy" in row else ""

@@ -312,6 +312,8 @@ def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> lis
 
     from llm_tiny.infer.sampling import generate
 
+    if model.config.arch != "decoder":
+        return predict_encoded(model, tokenizer, examples, batch_size)
     device = next(model.parameters()).device
     newline = tokenizer.encode("\n")
     max_answer = len(tokenizer.encode("99")) + len(newline)
@@ -328,6 +330,37 @@ def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> lis
             for (i, _), row in zip(chunk, out[:, length:].tolist()):
                 text = tokenizer.decode(row)
                 answers[i] = text.split("\n", 1)[0].strip()
+    return answers
+
+
+def predict_encoded(model, tokenizer, examples: list[str], batch_size: int = 256) -> list[str]:
+    """`predict` for the other archs: an encoder's answer is its classifier's class, written
+    out; an encoder-decoder's is decoded greedily through its KV cache up to the newline."""
+    import torch
+
+    from llm_tiny.data.encoded import encoder_row, source_row
+
+    cfg = model.config
+    device = next(model.parameters()).device
+    row = encoder_row if cfg.arch == "encoder" else source_row
+    newline = tokenizer.encode("\n")
+    max_answer = len(tokenizer.encode("99")) + len(newline)
+    answers: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        prompts = [
+            tokenizer.encode(line.split("=", 1)[0] + "=") for line in examples[start:][:batch_size]
+        ]
+        rows = [row(p, cfg) for p in prompts]
+        for line, r in zip(examples[start:], rows):
+            if len(r) > cfg.block_size:
+                raise UserError(f"{line!r}: its question does not fit model.block_size")
+        idx = torch.tensor(rows, dtype=torch.long, device=device)
+        with torch.no_grad():
+            if cfg.arch == "encoder":
+                answers += [str(c) for c in model.classify(idx).argmax(-1).tolist()]
+                continue
+            out = model.greedy(idx, max_answer, stop=newline[-1])
+        answers += [tokenizer.decode(r).split("\n", 1)[0].strip() for r in out.tolist()]
     return answers
 
 
@@ -409,10 +442,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"wrote {Path(args.out)}/{{train,val,test}}.txt ({counts})")
             return 0
+        from llm_tiny.model import MODELS
         from llm_tiny.train.checkpoint import load_model
 
         examples = read_examples(args.data)
-        model, tokenizer, _, _ = load_model(args.ckpt, args.device)
+        model, tokenizer, _, _ = load_model(args.ckpt, args.device, archs=tuple(MODELS))
         result = score(examples, predict(model, tokenizer, examples))
         print(json.dumps(result) if args.json else format_report(result))
         return 0

@@ -32,6 +32,8 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Mlp = Literal["gelu", "swiglu", "relu", "relu2"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
+# decoder: TinyGPT; encoder: bidirectional, MLM + a classifier (BERT); encoder_decoder: T5-style
+Arch = Literal["decoder", "encoder", "encoder_decoder"]
 DataKind = Literal["text", "examples", "chat"]
 OnBadRecord = Literal[ON_BAD_RECORD]  # the choices `tok.sources.iter_documents` implements
 Schedule = Literal["cosine", "constant", "wsd"]
@@ -73,6 +75,26 @@ class ModelConfig:
     zero_init_proj: bool = False  # residual projections (and an untied LM head) start at 0
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
+    n_classes: int | None = arch(None)  # encoder: the classifier's answers 0 .. n_classes - 1
+    mlm_prob: float = 0.25  # encoder: the share of training rows that are masked-LM rows
+    # docs/encoders.md: decoder-only, encoder-only or encoder-decoder. NOTE: the last field, as
+    # its name hides the `arch` function from the rest of the class body.
+    arch: Arch = arch("decoder")
+
+    # The encoder and encoder-decoder append three token ids to the vocabulary: padding (hidden
+    # from attention), [MASK] for the masked-LM rows, and the start token (the encoder's [CLS],
+    # the decoder's first input).
+    @property
+    def pad_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size + 1
+
+    @property
+    def bos_id(self) -> int:
+        return self.vocab_size + 2
 
     @property
     def head_dim(self) -> int:
@@ -335,6 +357,21 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(
         m.mlp_hidden is None or m.mlp_hidden >= 1,
         f"model.mlp_hidden must be >= 1 or null, got {m.mlp_hidden}",
+    )
+    if m.arch != "decoder":
+        check(d.kind == "examples", f"model.arch {m.arch} trains on data.kind: examples")
+        check(m.pos_emb != "alibi", f"model.arch {m.arch}: ALiBi is causal only; use rope")
+        check(cfg.lora.rank == 0, f"model.arch {m.arch}: LoRA (lora.rank > 0) is for decoders")
+        check(not t.sample_at_end, f"model.arch {m.arch}: set train.sample_at_end: false")
+        check(not t.eval_tasks, f"model.arch {m.arch}: train.eval_tasks are for decoders")
+    check(
+        m.arch != "encoder" or (m.n_classes is not None and m.n_classes >= 2),
+        f"model.arch encoder needs model.n_classes >= 2 (the answers), got {m.n_classes}",
+    )
+    check(0.0 <= m.mlm_prob < 1.0, f"model.mlm_prob must be in [0, 1), got {m.mlm_prob}")
+    check(
+        m.arch != "encoder_decoder" or m.norm_position == "pre",
+        "model.arch encoder_decoder is pre-norm only: set model.norm_position: pre",
     )
 
     check(len(d.input) >= 1, "data.input must name at least one text file")

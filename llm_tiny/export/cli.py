@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 def export(args: Any) -> int:
     from llm_tiny.export.gguf import check_gguf_exportable
     from llm_tiny.export.hf import ARCHITECTURES, hf_shape
+    from llm_tiny.model import MODELS
     from llm_tiny.train.checkpoint import load_model
 
     t0 = time.perf_counter()
@@ -78,7 +79,8 @@ def export(args: Any) -> int:
         if args.merge:
             raise UserError("--merge writes a whole model: use it with --format hf or gguf")
         return write_peft(args, out, t0)
-    model, tokenizer, cfg, ckpt = load_model(args.ckpt, "cpu")  # LoRA adapters come merged
+    # Every arch loads, so that `hf_shape` refuses an encoder by name. LoRA adapters come merged.
+    model, tokenizer, cfg, ckpt = load_model(args.ckpt, "cpu", archs=tuple(MODELS))
     shape = hf_shape(cfg.model)  # refuses flags with no counterpart before any work
     if args.format == "gguf":
         check_gguf_exportable(cfg.model)

@@ -54,6 +54,11 @@ def norm_eps() -> float:
 def hf_shape(cfg: ModelConfig) -> str:
     """`"llama"` or `"gpt2"`, the HF shape of `cfg`; a UserError naming the flags that have no
     counterpart otherwise (those that differ from the nearest shape)."""
+    if cfg.arch != "decoder":  # BERT- and T5-style models are no causal language model
+        raise UserError(
+            f"model.arch {cfg.arch}: export writes decoder-only models (GPT-2 or Llama shaped); "
+            "score this one with `llm_tiny tasks eval`"
+        )
     defaults = ModelConfig()
     fixed = [f for f in architecture_fields() if f not in MAPPED]
     flags = {f: getattr(cfg, f) for f in fixed}

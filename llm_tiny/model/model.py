@@ -207,9 +207,10 @@ POSITIONS: dict[str, type[nn.Module]] = {
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head (or grouped-query) causal self-attention with one fused QKV projection."""
+    """Multi-head (or grouped-query) causal self-attention with one fused QKV projection.
+    `causal=False` lets every position see every other (an encoder, `llm_tiny.model.encoder`)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.dropout = cfg.dropout
@@ -222,8 +223,8 @@ class CausalSelfAttention(nn.Module):
         # mask[i, j]: may position i look at position j? Row `start + t` of this table is the
         # right mask for query t after `start` cached positions, so one table serves both.
         # (block_size^2 bytes per layer: 1 MB at 1024.)
-        mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool).tril()
-        self.register_buffer("mask", mask, persistent=False)
+        mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool)
+        self.register_buffer("mask", mask.tril() if causal else mask, persistent=False)
 
     def heads(self, x: Tensor, pos: Positions, start: Start) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), positions applied."""
@@ -237,8 +238,9 @@ class CausalSelfAttention(nn.Module):
         return pos.rotate(q, start), pos.rotate(k, start), v
 
     def forward(
-        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
-    ) -> Tensor:
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None,
+        keep: Tensor | None = None,  # (B, S): False hides key s from its row's queries (padding)
+    ) -> Tensor:  # fmt: skip
         B, T, C = x.shape
         q, k, v = self.heads(x, pos, start)
         if cache is not None:
@@ -249,6 +251,8 @@ class CausalSelfAttention(nn.Module):
             causal = self.mask[row_positions(start, T)][:, None, :, : k.size(2)]  # (B, 1, T, S)
         else:
             causal = self.mask[start : start + T, : start + T]  # (T, S)
+        if keep is not None:
+            causal = causal & keep[:, None, None, : k.size(2)]  # (B, 1, T, S)
         mask = pos.bias(causal, start)  # the same, or ALiBi's bias (nh, T, S) / (B, nh, T, S)
         y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
@@ -329,17 +333,18 @@ class Block(nn.Module):
 
     final_norm = True  # the stream needs a norm before the LM head
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, causal: bool = True) -> None:
         super().__init__()
         self.norm1 = NORMS[cfg.norm](cfg)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, causal)
         self.norm2 = NORMS[cfg.norm](cfg)
         self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(
-        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
-    ) -> Tensor:
-        x = x + self.attn(self.norm1(x), pos, start, cache)  # (B, T, C)
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None,
+        keep: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        x = x + self.attn(self.norm1(x), pos, start, cache, keep)  # (B, T, C)
         return x + self.mlp(self.norm2(x))
 
     def attention_input(self, x: Tensor) -> Tensor:
@@ -354,9 +359,10 @@ class PostNormBlock(Block):
     final_norm = False
 
     def forward(
-        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None
-    ) -> Tensor:
-        x = self.norm1(x + self.attn(x, pos, start, cache))  # (B, T, C)
+        self, x: Tensor, pos: Positions, start: Start = 0, cache: LayerCache | None = None,
+        keep: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        x = self.norm1(x + self.attn(x, pos, start, cache, keep))  # (B, T, C)
         return self.norm2(x + self.mlp(x))
 
     def attention_input(self, x: Tensor) -> Tensor:

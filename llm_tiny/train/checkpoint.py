@@ -32,7 +32,7 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from llm_tiny.config import (
 )
 from llm_tiny.distributed import strip_wrapper_prefixes, unwrap
 from llm_tiny.errors import UserError
-from llm_tiny.model import TinyGPT, lora
+from llm_tiny.model import TinyGPT, build_model, lora
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
 from llm_tiny.train.rundir import BEST, LAST
 from llm_tiny.train.vocab import chat_init_rows, grow_vocab
@@ -80,7 +80,7 @@ def clean_state_dict(model: nn.Module | Mapping[str, Tensor]) -> dict[str, Tenso
     TinyGPT.
     """
     if isinstance(model, nn.Module):
-        return dict(unwrap_model(model).state_dict())
+        return dict(unwrap(model).state_dict())  # any `model.arch`, not only a TinyGPT
     return strip_wrapper_prefixes(model)
 
 
@@ -433,12 +433,14 @@ def restore_training(
 
 
 def load_model(
-    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = BEST
-) -> tuple[Any, Any, RunConfig, dict[str, Any]]:
+    path_or_dir: str | Path, device: str | torch.device = "cpu", name: str = BEST,
+    archs: Sequence[str] = ("decoder",),
+) -> tuple[Any, Any, RunConfig, dict[str, Any]]:  # fmt: skip
     """Load a trained model for inference: `(model, tokenizer, cfg, ckpt)`.
 
     `path_or_dir` is a `.pt` file or a run directory (then `name`, else `last.pt`). The model is
     in eval mode on `device` (`auto` allowed); the tokenizer comes from the checkpoint itself.
+    A `model.arch` not in `archs` is refused in one line (only `tasks eval` takes every arch).
     """
     from tok.bpe import Tokenizer
 
@@ -447,8 +449,13 @@ def load_model(
     cfg = checkpoint_config(ckpt, path)
     if isinstance(device, str):
         device = resolve_device(device)
+    if cfg.model.arch not in archs:
+        raise UserError(
+            f"{path}: model.arch is {cfg.model.arch}; this command takes {' or '.join(archs)} "
+            "models only (score an encoder or encoder_decoder with `llm_tiny tasks eval`)"
+        )
     tokenizer = Tokenizer.from_json(ckpt["tokenizer"], source=str(path))
-    model = TinyGPT(cfg.model)
+    model = build_model(cfg.model)
     try:
         model.load_state_dict(model_weights(ckpt, path))  # LoRA adapters come merged
     except RuntimeError as e:

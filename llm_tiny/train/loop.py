@@ -46,7 +46,7 @@ from llm_tiny.distributed import SingleProcess, parallel_for
 from llm_tiny.errors import ArgumentParser, run_cli
 from llm_tiny.eval.loss import evaluate_split
 from llm_tiny.eval.monitor import TaskMonitor
-from llm_tiny.model import TinyGPT, add_lora, trainable_note
+from llm_tiny.model import add_lora, build_model, trainable_note
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
@@ -101,7 +101,7 @@ class Trainer:
         self.tasks = TaskMonitor(cfg, data)  # train.eval_tasks
 
         seed_everything(t.seed)
-        self.model = TinyGPT(cfg.model).to(rt.device)  # same initial weights on every rank
+        self.model = build_model(cfg.model).to(rt.device)  # same initial weights on every rank
         if weights is not None:  # train.init_from
             self.model.load_state_dict(weights)
         add_lora(self.model, cfg.lora)  # lora.rank > 0: those weights freeze, adapters train

@@ -76,7 +76,8 @@ def build_adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch
 
 def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The 2-D weights inside the transformer blocks (attention and MLP matrices): Muon's.
-    Embeddings and the LM head sit outside the blocks; gains and biases are 1-D.
+    Embeddings and the LM head sit outside the blocks; gains and biases are 1-D. The encoder's
+    and the encoder-decoder's blocks (`encoder.blocks.`, `decoder_blocks.`) count too.
 
     NOTE: LoRA adapters (`.lora.` in the name) stay with AdamW, as in PEFT and litgpt: A is
     r x in and B out x r, and orthogonalising their updates would move all r directions by
@@ -84,7 +85,7 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     return [
         p
         for name, p in model.named_parameters()
-        if p.requires_grad and p.dim() == 2 and name.startswith("blocks.") and ".lora." not in name
+        if p.requires_grad and p.dim() == 2 and "blocks." in name and ".lora." not in name
     ]
 
 

@@ -203,7 +203,7 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
     assert architecture_fields() == (
         "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
         "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "mlp_hidden", "norm_position",
-        "qk_norm", "logit_softcap", "bigram_logits",
+        "qk_norm", "logit_softcap", "bigram_logits", "n_classes", "arch",
     )  # fmt: skip
 
 

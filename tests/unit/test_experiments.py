@@ -12,12 +12,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import experiments  # noqa: E402
 
 from llm_tiny.config import ModelConfig  # noqa: E402
-from llm_tiny.config.sections import Mlp, Norm, NormPosition, PosEmb  # noqa: E402
+from llm_tiny.config.sections import Arch, Mlp, Norm, NormPosition, PosEmb  # noqa: E402
 
 
 def test_every_variant_changes_one_field_from_the_baseline():
     names = experiments.variant_names()
-    assert names[0] == "baseline" and len(names) == len(set(names)) == 7
+    assert names[0] == "baseline" and len(names) == len(set(names)) == 9
     for name in names[1:]:
         changed = {
             k: v for k, v in experiments.model_of(name).items() if experiments.BASELINE[k] != v
@@ -25,11 +25,26 @@ def test_every_variant_changes_one_field_from_the_baseline():
         assert len(changed) == 1 and name == "{}={}".format(*changed.popitem())
         ModelConfig(**experiments.model_of(name))  # a valid model
     # The questions cover every choice the config allows for these fields.
-    allowed = {"pos_emb": PosEmb, "norm_position": NormPosition, "norm": Norm}
+    allowed = {"pos_emb": PosEmb, "norm_position": NormPosition, "norm": Norm, "arch": Arch}
     for field, choices in experiments.QUESTIONS.values():
         if field in allowed:
             assert set(choices) == set(allowed[field].__args__)
     assert set(experiments.QUESTIONS["MLP"][1]) <= set(Mlp.__args__)
+
+
+def test_the_architectures_run_on_the_digits_only():
+    # An encoder has no next-token loss on a text stream: the other archs are a digits question.
+    assert experiments.runs_on("digits", "arch=encoder") and experiments.runs_on("text", "baseline")
+    assert not experiments.runs_on("text", "arch=encoder_decoder")
+    assert experiments.runs_on("text", "mlp=relu")
+    encoder = experiments.run_config("digits", "arch=encoder", 1, Args(), Path("/tmp/x")).model
+    assert (encoder.arch, encoder.n_classes) == ("encoder", 10)
+    decoder = experiments.run_config("digits", "baseline", 1, Args(), Path("/tmp/x")).model
+    assert (decoder.arch, decoder.n_classes) == ("decoder", None)
+
+
+class Args:
+    threads, digits_steps = 1, 8
 
 
 def test_summary_is_mean_and_sample_sd_over_seeds():
