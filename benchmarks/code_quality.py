@@ -5,8 +5,8 @@
         --threads 1 --json-out out/code_quality.json
 
 Each run (its `best.pt`) continues ``def `` `--n` times through the one engine, batched, at
-temperature 0.8; each sample is cut to its function and parsed (`llm_tiny.eval.syntax`, the
-rule in docs/code_model.md). The reference comes first, in the same run: `untrained`, a model
+temperature 0.8; each sample is cut to its function and parsed, and its signature line(s)
+parsed too (`llm_tiny.eval.syntax`, the rule in docs/code_model.md). The reference comes first, in the same run: `untrained`, a model
 of the last run's config and tokenizer with freshly initialised weights (seed `--seed`).
 Prints a table, the first parsing function of each run, then one JSON line (also written to
 `--json-out`).
@@ -83,10 +83,12 @@ def bench(args) -> int:
     rows = [score("untrained", untrained_like(last_model, last_cfg, args.seed), last_tok,
                   last_cfg, args)]  # fmt: skip
     rows += [score(name, model, tok, cfg, args) for name, model, tok, cfg in loaded]
-    print(f"{'model':<28} {'samples':>7} {'finished':>8} {'parsed':>6} {'share':>6} {'s':>6}")
+    print(f"{'model':<24} {'samples':>7} {'finished':>8} {'parsed':>6} {'share':>6} "
+          f"{'signatures':>10} {'share':>6} {'s':>6}")  # fmt: skip
     for r in rows:
-        print(f"{r['run']:<28} {r['samples']:>7} {r['finished']:>8} {r['parsed']:>6} "
-              f"{r['parse_share']:>6.1%} {r['seconds']:>6.1f}")  # fmt: skip
+        print(f"{r['run']:<24} {r['samples']:>7} {r['finished']:>8} {r['parsed']:>6} "
+              f"{r['parse_share']:>6.1%} {r['signatures']:>10} {r['signature_share']:>6.1%} "
+              f"{r['seconds']:>6.1f}")  # fmt: skip
     for r in rows:
         if r["example"]:
             print(f"\n--- a function of {r['run']} that parses:\n{r['example'].rstrip()}")

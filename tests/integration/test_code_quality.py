@@ -18,7 +18,8 @@ def test_a_model_trained_on_functions_samples_functions_that_parse(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     for i in range(40):
-        (code / f"m{i:02}.py").write_text(f"def f{i % 10}(x):\n    return x + {i % 7}\n")
+        text = f"import m{i % 3}\n\n\ndef f{i % 10}(x):\n    return x + {i % 7}\n"
+        (code / f"m{i:02}.py").write_text(text)
     cfg = config_from_dict(
         {
             "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 48},

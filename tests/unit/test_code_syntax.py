@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_tiny.eval.syntax import Sample, cut_function, is_function, parse_share
+from llm_tiny.eval.syntax import Sample, cut_function, is_function, parse_share, signature
 
 BODY = "def add(a, b):\n    c = a + b\n\n    return c\n"
 
@@ -45,5 +45,23 @@ def test_the_share_counts_unfinished_samples_as_failures():
         Sample("def f(:\n    pass\ny\n", False, "def f(:\n    pass\n"),  # finished, broken
     ]
     assert [s.parses for s in samples] == [True, True, False, False]
-    assert parse_share(samples) == {"samples": 4, "finished": 3, "parsed": 2, "parse_share": 0.5}
+    assert [s.signature_parses for s in samples] == [True, True, True, False]
+    assert parse_share(samples) == {
+        "samples": 4, "finished": 3, "parsed": 2, "parse_share": 0.5,
+        "signatures": 3, "signature_share": 0.75,
+    }  # fmt: skip
     assert parse_share([])["parse_share"] == 0.0
+
+
+def test_the_signature_runs_to_the_first_line_that_ends_with_a_colon():
+    assert signature("def f(a,\n      b):\n    return a\n") == "def f(a,\n      b):"
+    assert signature("def f(a, b=1):  \n    x\n") == "def f(a, b=1):  "
+    assert signature("def f(a, b\n    return a\n") is None
+    for text, ok in [
+        ("def f(a, b=1):\n", True),
+        ("def the king:\nROMEO:\n", False),
+        ("def f(a b):\n", False),
+        ("def _x(self, *args, **kw) -> int:", True),
+    ]:
+        head = signature(text)
+        assert (head is not None and is_function(head + "\n    pass\n")) == ok, text
