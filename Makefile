@@ -144,7 +144,7 @@ digits: $(STAMP)
 	$(PY) -m llm_tiny tasks digits --out data/digits_nested --depth 2 --n 60000
 
 # A code model of the Python standard library (docs/code_model.md): the recipe finds the stdlib
-# through the running Python (`stdlib:`), nothing is downloaded; then the share of its sampled
+# through the running Python (`stdlib:*`), nothing is downloaded; then the share of its sampled
 # functions that parse, beside an untrained model's and make train's (when out/tiny has one).
 code-model: $(STAMP)
 	$(PY) -m llm_tiny train configs/stdlib_code.yaml $(ARGS)

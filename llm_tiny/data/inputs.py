@@ -3,9 +3,10 @@
 (which tells a preparation whether its input changed).
 
 **The Python standard library** is a code corpus every machine that runs llm_tiny has. An
-input entry ``stdlib:`` names its ``.py`` files, found through the running Python
+input entry ``stdlib:*`` names its ``.py`` files, found through the running Python
 (``sysconfig.get_paths()["stdlib"]``), and ``stdlib:json`` or ``stdlib:argparse.py`` a package
-or a module of it (`stdlib_files`). Left out: folders of third-party packages
+or a module of it (`stdlib_files`). (``stdlib:`` alone means all too, but YAML reads an
+unquoted ``stdlib:`` as a mapping: ``*`` spares the quotes, on a command line too.) Left out: folders of third-party packages
 (``site-packages``, ``dist-packages``) and of test suites (``test``, ``tests``,
 ``idle_test``; some distributions ship them apart, so the corpus would differ between
 machines). Each file is one document (`configs/stdlib_code.yaml`, docs/code_model.md).
@@ -46,14 +47,15 @@ def stdlib_root() -> Path:
 
 
 def stdlib_files(entry: str, key: str = "data.input", root: Path | None = None) -> list[Path]:
-    """The `.py` files an entry ``stdlib:[PATH]`` names: every one of the standard library
-    (PATH empty), or those of the package or module PATH below `root` (default
+    """The `.py` files an entry ``stdlib:PATH`` names: every one of the standard library
+    (PATH ``*`` or empty), or those of the package or module PATH below `root` (default
     `stdlib_root`), sorted, folders in `STDLIB_SKIPPED` left out (see the module doc).
 
     stdlib_files("stdlib:json") -> [.../json/__init__.py, .../json/decoder.py, ...]
     """
     root = stdlib_root() if root is None else root
     name = entry[len(STDLIB) :].strip("/")
+    name = "" if name == "*" else name
     top = root / name
     if not top.exists() and not name.endswith(".py") and (root / f"{name}.py").is_file():
         top = root / f"{name}.py"  # stdlib:argparse, the module argparse.py

@@ -38,7 +38,8 @@ def fake_stdlib(root: Path) -> Path:
 
 def test_stdlib_entries_name_the_py_files_without_third_party_packages_or_tests(tmp_path):
     root = fake_stdlib(tmp_path)
-    names = [p.relative_to(root).as_posix() for p in stdlib_files("stdlib:", root=root)]
+    names = [p.relative_to(root).as_posix() for p in stdlib_files("stdlib:*", root=root)]
+    assert stdlib_files("stdlib:", root=root) == stdlib_files("stdlib:*", root=root)
     assert names == ["abc.py", "idlelib/run.py", "json/__init__.py", "json/decoder.py"]
     json_files = [root / "json/__init__.py", root / "json/decoder.py"]
     assert stdlib_files("stdlib:json", root=root) == json_files
