@@ -5,11 +5,11 @@
 **The Python standard library** is a code corpus every machine that runs llm_tiny has. An
 input entry ``stdlib:*`` names its ``.py`` files, found through the running Python
 (``sysconfig.get_paths()["stdlib"]``), and ``stdlib:json`` or ``stdlib:argparse.py`` a package
-or a module of it (`stdlib_files`). (``stdlib:`` alone means all too, but YAML reads an
-unquoted ``stdlib:`` as a mapping: ``*`` spares the quotes, on a command line too.) Left out: folders of third-party packages
-(``site-packages``, ``dist-packages``) and of test suites (``test``, ``tests``,
-``idle_test``; some distributions ship them apart, so the corpus would differ between
-machines). Each file is one document (`configs/stdlib_code.yaml`, docs/code_model.md).
+or a module of it (`stdlib_files`). ``stdlib:`` alone means all too, but YAML reads an unquoted
+``stdlib:`` as a mapping; ``*`` spares the quotes, on a command line too. Left out: folders of
+third-party packages (``site-packages``, ``dist-packages``) and of test suites (``test``,
+``tests``, ``idle_test``; some distributions ship them apart, so the corpus would differ
+between machines). Each file is one document (`configs/stdlib_code.yaml`, docs/code_model.md).
 """
 
 from __future__ import annotations

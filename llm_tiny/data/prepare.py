@@ -14,9 +14,8 @@ runs it on its own.
 **Documents** (folders, globs, JSON Lines, Parquet, compressed files, or `data.doc_separator`):
 each document ends with the end-of-text token `data.eot`, and a document is validation when a
 hash of its text falls below `data.val_fraction` (`is_validation`), or, with `data.val_input`,
-when it comes from those files (then the tokenizer is trained on `data.input` alone, and a file
-of `data.val_input` that `data.input` also names, say through a folder, is left out of training:
-`held_out`).
+when it comes from those files (a file of them that `data.input` also names, say through a
+folder, is left out of training: `held_out`; the tokenizer is trained on the training files).
 
 **Text** (data.kind `text`): the last `val_fraction` of the bytes is the validation split, cut
 just after the first cut-safe newline at or after that point. Inputs stream through in blocks of
