@@ -6,7 +6,7 @@ blank lines (`CONTEXT`, where PEP 8 puts a module's function) through the one en
 other filter (top-k and top-p off), each up to `max_new_tokens` tokens or the end-of-text token.
 
 NOTE: a model that reads ``def`` with no text before it sees a window start unlike any in
-training (the stdlib model then wrote a valid signature in 2 % of samples, against about 40 %
+training (the stdlib model then wrote a valid signature in 3 % of samples, against 42.5 %
 after the blank lines). And the prompt is ``def`` without its space, which the model writes:
 the tokenizer joins a space to the word after it (``def foo`` is ``def``, `` f``, ``oo``), so a
 lone space before a name never occurs in training.
