@@ -28,7 +28,7 @@ RUN ?= out/tiny
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: help install format lint test test-all train smoke sample sweep bench speedrun digits clean
-.PHONY: chat-demo
+.PHONY: chat-demo code-model
 .PHONY: serve install-browser
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make bench    tokenizer, sampling and training benchmarks (DEVICE=auto)"
 	@echo "make speedrun nanoGPT's CPU recipe vs configs/speedrun_cpu.yaml (SPEEDRUN_INPUT=...)"
 	@echo "make chat-demo a base model made a chat model, scored on held-out conversations (docs/chat.md)"
+	@echo "make code-model a code model of Python's standard library, and how many of its functions parse (docs/code_model.md)"
 	@echo "make install | format | lint | digits | clean"
 
 $(PY):
@@ -141,6 +142,14 @@ digits: $(STAMP)
 	$(PY) -m llm_tiny tasks digits --out data/digits --range 9
 	$(PY) -m llm_tiny tasks digits --out data/digits99 --range 99
 	$(PY) -m llm_tiny tasks digits --out data/digits_nested --depth 2 --n 60000
+
+# A code model of the Python standard library (docs/code_model.md): the recipe finds the stdlib
+# through the running Python (`stdlib:*`), nothing is downloaded; then the share of its sampled
+# functions that parse, beside an untrained model's and make train's (when out/tiny has one).
+code-model: $(STAMP)
+	$(PY) -m llm_tiny train configs/stdlib_code.yaml $(ARGS)
+	$(PY) benchmarks/code_quality.py --runs $(wildcard out/tiny/best.pt) out/stdlib_code \
+		--json-out out/stdlib_code/code_quality.json
 
 # The chat demonstration (docs/chat.md): seeded conversations, a base model of the digit
 # operations, SFT into a chat model (out/chat_sft), both scored on held-out conversations.

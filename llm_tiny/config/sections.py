@@ -118,7 +118,8 @@ class DataConfig:
     special_tokens: tuple[str, ...] = ()
     data_dir: str | None = None  # train.bin / val.bin / meta.json; default OUT_DIR/data
     val_fraction: float = 0.1  # the last fraction of the text (or of the documents) is validation
-    # Validation from its own files instead (every document of them; val_fraction unused):
+    # Validation from its own files instead (every document of them, left out of `input`;
+    # val_fraction unused):
     val_input: tuple[str, ...] = ()
     # Documents (folders, globs, JSONL, Parquet, compressed files, or doc_separator set):
     text_field: str = "text"  # JSONL field / Parquet column holding the text

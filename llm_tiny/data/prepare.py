@@ -14,7 +14,8 @@ runs it on its own.
 **Documents** (folders, globs, JSON Lines, Parquet, compressed files, or `data.doc_separator`):
 each document ends with the end-of-text token `data.eot`, and a document is validation when a
 hash of its text falls below `data.val_fraction` (`is_validation`), or, with `data.val_input`,
-when it comes from those files (then the tokenizer is trained on `data.input` alone).
+when it comes from those files (a file of them that `data.input` also names, say through a
+folder, is left out of training: `held_out`; the tokenizer is trained on the training files).
 
 **Text** (data.kind `text`): the last `val_fraction` of the bytes is the validation split, cut
 just after the first cut-safe newline at or after that point. Inputs stream through in blocks of
@@ -235,6 +236,7 @@ def prepare_data(
         raise ValueError("the data paths are not resolved: pass RunConfig.run_data")  # a bug
     files = check_inputs(cfg.input, note=log)
     val_files = check_inputs(cfg.val_input, "data.val_input", log) if cfg.val_input else []
+    files = held_out(files, val_files)
     documents = as_documents(cfg, files)
     tok = load_or_train_tokenizer(cfg, files, progress, log, documents)
     data_dir = Path(cfg.data_dir)
@@ -328,6 +330,16 @@ def _remove_prepared(data_dir: Path) -> None:
     for pattern in ("*_[0-9]*.bin", "*_[0-9]*.bin.tmp", "train.bin", "val.bin", "progress.json"):
         for p in data_dir.glob(pattern):
             p.unlink()
+
+
+def held_out(files: list[Path], val_files: list[Path]) -> list[Path]:
+    """The training files: `files` without those of `val_files` (`data.val_input`), so that a
+    folder or ``stdlib:`` entry in `data.input` can hold the validation files back whole."""
+    val = {p.resolve() for p in val_files}
+    train = [p for p in files if p.resolve() not in val]
+    if not train:
+        raise UserError("data.input: all its files are in data.val_input; none is left to train on")
+    return train
 
 
 def is_validation(text: str, val_fraction: float) -> bool:
