@@ -172,6 +172,11 @@ def set_lr(optimizer: torch.optim.Optimizer | Optimizers, lr: float) -> None:
 
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Clip gradients to a global L2 norm of `max_norm` (0: no clipping) and return the norm
-    before clipping, as a tensor on the gradients' device (reading it would synchronise)."""
+    before clipping, as a tensor on the gradients' device (reading it would synchronise).
+
+    Sharded gradients (FSDP's DTensors) work as they are: torch sums the squares of each
+    rank's shards and all-reduces the sum, so the norm is the whole model's, the same on
+    every rank; it comes back as a replicated DTensor, returned here as a plain tensor."""
     limit = max_norm if max_norm > 0 else math.inf
-    return torch.nn.utils.clip_grad_norm_(list(parameters), limit)
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), limit)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
