@@ -27,9 +27,13 @@ def test_one_process_equals_the_golden_losses_exactly(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_the_golden_losses(tmp_path, parallel):
-    cfg = golden_config(tmp_path, ranks=2, runtime={"parallel": parallel})
+@pytest.mark.parametrize(
+    ("parallel", "recompute"), [("ddp", False), ("fsdp", False), ("fsdp", True)]
+)
+def test_two_processes_match_the_golden_losses(tmp_path, parallel, recompute):
+    # recompute: activation checkpointing of each (sharded) block: the same sums again.
+    model = {"grad_checkpointing": recompute}
+    cfg = golden_config(tmp_path, ranks=2, runtime={"parallel": parallel}, model=model)
     proc = run(torchrun("train", str(cfg)), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = column(tmp_path / "run", "train_loss")
