@@ -29,6 +29,7 @@ LOGGED = ("step", "tokens", "train_loss", "lr", "grad_norm", "val_loss", "val_bp
 
 def fsdp_config(tmp_path: Path, name: str = "fsdp.yaml", **train) -> Path:
     train = {"max_iters": STEPS, "ckpt_interval": 5, "eval_interval": 10, **train}
+    train.setdefault("log_dynamics", True)  # weight norms of sharded weights: a collective
     return small_config(tmp_path, name, train=train, **FSDP)
 
 
@@ -51,6 +52,9 @@ def whole_run(tmp_path_factory) -> Path:
     proc = run(torchrun("train", str(fsdp_config(tmp))), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(f"done: step {STEPS}") == 1  # rank 0 alone logs
+    assert len(metrics(tmp / "run")) == STEPS + 1
+    dynamics = (tmp / "run" / "dynamics.csv").read_text().splitlines()
+    assert dynamics[1].startswith("1,wte.weight,") and len(dynamics) > STEPS
     return tmp
 
 
