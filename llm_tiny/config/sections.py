@@ -438,7 +438,6 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     fsdp = cfg.runtime.parallel == "fsdp"
     check(fsdp or not cfg.runtime.offload, "runtime.offload is for runtime.parallel: fsdp")
     for ok, what in (
-        (o.name != "muon", "optim.name: muon (it orthogonalises whole matrices); use adamw"),
         (lo.rank == 0, "lora.rank > 0 (adapters are small: use ddp)"),
         (t.dtype != "float16", "train.dtype: float16 (loss scaling); use bfloat16"),
         (not t.eval_tasks, "train.eval_tasks (rank 0 alone scores them); score the checkpoint"),

@@ -14,6 +14,13 @@ each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found b
 Newton-Schulz iterations: every direction of the update moves by the same amount. It is only
 meant for the matrices inside the blocks; embeddings, the LM head, gains and biases stay
 with AdamW.
+
+Sharded (FSDP) matrices are DTensors, each rank holding a block of rows, and Muon runs on them
+unchanged: DTensor carries out each operation of the Newton-Schulz iteration on the whole
+matrix, communicating what it needs. Where the rows are the contracted side (a tall matrix,
+iterated transposed) each rank's partial Gram matrix is summed, one all-reduce of the small
+side's square per iteration; a wide matrix is all-gathered for its products. The result is the
+whole matrix's orthogonalisation, each rank keeping its rows (tests/e2e/test_fsdp.py).
 """
 
 from __future__ import annotations

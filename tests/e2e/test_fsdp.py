@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchrun_helpers import finish, metrics, run, small_config, start, stop, torchrun
+from torchrun_helpers import column, finish, metrics, run, small_config, start, stop, torchrun
 
 from llm_tiny.config import load_config
 from llm_tiny.train.checkpoint import load_checkpoint
 from llm_tiny.train.loop import train
+from llm_tiny.train.sharded import consolidate
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +170,28 @@ def test_bad_input_is_one_line_and_exit_2(whole_run, tmp_path):
     assert "/llm_tiny/" not in proc.stderr  # no traceback of a rank (torchrun prints its own)
     assert proc.stderr.count("error: runtime.parallel: fsdp cannot shard") == 2
     assert "exitcode  : 2" in proc.stderr
+
+
+def test_muon_on_sharded_matrices_matches_one_process(tmp_path):
+    # Muon's orthogonalisation of each whole matrix, carried out on the shards (DTensor).
+    steps = {"max_iters": 8, "eval_interval": 8, "ckpt_interval": 8, "eval_at_start": False}
+    muon = {"name": "muon"}
+    two = small_config(tmp_path, "two.yaml", train=steps, optim=muon, **FSDP)
+    proc = run(torchrun("train", str(two)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sharded = column(tmp_path / "run", "train_loss")
+    one = {**steps, "grad_accum_steps": 2, "out_dir": str(tmp_path / "one")}
+    train(load_config(small_config(tmp_path, "one.yaml", train=one, optim=muon)), progress=False)
+    whole = column(tmp_path / "one", "train_loss")
+    assert len(sharded) == len(whole) == 8
+    np.testing.assert_allclose(sharded, whole, rtol=1e-5)
+    # Its sharded checkpoint holds both optimizers' states, which load into one process.
+    consolidate(tmp_path / "run" / "last.dcp", tmp_path / "muon.pt")
+    ckpt = load_checkpoint(tmp_path / "muon.pt")
+    muon_state, adamw_state = (o["state"] for o in ckpt["optimizer"]["optimizers"])
+    assert all("momentum_buffer" in v for v in muon_state.values()) and len(muon_state) == 8
+    assert all("exp_avg" in v for v in adamw_state.values())
+    want = load_checkpoint(tmp_path / "one" / "last.pt")["optimizer"]["optimizers"][0]["state"]
+    for key, value in want.items():
+        torch.testing.assert_close(muon_state[key]["momentum_buffer"], value["momentum_buffer"],
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
