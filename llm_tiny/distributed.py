@@ -205,5 +205,10 @@ def parallel_for(rt: Runtime, how: str = "ddp", offload: bool = False) -> Single
                 "runtime.parallel: fsdp shards the model over several processes; launch with "
                 "torchrun --nproc-per-node N (N >= 2), or use runtime.parallel: ddp"
             )
+        if offload and rt.device_type != "cuda":
+            raise UserError(
+                "runtime.offload moves the shards from a GPU to CPU memory; on "
+                f"{rt.device_type} there is nothing to move: leave it false"
+            )
         return FullyShardedParallel(rt, offload)
     return DataParallel(rt) if rt.distributed else SingleProcess(rt)

@@ -134,6 +134,8 @@ def test_fsdp_refuses_one_process_and_weights_it_cannot_shard():
     two = Runtime(CPU.device, CPU.dtype, rank=0, world_size=2)
     assert type(parallel_for(two, "fsdp")) is FullyShardedParallel
     assert type(parallel_for(two, "ddp")) is DataParallel
+    with pytest.raises(UserError, match=r"runtime.offload moves the shards from a GPU"):
+        parallel_for(two, "fsdp", offload=True)
     narrow = TinyGPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=1, n_embd=2))
     check_shardable(narrow, 2)
     with pytest.raises(UserError, match=r"cannot shard \S+ \(2 rows\) over 3 processes; use"):
