@@ -160,6 +160,8 @@ def evaluate_split(
             sums.extend(loss_sum_over(model, batches, autocast))
     finally:
         model.train(was_training)
+        if isinstance(model, FSDPModule):  # an FSDP root stays gathered after a forward alone
+            model.reshard()
     if world_size > 1:
         both = torch.tensor(sums, dtype=torch.float64, device=source.device)
         dist.all_reduce(both)

@@ -60,10 +60,10 @@ def test_two_nodes_train_as_one_two_process_run(tmp_path):
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [start(node(rank, endpoint, cfg)) for rank in (0, 1)]
     try:
-        done = [finish(node, timeout=300) for node in nodes]
+        done = [finish(launched, timeout=300) for launched in nodes]
     finally:
-        for node in nodes:
-            stop(node)
+        for launched in nodes:
+            stop(launched)
     assert [d.returncode for d in done] == [0, 0], done[0].stderr[-2000:] + done[1].stderr[-2000:]
     assert "2 processes" in done[0].stdout + done[1].stdout
     assert column(tmp_path / "run", "train_loss") == GOLD
