@@ -631,8 +631,9 @@ def stage_fsdp(check: Check, timeout: float) -> dict[str, Any]:
         "fsdp_over_ddp": ratio,
         "peak_mib": peaks,
         "step_ms": ms,
-        "detail": f"{n} GPUs: params+grads+optimizer a rank x{ratio['total']:.2f} of DDP's; peak "
-        f"{peaks['fsdp']:,.0f} vs {peaks['ddp']:,.0f} MiB; {ms['fsdp']:.1f} vs {ms['ddp']:.1f} ms a step",
+        "detail": f"{n} GPUs: params+grads+optimizer a rank x{ratio['total']:.2f} of DDP's; "
+        f"peak {peaks['fsdp']:,.0f} vs {peaks['ddp']:,.0f} MiB; "
+        f"{ms['fsdp']:.1f} vs {ms['ddp']:.1f} ms a step",
     }
 
 

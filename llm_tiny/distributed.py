@@ -21,8 +21,9 @@ in place before the optimizer is built, its `eval_model` is the sharded model it
 rank must run each forward: evaluation keeps the ranks in step, `eval.loss`), its
 `full_state_dict` is a collective, and its checkpoints are sharded (`train.dcp`).
 
-`parallel_for(rt, how)` picks the one for this process's `Runtime` and `runtime.parallel`. The process group itself is
-joined and left by `llm_tiny.runtime` (it is where a process runs, not how a model is shared).
+`parallel_for(rt, how)` picks the one for this process's `Runtime` and `runtime.parallel`. The
+process group itself is joined and left by `llm_tiny.runtime` (it is where a process runs, not
+how a model is shared).
 """
 
 from __future__ import annotations
