@@ -17,7 +17,7 @@ import torch
 from torchrun_helpers import column, finish, metrics, run, small_config, start, stop, torchrun
 
 from llm_tiny.config import load_config
-from llm_tiny.train.checkpoint import load_checkpoint
+from llm_tiny.train.checkpoint import load_checkpoint, load_model
 from llm_tiny.train.loop import train
 from llm_tiny.train.sharded import consolidate
 
@@ -142,6 +142,10 @@ def test_sample_eval_and_export_read_a_sharded_checkpoint(whole_run, tmp_path):
         ev.stdout.split("\n")[-2]
         == llm_tiny("eval", "--ckpt", str(whole_run / "run")).stdout.split("\n")[-2]
     )
+    # serve and chat load through `load_model`, as sample does: in this process, alone.
+    model, tokenizer, cfg, _ = load_model(ckpt)
+    assert same_tensors(dict(model.state_dict()), load_checkpoint(ckpt)["model"])
+    assert cfg.runtime.parallel == "fsdp" and tokenizer.vocab_size == 256
     out = tmp_path / "hf"
     exp = llm_tiny("export", "--ckpt", ckpt, "--out", str(out))
     assert exp.returncode == 0, exp.stderr[-2000:]
