@@ -29,7 +29,8 @@ LOGGED = ("step", "tokens", "train_loss", "lr", "grad_norm", "val_loss", "val_bp
 
 
 def fsdp_config(tmp_path: Path, name: str = "fsdp.yaml", **train) -> Path:
-    train = {"max_iters": STEPS, "ckpt_interval": 5, "eval_interval": 10, **train}
+    # eval_iters 3: 2 batches on rank 0, 1 on rank 1, which runs in step with a masked copy.
+    train = {"max_iters": STEPS, "ckpt_interval": 5, "eval_interval": 10, "eval_iters": 3, **train}
     train.setdefault("log_dynamics", True)  # weight norms of sharded weights: a collective
     return small_config(tmp_path, name, train=train, **FSDP)
 
@@ -130,6 +131,12 @@ def test_reshards_to_one_process_and_back_and_consolidates(whole_run, tmp_path):
     one = [float(r["train_loss"]) for r in metrics(one_dcp)[STEPS + 1 :]]
     assert len(two) == len(one) == 6
     np.testing.assert_allclose(one, two, rtol=1e-5)
+    # Evaluation over unevenly split batches scores what one process scores.
+    for key in ("val_loss", "full_val_loss"):
+        two_val = [float(r[key]) for r in metrics(fsdp_dcp) if r[key]]
+        one_val = [float(r[key]) for r in metrics(one_dcp) if r[key]]
+        assert len(two_val) == len(one_val) >= 1
+        np.testing.assert_allclose(one_val, two_val, rtol=1e-5)
 
 
 def test_sample_eval_and_export_read_a_sharded_checkpoint(whole_run, tmp_path):
