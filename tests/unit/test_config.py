@@ -150,7 +150,11 @@ def test_override_helper_revalidates():
         ("model:\n  n_embd: 6\n  n_head: 2\n  pos_emb: rope\n", [], "rope needs an even head size"),
         ("runtime:\n  parallel: zero\n", [], "runtime.parallel must be one of ddp | fsdp"),
         ("runtime:\n  offload: true\n", [], "runtime.offload is for runtime.parallel: fsdp"),
-        ("", ["--runtime.parallel=fsdp", "--lora.rank=4"], "fsdp does not support lora.rank"),
+        (
+            "",
+            ["--runtime.parallel=fsdp", "--lora.rank=4", "--train.init_from=base"],
+            "fsdp does not support lora.rank",
+        ),
         ("", ["--runtime.parallel=fsdp", "--train.dtype=float16"], "use bfloat16"),
         ("", ["--runtime.parallel=fsdp", "--train.eval_tasks=[sum]"], "train.eval_tasks"),
         ("model: 3\n", [], "section model must be a mapping"),
