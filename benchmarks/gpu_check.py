@@ -15,6 +15,9 @@ Stages, in order (docs/gpu.md says what each measures and the targets):
    trained on `--input`: the time to a full-split validation loss of 1.47 and the best loss.
 4. `generation`: tokens/s of KV-cache decoding at batch 1 and batch 64 (GPT-2 small shape).
 5. `ddp`: skipped with fewer than two GPUs (said so); with more, a short `torchrun` training.
+6. `fsdp`: skipped likewise; with two or more GPUs, `bench_fsdp.py` on all of them: each rank's
+   bytes of parameters, gradients and optimizer state under DDP and under FSDP (bf16 gathers,
+   fp32 reductions) at the GPT-2 small shape, the peak memory and the step time of each.
 
 Every stage is guarded: it runs in its own Python process with a timeout, so a crash, an
 out-of-memory error or a hang is recorded as that stage's error and the next stage runs; a
@@ -94,6 +97,7 @@ STAGE_S = {
     "shakespeare_char": 240,
     "generation": 60,
     "ddp": 90,
+    "fsdp": 150,  # two torchrun launches of bench_fsdp
 }
 # Set-up of the Shakespeare run that its time guard does not cover (imports, data, compile,
 # the last evaluation): the guard is the stage's timeout minus this.
@@ -591,12 +595,55 @@ def stage_ddp(check: Check, timeout: float) -> dict[str, Any]:
     return {"status": "ok", "processes": n, "detail": f"{n} processes: {done}"}
 
 
+def stage_fsdp(check: Check, timeout: float) -> dict[str, Any]:
+    """FSDP against DDP over every GPU (`bench_fsdp.py`: GPT-2 small width and depth, context 64);
+    skipped below 2 GPUs."""
+    n = check.report["device"]["count"]
+    if check.dry_run or n < 2:
+        gpus = "dry run, no GPU" if check.dry_run else f"{n} GPU"
+        return {
+            "status": "skipped",
+            "reason": f"{gpus}: FSDP needs two or more (tests/e2e/test_fsdp.py and "
+            "benchmarks/bench_fsdp.py check it on 2 CPU processes)",
+        }
+    layers, _, width, _, _ = GPT2_SMALL
+    with tempfile.TemporaryDirectory(prefix="gpu_check_fsdp_") as tmp:
+        out = Path(tmp) / "bench_fsdp.json"
+        cmd = [sys.executable, str(HERE / "bench_fsdp.py"), "--device", "cuda", "--nproc", str(n),
+               "--layers", str(layers), "--width", str(width), "--batch", "8", "--steps", "10",
+               "--timeout", str(max(1.0, timeout / 2 - 5)), "--out", str(out)]  # fmt: skip
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"timed out after {timeout:.0f} s"}
+        if proc.returncode != 0 or not out.is_file():
+            lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+            return {"status": "failed", "error": f"exit {proc.returncode}: {(lines or ['-'])[-1]}"}
+        report = json.loads(out.read_text(encoding="utf-8"))
+    ratio = report["fsdp_over_ddp"]
+    peaks = {
+        v: max(r.get("peak_mib", 0.0) for r in report["runs"][v]["ranks"]) for v in report["runs"]
+    }
+    ms = {v: max(r["step_ms"] for r in report["runs"][v]["ranks"]) for v in report["runs"]}
+    return {
+        "status": "ok",
+        "processes": n,
+        "fsdp_over_ddp": ratio,
+        "peak_mib": peaks,
+        "step_ms": ms,
+        "detail": f"{n} GPUs: params+grads+optimizer a rank x{ratio['total']:.2f} of DDP's; "
+        f"peak {peaks['fsdp']:,.0f} vs {peaks['ddp']:,.0f} MiB; "
+        f"{ms['fsdp']:.1f} vs {ms['ddp']:.1f} ms a step",
+    }
+
+
 STAGES: tuple[tuple[str, Callable[[Check, float], dict[str, Any]]], ...] = (
     ("tests", stage_tests),
     *((name, train_stage(variant)) for name, variant in TRAIN_VARIANTS),
     ("shakespeare_char", stage_shakespeare),
     ("generation", stage_generation),
     ("ddp", stage_ddp),
+    ("fsdp", stage_fsdp),
 )
 
 

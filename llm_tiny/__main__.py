@@ -17,6 +17,7 @@ COMMANDS = {
         "tokenize a config's input into shards (training does too)",
     ),
     "train": ("llm_tiny.train.loop", "train a model from a YAML config"),
+    "consolidate": ("llm_tiny.train.sharded", "a sharded (fsdp) checkpoint as one .pt file"),
     "sample": ("llm_tiny.infer.sample", "generate text from a checkpoint"),
     "eval": ("llm_tiny.eval.cli", "bits per byte of a checkpoint, or its scores on tasks"),
     "config": ("llm_tiny.config", "validate a config and print it resolved"),

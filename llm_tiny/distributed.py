@@ -13,11 +13,17 @@ a `Parallel` (torchtitan's `parallelize` stage, at the size of this project):
 
 `SingleProcess` is one process: every method is the identity. `DataParallel` is DDP (Li et al.
 2020): every process holds the whole model and the gradients are averaged across processes.
-A sharded wrapper (FSDP2) is one more subclass: its `eval_model` is the wrapped model itself
-(the weights are spread over the ranks) and its `full_state_dict` a collective that gathers them.
+`FullyShardedParallel` is FSDP2 (`torch.distributed.fsdp.fully_shard`; Zhao et al. 2023): each
+block and the root hold 1/N of every parameter (dim-0 shards, DTensors), gathered for their
+forward and backward and freed after; gradients are reduce-scattered, so each rank keeps and
+updates only its shard of the gradients and optimizer state. Its `prepare` shards the model
+in place before the optimizer is built, its `eval_model` is the sharded model itself (every
+rank must run each forward: evaluation keeps the ranks in step, `eval.loss`), its
+`full_state_dict` is a collective, and its checkpoints are sharded (`train.dcp`).
 
-`parallel_for(rt)` picks the one for this process's `Runtime`. The process group itself is
-joined and left by `llm_tiny.runtime` (it is where a process runs, not how a model is shared).
+`parallel_for(rt, how)` picks the one for this process's `Runtime` and `runtime.parallel`. The
+process group itself is joined and left by `llm_tiny.runtime` (it is where a process runs, not
+how a model is shared).
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from llm_tiny.errors import UserError
 from llm_tiny.runtime import Runtime
 
 T = TypeVar("T")
@@ -72,6 +80,12 @@ class SingleProcess:
     def is_main(self) -> bool:
         """Rank 0: the process that logs and writes files."""
         return self.rt.is_main
+
+    sharded = False  # whether the weights are spread over the ranks (checkpoints: `train.dcp`)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Before the optimizer sees the parameters: shard them in place (FSDP); else nothing."""
+        return model
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the training step calls (`model` may already be compiled)."""
@@ -119,6 +133,83 @@ class DataParallel(SingleProcess):
         return t.div_(self.rt.world_size)
 
 
-def parallel_for(rt: Runtime) -> SingleProcess:
-    """The parallelism of this process: DDP when launched by torchrun with several processes."""
+class FullyShardedParallel(DataParallel):
+    """FSDP2: each block, then the root (the embeddings, the final norm and the head), sharded
+    over the ranks. On a GPU in bfloat16 the gathered weights are bfloat16 and the gradients are
+    reduced in float32 (`MixedPrecisionPolicy`); `offload` keeps the shards on the CPU."""
+
+    sharded = True
+
+    def __init__(self, rt: Runtime, offload: bool = False) -> None:
+        super().__init__(rt)
+        self.offload = offload
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
+
+        check_shardable(model, self.rt.world_size)
+        kw: dict[str, Any] = {
+            "offload_policy": CPUOffloadPolicy() if self.offload else OffloadPolicy()
+        }
+        if self.rt.device_type == "cuda" and self.rt.dtype == torch.bfloat16:
+            kw["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+            )
+        for block in getattr(model, "blocks", []):
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        self.eval_model = self._wrapped = model
+        return model
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        self.eval_model = unwrap(model)  # the sharded model: its forward gathers the weights
+        self._wrapped = model
+        return model
+
+    def sync(self, last: bool) -> contextlib.AbstractContextManager:
+        # Between micro-batches the gradients stay whole and unreduced on each rank, and the
+        # weights gathered for the backward pass stay gathered: one reduce-scatter per step.
+        fsdp = unwrap(self._wrapped)
+        fsdp.set_requires_gradient_sync(last)
+        fsdp.set_reshard_after_backward(last)
+        return contextlib.nullcontext()
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # rank 0's, on the CPU
+        return get_model_state_dict(unwrap(self._wrapped), options=options)
+
+
+def check_shardable(model: nn.Module, world_size: int) -> None:
+    """A `UserError` when some parameter has fewer rows than there are ranks (FSDP shards dim 0:
+    some ranks would hold none of it)."""
+    for name, p in model.named_parameters():
+        if p.shape and p.shape[0] < world_size:
+            raise UserError(
+                f"runtime.parallel: fsdp cannot shard {name} ({p.shape[0]} rows) over "
+                f"{world_size} processes; use fewer processes (at most {p.shape[0]}) or ddp"
+            )
+
+
+def parallel_for(rt: Runtime, how: str = "ddp", offload: bool = False) -> SingleProcess:
+    """The parallelism of this process: `how` (`runtime.parallel`) when launched by torchrun
+    with several processes, else one process (fsdp then is a `UserError`: it needs torchrun)."""
+    if how == "fsdp":
+        if not rt.distributed:
+            raise UserError(
+                "runtime.parallel: fsdp shards the model over several processes; launch with "
+                "torchrun --nproc-per-node N (N >= 2), or use runtime.parallel: ddp"
+            )
+        if offload and rt.device_type != "cuda":
+            raise UserError(
+                "runtime.offload moves the shards from a GPU to CPU memory; on "
+                f"{rt.device_type} there is nothing to move: leave it false"
+            )
+        return FullyShardedParallel(rt, offload)
     return DataParallel(rt) if rt.distributed else SingleProcess(rt)

@@ -50,7 +50,9 @@ DEFAULT_DEVICE = "auto"
 def add_ckpt_arg(parser: argparse.ArgumentParser) -> None:
     """`--ckpt`: the checkpoint a command loads (`checkpoint.resolve_checkpoint_path`)."""
     parser.add_argument(
-        "--ckpt", required=True, help="run directory (its best checkpoint) or a .pt file"
+        "--ckpt",
+        required=True,
+        help="run directory (its best checkpoint), a .pt file or a sharded NAME.dcp",
     )
 
 

@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses loaded from YAML and validated once.
 
-`sections` is the schema (the six sections, the allowed values of each choice, the rules);
+`sections` is the schema (the seven sections, the allowed values of each choice, the rules);
 `load` reads YAML and `--section.key=value` flags into it. Everything is importable from here:
 `from llm_tiny.config import RunConfig, load_config`. `python -m llm_tiny config CONFIG.yaml`
 prints a config fully resolved.
@@ -42,9 +42,11 @@ from llm_tiny.config.sections import (
     NormPosition,
     OptimConfig,
     OptimName,
+    Parallel,
     PosEmb,
     Resume,
     RunConfig,
+    RuntimeConfig,
     SampleConfig,
     Schedule,
     TrainConfig,

@@ -1,4 +1,4 @@
-"""The run config's schema: six frozen dataclass sections, the allowed values of each choice
+"""The run config's schema: seven frozen dataclass sections, the allowed values of each choice
 (`Literal` types), and every rule a valid config obeys (`validate`). Loading YAML and flags into
 these is `llm_tiny.config.load`."""
 
@@ -42,6 +42,7 @@ MuonDtype = Literal["auto", "float32", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Resume = Literal["never", "auto", "always"]
+Parallel = Literal["ddp", "fsdp"]  # how torchrun's processes share the model (`distributed`)
 LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]  # gate: SwiGLU models only
 
 
@@ -249,6 +250,16 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How several processes (`torchrun`) share the model (`llm_tiny.distributed`,
+    docs/training.md): `ddp` keeps a whole copy per process; `fsdp` shards the weights,
+    gradients and optimizer state over them (FSDP2) and saves sharded checkpoints."""
+
+    parallel: Parallel = "ddp"
+    offload: bool = False  # fsdp on a GPU: keep the sharded weights and optimizer state on the CPU
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training run: the sections together."""
 
@@ -258,6 +269,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @property
     def tokens_per_iter(self) -> int:
@@ -282,6 +294,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "sample": SampleConfig,
     "lora": LoraConfig,
+    "runtime": RuntimeConfig,
 }
 
 
@@ -464,6 +477,16 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         "lora.rank > 0 adapts trained weights: set train.init_from to the base run (or an "
         "imported model)",
     )
+
+    fsdp = cfg.runtime.parallel == "fsdp"
+    check(fsdp or not cfg.runtime.offload, "runtime.offload is for runtime.parallel: fsdp")
+    for ok, what in (
+        (lo.rank == 0, "lora.rank > 0 (adapters are small: use ddp)"),
+        (cfg.model.arch == "decoder", f"model.arch: {cfg.model.arch} (it shards TinyGPT's blocks)"),
+        (t.dtype != "float16", "train.dtype: float16 (loss scaling); use bfloat16"),
+        (not t.eval_tasks, "train.eval_tasks (rank 0 alone scores them); score the checkpoint"),
+    ):
+        check(not fsdp or ok, f"runtime.parallel: fsdp does not support {what}")
 
     check(
         s.prompt != "",

@@ -23,13 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from llm_tiny.data import TokenArray, load_prepared, open_split
 from llm_tiny.errors import ArgumentParser, UserError, add_ckpt_arg, add_device_arg, run_cli
@@ -81,6 +83,20 @@ def loss_sum_over(
     if total is None:
         return 0.0, 0
     return float(total), int(count)
+
+
+def in_lockstep(batches: Iterable, spare: Any, device: torch.device) -> Iterator:
+    """`batches`, then copies of `spare` with every target masked (-1: nothing scored) until
+    no rank has a batch left: a sharded model's forward is a collective, so every rank runs as
+    many as the rank with the most."""
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        more = torch.tensor([float(batch is not None)], device=device)
+        dist.all_reduce(more, op=dist.ReduceOp.MAX)
+        if more.item() == 0 or spare is None:
+            return
+        yield batch if batch is not None else (spare[0], torch.full_like(spare[1], -1))
 
 
 def evaluate_tokens(
@@ -138,9 +154,14 @@ def evaluate_split(
             batches = source.iter_eval_batches(
                 batch_size, max_batches, stride, rank, world_size, rest=rest
             )
+            if world_size > 1 and isinstance(model, FSDPModule):
+                spare = source.iter_eval_batches(batch_size, max_batches, stride, rest=rest)
+                batches = in_lockstep(batches, next(iter(spare), None), source.device)
             sums.extend(loss_sum_over(model, batches, autocast))
     finally:
         model.train(was_training)
+        if isinstance(model, FSDPModule):  # an FSDP root stays gathered after a forward alone
+            model.reshard()
     if world_size > 1:
         both = torch.tensor(sums, dtype=torch.float64, device=source.device)
         dist.all_reduce(both)

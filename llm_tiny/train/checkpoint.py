@@ -21,6 +21,9 @@ tuples and dicts (no pickled classes: loading a downloaded checkpoint runs no co
                            "sha256": `lora.state_sha256` of its weights}; `model` then holds the
                            adapters alone, and every reader merges them into that base
 
+A sharded checkpoint (`runtime.parallel: fsdp`) is a directory, `last.dcp`, of the same
+dict with its weights and optimizer state in shards (`train.dcp`); it loads like a file.
+
 Writes are atomic: the dict goes to `NAME.tmp`, is flushed and fsync'ed, then renamed over
 `NAME` (a rename within a directory is atomic on POSIX and Windows). A process killed at any
 instant leaves either the old file or the new one, never a torn one.
@@ -51,7 +54,8 @@ from llm_tiny.distributed import strip_wrapper_prefixes, unwrap
 from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT, build_model, lora
 from llm_tiny.runtime import Runtime, resolve_device, restore_rng
-from llm_tiny.train.rundir import BEST, LAST
+from llm_tiny.train import dcp
+from llm_tiny.train.rundir import BEST, LAST, is_sharded, newest, replace_durably
 from llm_tiny.train.vocab import chat_init_rows, grow_vocab
 from tok.chat import missing_tokens, with_chat_tokens
 from tok.errors import first_line
@@ -92,20 +96,20 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
         torch.save(ckpt, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # Make the rename itself durable (POSIX; directories cannot be opened on Windows).
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    replace_durably(tmp, path)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; every problem is a one-line `UserError`."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", weights: bool = True
+) -> dict[str, Any]:
+    """Read and validate a checkpoint; every problem is a one-line `UserError`. A sharded one
+    (`train.dcp`) is its `meta.pt`, `shards` (its save) and, with `weights`, its whole weights."""
     path = Path(path)
+    if is_sharded(path):
+        save = dcp.current_save(path)
+        ckpt = {**load_checkpoint(save / dcp.META_FILE, map_location), "shards": str(save)}
+        return ckpt | ({"model": dcp.read_tensors(save, "model")} if weights else {})
     if path.is_dir():
         raise UserError(f"{path}: is a directory, expected a checkpoint file (.pt)")
     if not path.exists():
@@ -150,9 +154,9 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> 
 def resolve_checkpoint_path(path_or_run_dir: str | Path, name: str = BEST) -> Path:
     """A checkpoint file, or a run directory's `name` (falling back to `last.pt`)."""
     p = Path(path_or_run_dir)
-    if p.is_dir():
-        for candidate in (p / name, p / LAST):
-            if candidate.is_file():
+    if p.is_dir() and not is_sharded(p):
+        for candidate in (newest(p, name), newest(p, LAST)):
+            if candidate is not None:
                 return candidate
         raise UserError(f"{p}: no checkpoint in this directory (looked for {name} and {LAST})")
     if not p.exists():
@@ -392,31 +396,35 @@ def restore_training(
     *,
     rt: Runtime,
     log: Callable[[str], None],
+    load: Callable[[], None] | None = None,
 ) -> TrainState:
     """Load a `training_checkpoint` into fresh training objects and this rank's RNG states;
-    returns its counters."""
-    if "base" in ckpt:  # adapters only, over the base weights `model` holds already (their
+    returns its counters. `load` loads the weights and optimizer state instead (`sharded`)."""
+    # The config is authoritative for hyperparameters: keep the fresh groups' values.
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    if load is not None:
+        load()
+    elif "base" in ckpt:  # adapters only, over the base weights `model` holds already (their
         # hash was checked by `check_resume_compatible`)
         got = model.load_state_dict(ckpt["model"], strict=False)
         if got.unexpected_keys or any(lora.is_adapter_key(k) for k in got.missing_keys):
             raise UserError("cannot resume: the checkpoint's adapters are not this run's")
     else:
         model.load_state_dict(ckpt["model"])
+    if load is None:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError) as e:  # another optim.name, or other parameter groups
+            raise UserError(
+                f"the checkpoint's optimizer state does not fit this optimizer "
+                f"({first_line(e)}); resume with the optim.name it was trained with"
+            ) from e
     sampler.load_state_dict(ckpt["sampler"])
     states = ckpt.get("rng") or []
     if rt.rank < len(states):
         restore_rng(states[rt.rank], rt.device)
     else:
         log("note: the checkpoint has no RNG state for every rank; others reseeded")
-    # The config is authoritative for hyperparameters: keep the fresh groups' values.
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (KeyError, ValueError) as e:  # another optim.name, or other parameter groups
-        raise UserError(
-            f"the checkpoint's optimizer state does not fit this optimizer ({first_line(e)}); "
-            "resume with the optim.name it was trained with"
-        ) from e
     for group, values in zip(optimizer.param_groups, fresh):
         group.update(values)
     if ckpt.get("scaler") and scaler.is_enabled():

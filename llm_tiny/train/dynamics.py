@@ -29,6 +29,12 @@ def snapshot(model: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for _, p in weight_matrices(model)]
 
 
+def whole(t: Tensor) -> Tensor:
+    """A plain tensor: a sharded weight's norm (FSDP: a DTensor, every rank's shards summed by a
+    collective) as the one number it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 @torch.no_grad()
 def measure(model: nn.Module, before: list[Tensor]) -> list[tuple[str, float, float]]:
     """(name, ||W||, ||W - W_before|| / ||W_before||) of each weight matrix, read from the
@@ -42,7 +48,9 @@ def measure(model: nn.Module, before: list[Tensor]) -> list[tuple[str, float, fl
     named = weight_matrices(model)
     stats = torch.stack(
         [
-            torch.stack([p.float().norm(), (p.float() - w.float()).norm() / w.float().norm()])
+            torch.stack(
+                [whole(p.float().norm()), whole((p.float() - w.float()).norm() / w.float().norm())]
+            )
             for (_, p), w in zip(named, before, strict=True)
         ]
     ).tolist()

@@ -6,7 +6,7 @@ the vocabulary size they determine goes into the model config, then `Trainer` bu
 model, optimizer and batch sources and runs `Trainer.optimizer_step` until the budget ends:
 
     lr = schedule(step)
-    for each of grad_accum_steps micro-batches:        # DDP: gradients sync on the last only
+    for each of grad_accum_steps micro-batches:        # gradients sync on the last only
         loss = model(x, y) / grad_accum_steps; backward
     clip the global gradient norm; skip the update if the loss (or norm) is not finite
     AdamW step
@@ -22,9 +22,9 @@ A resumed run continues *exactly* (bit for bit on CPU): the checkpoint holds the
 optimizer, GradScaler, every rank's RNG states and the step; batches are a pure function of
 (seed, step, micro-batch); evaluation and sampling run inside `runtime.preserved_rng`.
 
-Distributed (`torchrun --nproc_per_node=N -m llm_tiny train ...`, the wrapper from
-`llm_tiny.distributed`): each rank trains on its own micro-batches (`llm_tiny.data`), gradients
-and the logged loss are averaged once per step, and only rank 0 logs and writes files.
+Distributed (`torchrun --nproc_per_node=N -m llm_tiny train ...`; DDP or FSDP, `distributed`):
+each rank trains on its own micro-batches (`llm_tiny.data`), gradients and the logged loss are
+averaged once per step; rank 0 logs and writes files (FSDP: every rank its shards, `sharded`).
 """
 
 from __future__ import annotations
@@ -50,14 +50,13 @@ from llm_tiny.model import add_lora, build_model, trainable_note
 from llm_tiny.runtime import (
     Runtime,
     StopSignal,
-    gather_rng,
     preserved_rng,
     seed_everything,
     setup_runtime,
     shutdown,
     try_compile,
 )
-from llm_tiny.train import checkpoint
+from llm_tiny.train import checkpoint, sharded
 from llm_tiny.train.budget import Reserve, final_eval_note
 from llm_tiny.train.dynamics import measure, snapshot
 from llm_tiny.train.metrics import RunLog, Throughput
@@ -87,7 +86,7 @@ class Trainer:
     ) -> None:
         t = cfg.train
         self.cfg, self.rt, self.data, self.log = cfg, rt, data, log
-        self.par = par or parallel_for(rt)
+        self.par = par or parallel_for(rt, cfg.runtime.parallel, cfg.runtime.offload)
         self.out_dir = Path(t.out_dir)
         self.accum = t.grad_accum_steps
         self.first_micro = rt.rank * self.accum  # this rank's first global micro-batch
@@ -105,13 +104,14 @@ class Trainer:
         if weights is not None:  # train.init_from
             self.model.load_state_dict(weights)
         add_lora(self.model, cfg.lora)  # lora.rank > 0: those weights freeze, adapters train
+        self.par.prepare(self.model)  # FSDP shards the weights here, before the optimizer
         seed_everything(t.seed + rt.rank)  # rank-specific dropout masks from here on
         self.optimizer = build_optimizer(self.model, cfg.optim, rt.device_type)
         self.scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.use_scaler)
         self.state = checkpoint.TrainState()
         if ckpt is not None:
             parts = (self.model, self.optimizer, self.scaler, self.train_src)
-            self.state = checkpoint.restore_training(ckpt, *parts, rt=rt, log=log)
+            self.state = sharded.restore(ckpt, *parts, rt=rt, log=log)  # either form
         self.resumed = ckpt is not None
         self.skipped = self.bad_in_row = 0
         self.meter = Throughput()  # since the last log line
@@ -297,21 +297,19 @@ class Trainer:
         return val
 
     def save(self, name: str) -> None:
-        """Write checkpoints. Every rank takes part: the RNG states (and, with a sharded
-        wrapper, the weights) are gathered to rank 0, which writes."""
+        """Write checkpoints. Every rank takes part: the RNG states are gathered to rank 0, and
+        the weights too (it writes `.pt`), or every rank writes its shards (`train.sharded`)."""
         started = time.perf_counter()
-        rng, weights = gather_rng(self.rt), self.par.full_state_dict()
-        self.par.on_main(self._write, name, rng, weights)
+        sharded.save(self.par, self.out_dir / name, self._checkpoint, self.model, self.optimizer)
         self.reserve.measured_save(time.perf_counter() - started)
 
-    def _write(self, name: str, rng: list[dict[str, Any]], weights: dict) -> None:
+    def _checkpoint(self, weights: dict, rng: list[dict[str, Any]]) -> dict[str, Any]:
         state = dataclasses.replace(self.state, elapsed_s=self.elapsed())
-        ckpt = checkpoint.training_checkpoint(
+        return checkpoint.training_checkpoint(
             self.cfg, weights, self.optimizer, self.scaler, state,
             rng=rng, sampler=self.train_src.state_dict(), tokenizer=self.data.tokenizer,
             data_sha256=self.data.meta["input_sha256"],
         )  # fmt: skip
-        checkpoint.save_checkpoint(ckpt, self.out_dir / name)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -326,7 +324,7 @@ def train(
     `log`: where rank 0's lines go (default: print).
     """
     rt = setup_runtime(cfg.train)
-    par = parallel_for(rt)
+    par = parallel_for(rt, cfg.runtime.parallel, cfg.runtime.offload)
     interactive = par.is_main and (sys.stderr.isatty() if progress is None else progress)
     out = RunLog(enabled=par.is_main, interactive=interactive, print_fn=log or print)
     try:
@@ -346,7 +344,8 @@ def train(
         result = trainer.run()
         out(summary(result, cfg))
         if result.stopped != "signal":
-            par.on_main(after_training, cfg, trainer.model, start.data.tokenizer, rt, out)
+            model = sharded.main_model(par, trainer.model)  # FSDP: gathered to rank 0
+            par.on_main(after_training, cfg, model, start.data.tokenizer, rt, out)
         out("files: " + ", ".join(map(str, run_files(cfg.train.out_dir))))
         return result
     finally:

@@ -14,6 +14,13 @@ each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found b
 Newton-Schulz iterations: every direction of the update moves by the same amount. It is only
 meant for the matrices inside the blocks; embeddings, the LM head, gains and biases stay
 with AdamW.
+
+Sharded (FSDP) matrices are DTensors, each rank holding a block of rows, and Muon runs on them
+unchanged: DTensor carries out each operation of the Newton-Schulz iteration on the whole
+matrix, communicating what it needs. Where the rows are the contracted side (a tall matrix,
+iterated transposed) each rank's partial Gram matrix is summed, one all-reduce of the small
+side's square per iteration; a wide matrix is all-gathered for its products. The result is the
+whole matrix's orthogonalisation, each rank keeping its rows (tests/e2e/test_fsdp.py).
 """
 
 from __future__ import annotations
@@ -173,6 +180,11 @@ def set_lr(optimizer: torch.optim.Optimizer | Optimizers, lr: float) -> None:
 
 def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Clip gradients to a global L2 norm of `max_norm` (0: no clipping) and return the norm
-    before clipping, as a tensor on the gradients' device (reading it would synchronise)."""
+    before clipping, as a tensor on the gradients' device (reading it would synchronise).
+
+    Sharded gradients (FSDP's DTensors) work as they are: torch sums the squares of each
+    rank's shards and all-reduces the sum, so the norm is the whole model's, the same on
+    every rank; it comes back as a replicated DTensor, returned here as a plain tensor."""
     limit = max_norm if max_norm > 0 else math.inf
-    return torch.nn.utils.clip_grad_norm_(list(parameters), limit)
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), limit)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm

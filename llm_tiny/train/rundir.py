@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,6 +19,28 @@ from llm_tiny.train.metrics import METRICS_FILE, RunLog, tensorboard_available
 BEST, LAST, LOSS_PLOT, CONFIG_FILE = "best.pt", "last.pt", "loss.png", "config.yaml"
 # What a finished run leaves, in the order the end-of-run line lists them.
 RUN_FILES = (BEST, LAST, METRICS_FILE, LOSS_PLOT, CONFIG_FILE)
+# A sharded checkpoint (`runtime.parallel: fsdp`, `train.dcp`) is a directory named like the
+# file it stands for, `last.dcp` for `last.pt`; its LATEST file names its complete save.
+SHARDED_SUFFIX, LATEST_FILE = ".dcp", "LATEST"
+
+
+def sharded_name(name: str) -> str:
+    """`last.pt` -> `last.dcp`: the name of the sharded form of a checkpoint file."""
+    return Path(name).with_suffix(SHARDED_SUFFIX).name
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether `path` is a sharded checkpoint directory."""
+    return (Path(path) / LATEST_FILE).is_file()
+
+
+def newest(out_dir: str | Path, name: str) -> Path | None:
+    """`out_dir/name` or its sharded form, whichever was written last (a run saves one form
+    and then deletes the other, so both exist only after a crash between the two); None if
+    neither exists."""
+    found = [p for p in (Path(out_dir) / name, Path(out_dir) / sharded_name(name)) if p.exists()]
+    stamp = {p: (p / LATEST_FILE if p.is_dir() else p).stat().st_mtime_ns for p in found}
+    return max(found, key=stamp.get, default=None)
 
 
 def check_out_dir(path: str | Path) -> None:
@@ -55,9 +79,10 @@ def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
             "(pip install tensorboard); writing metrics.csv only"
         )
     out_dir = Path(cfg.train.out_dir)
-    last = out_dir / LAST
+    last = newest(out_dir, LAST) or out_dir / LAST
     if cfg.train.resume == "never" or (cfg.train.resume == "auto" and not last.exists()):
-        old = [n for n in (BEST, LAST) if (out_dir / n).exists()]
+        names = (BEST, LAST, sharded_name(BEST), sharded_name(LAST))
+        old = [n for n in names if (out_dir / n).exists()]
         if old and not cfg.train.overwrite:
             raise UserError(
                 f"{out_dir} already holds a run ({', '.join(old)}); pass --resume to continue "
@@ -75,10 +100,11 @@ def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
     out_dir = prepare_out_dir(cfg.train.out_dir)
     save_config(cfg, out_dir / CONFIG_FILE)
     if resumed_at is None:
-        stale = [n for n in (LAST, BEST) if (out_dir / n).exists()]
+        stale = [n for n in (LAST, BEST) if newest(out_dir, n)]
         if stale:  # train.overwrite is on (`resume_path` refused otherwise)
             out(f"note: starting a new run in {out_dir}; its old {' and '.join(stale)} go")
             (out_dir / BEST).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / sharded_name(BEST), ignore_errors=True)
     out.open_metrics(
         out_dir,
         resume_step=resumed_at,
@@ -88,6 +114,18 @@ def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
     )
 
 
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename the written, fsync'ed `tmp` over `path`, then make the rename durable too."""
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # POSIX: directories cannot be opened on Windows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def run_files(out_dir: str | Path) -> list[Path]:
-    """The files of `RUN_FILES` that exist in `out_dir`."""
-    return [Path(out_dir) / n for n in RUN_FILES if (Path(out_dir) / n).exists()]
+    """The files of `RUN_FILES` that exist in `out_dir` (a checkpoint in either form)."""
+    found = [newest(out_dir, n) if n in (BEST, LAST) else Path(out_dir) / n for n in RUN_FILES]
+    return [p for p in found if p is not None and p.exists()]

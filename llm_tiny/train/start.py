@@ -71,7 +71,7 @@ def start_run(cfg: RunConfig, rt: Runtime, out: RunLog) -> RunStart:
     """Check the run directory, read what the run continues or starts from, and prepare the
     data (rank 0 first; the other ranks find it ready)."""
     resume_from = resume_path(cfg, out)
-    ckpt = load_checkpoint(resume_from) if resume_from else None
+    ckpt = load_checkpoint(resume_from, weights=False) if resume_from else None
     weights = None
     # A LoRA run's checkpoints hold only its adapters: a resume reloads the base weights too.
     if cfg.train.init_from and (ckpt is None or cfg.lora.rank):

@@ -113,6 +113,7 @@ def test_bench_tokenizer_reports_every_measurement(tmp_path):
         ("bench_tokenizer.py", ["--bogus"], "unrecognized arguments: --bogus"),
         ("digits_check.py", ["--config", "nope.yaml"], "--config nope.yaml: not found"),
         ("digits_check.py", ["--seeds", "1,x"], "--seeds must be integers separated by commas"),
+        ("bench_fsdp.py", ["--nproc", "1"], "--nproc must be >= 2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(script, args, message):
@@ -222,3 +223,22 @@ def test_bench_optim_times_every_optimizer():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("adamw", "muon float32", "muon bfloat16"):
         assert 0 < result[name]["min_ms"] <= result[name]["median_ms"]
+
+
+@pytest.mark.slow
+def test_bench_fsdp_halves_what_each_rank_holds(tmp_path):
+    out = tmp_path / "fsdp.json"
+    args = ["--layers", "1", "--width", "64", "--steps", "2", "--warmup", "1", "--out", str(out)]
+    proc = bench("bench_fsdp.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert json_lines(proc.stdout) == [report]
+    ddp, fsdp = (report["runs"][v]["ranks"] for v in ("ddp", "fsdp"))
+    assert len(ddp) == len(fsdp) == 2 and report["runs"]["ddp"]["params"] > 500_000
+    # DDP: every rank holds every parameter, its gradient and AdamW's two moments (float32).
+    n = report["runs"]["ddp"]["params"]
+    assert all(r["params"] == r["grads"] == 4 * n and r["optimizer"] >= 8 * n for r in ddp)
+    # FSDP: half of each (dim-0 shards; every row count here is even), and so half in total.
+    assert [r["params"] for r in fsdp] == [2 * n] * 2
+    assert report["fsdp_over_ddp"]["total"] == pytest.approx(0.5, abs=1e-3)
+    assert report["fsdp_over_ddp"]["step_ms"] > 0

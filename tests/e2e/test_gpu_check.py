@@ -122,6 +122,7 @@ def test_dry_run_runs_every_stage_on_a_bare_python(dry_run):
     assert all(r["new_tokens"] == 16 and r["tokens_per_s"] > 0 for r in gen["runs"])
 
     assert stages["ddp"]["status"] == "skipped" and "two or more" in stages["ddp"]["reason"]
+    assert stages["fsdp"]["status"] == "skipped" and "two or more" in stages["fsdp"]["reason"]
     assert [t["met"] for t in report["targets"]] == [None, None]  # toy sizes prove nothing
 
 

@@ -336,3 +336,25 @@ def test_examples_errors(tmp_path, tokenizer_file, examples_data):
     cfg = data_cfg(tmp_path / "b", tokenizer_file, [bad], kind="examples")
     with pytest.raises(UserError, match=r"bad.txt:2: no answer separator '='"):
         prepare_data(cfg, log=quiet)
+
+
+def test_ranks_read_disjoint_slices_that_cover_one_process_and_resume_alike(tmp_path):
+    # W ranks x A micro-steps (rank r's micro-step m is global micro-batch r * A + m, as the
+    # trainer draws them, DDP and FSDP alike) read, step by step, exactly the windows of one
+    # process taking all W * A * B rows at once; a source restored from a checkpoint's sampler
+    # state at step k reads the same from k on, whatever the number of ranks that saved it.
+    tokens, W, A, B = np.arange(5000) % 4999, 2, 2, 3
+    for d in ("one", "ranks", "resumed"):
+        (tmp_path / d).mkdir()
+    one = windows_source(tmp_path / "one", tokens, batch_size=W * A * B)
+    ranks = windows_source(tmp_path / "ranks", tokens, batch_size=B, micro_batches=W * A)
+    resumed = windows_source(tmp_path / "resumed", tokens, batch_size=B, micro_batches=W * A)
+    resumed.load_state_dict(ranks.state_dict())
+    for step in range(6):
+        whole = one.get_batch(step)[0]
+        slices = [ranks.get_batch(step, r * A + m)[0] for r in range(W) for m in range(A)]
+        assert (np.concatenate(slices) == whole).all()
+        assert sum(len(s) for s in slices) == len(whole)  # each row read by one rank, once
+        if step >= 3:
+            again = [resumed.get_batch(step, r * A + m)[0] for r in range(W) for m in range(A)]
+            assert all((a == b).all() for a, b in zip(again, slices))

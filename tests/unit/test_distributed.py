@@ -13,13 +13,17 @@ from torch import nn
 from llm_tiny.config import ModelConfig
 from llm_tiny.distributed import (
     DataParallel,
+    FullyShardedParallel,
     SingleProcess,
+    check_shardable,
     parallel_for,
     strip_wrapper_prefixes,
     unwrap,
 )
+from llm_tiny.errors import UserError
 from llm_tiny.model import TinyGPT
 from llm_tiny.runtime import Runtime
+from llm_tiny.train.optim import clip_grad_norm
 
 CPU = Runtime(device=torch.device("cpu"), dtype=torch.float32)
 
@@ -100,3 +104,39 @@ def test_ddp_runs_accumulation_like_the_bare_model(one_rank_group):
     # The state dict a checkpoint gets is the bare model's, with no `module.` prefix.
     assert par.full_state_dict().keys() == reference.state_dict().keys()
     assert par.mean(torch.tensor([4.0, 2.0])).tolist() == [4.0, 2.0]  # one rank: its own
+
+
+def test_fsdp_shards_in_place_and_accumulates_like_the_bare_model(one_rank_group):
+    from torch.distributed.tensor import DTensor
+
+    reference = tiny_model()
+    want = accumulated_grads(reference, SingleProcess(CPU), reference)
+    model = tiny_model()
+    par = FullyShardedParallel(CPU)
+    assert par.prepare(model) is model and par.sharded
+    assert all(isinstance(p, DTensor) for p in model.parameters())  # shards, before any optimizer
+    assert par.wrap(model) is model and par.eval_model is model  # evaluation runs the shards
+    got = accumulated_grads(model, par, model)
+    for name, grad in want.items():
+        torch.testing.assert_close(got[name].full_tensor(), grad, rtol=1e-6, atol=1e-7, msg=name)
+    # The gradient norm of sharded gradients is the whole model's, as a plain tensor.
+    norm = clip_grad_norm(model.parameters(), 0.0)
+    assert type(norm) is torch.Tensor
+    torch.testing.assert_close(norm, clip_grad_norm(reference.parameters(), 0.0))
+    full = par.full_state_dict()
+    assert full.keys() == reference.state_dict().keys()
+    assert all(type(v) is torch.Tensor for v in full.values())
+
+
+def test_fsdp_refuses_one_process_and_weights_it_cannot_shard():
+    with pytest.raises(UserError, match=r"fsdp shards the model over several processes; launch"):
+        parallel_for(CPU, "fsdp")
+    two = Runtime(CPU.device, CPU.dtype, rank=0, world_size=2)
+    assert type(parallel_for(two, "fsdp")) is FullyShardedParallel
+    assert type(parallel_for(two, "ddp")) is DataParallel
+    with pytest.raises(UserError, match=r"runtime.offload moves the shards from a GPU"):
+        parallel_for(two, "fsdp", offload=True)
+    narrow = TinyGPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=1, n_embd=2))
+    check_shardable(narrow, 2)
+    with pytest.raises(UserError, match=r"cannot shard \S+ \(2 rows\) over 3 processes; use"):
+        check_shardable(narrow, 3)
