@@ -44,6 +44,7 @@ from llm_tiny.config.sections import (
     OptimName,
     PosEmb,
     Resume,
+    RlConfig,
     RunConfig,
     SampleConfig,
     Schedule,
