@@ -107,6 +107,7 @@ def test_resume_continues_bit_for_bit(start, tmp_path):
     # the ratio, the clip and the reference all take part.
     extra = {"rl.updates_per_batch": 2, "rl.kl_coef": 0.05, "optim.lr_decay_iters": 2 * N}
     extra |= {"optim.warmup_iters": 2, "rl.prompts_per_step": 4, "rl.k": 4, "rl.eval_n": 16}
+    extra |= {"train.eval_interval": N}  # the interrupted run evaluates where it stops
     ref_flags = rl_flags(start, tmp_path / "ref", **extra, **{"train.max_iters": 2 * N})
     rl(load_config(RL, ref_flags), progress=False, log=quiet)
     flags = rl_flags(start, tmp_path / "run", **extra, **{"train.max_iters": N})

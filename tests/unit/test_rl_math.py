@@ -9,6 +9,10 @@ import math
 import pytest
 import torch
 
+from llm_tiny.config import ModelConfig
+from llm_tiny.infer import engine
+from llm_tiny.infer.params import SamplingParams
+from llm_tiny.model import TinyGPT
 from llm_tiny.rl import losses, rewards
 from llm_tiny.rl.loop import pack
 from llm_tiny.rl.rewards import Problem, correct, digits_problems, reward, well_formed
@@ -190,3 +194,21 @@ def test_digit_answers_are_computed_not_read(tmp_path):
 def test_the_worked_examples_in_the_docstrings_hold(module):
     result = doctest.testmod(module)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_the_loss_sees_the_log_probabilities_the_engine_sampled_with():
+    # What `pack` + `token_logprobs` compute on the sampled rows is what the engine reported
+    # while sampling them (at temperature 1): the update scores the very tokens it sampled.
+    torch.manual_seed(0)
+    model = TinyGPT(ModelConfig(vocab_size=16, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    prompts = [[1, 2, 3], [4, 5], [6]] * 2
+    params = SamplingParams(
+        max_new_tokens=4, temperature=1.0, top_k=None, top_p=None, stop_tokens=(0,), logprobs=0
+    )
+    gen = torch.Generator().manual_seed(1)
+    done = engine.run(model, prompts, params, generators=[gen] * len(prompts))
+    x, y, mask = pack(prompts, [c.tokens for c in done], torch.device("cpu"))
+    with torch.no_grad():
+        logp = losses.token_logprobs(model(x)[0], y)
+    for i, c in enumerate(done):
+        torch.testing.assert_close(logp[i][mask[i] > 0], torch.tensor(c.logprobs))
