@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,44 @@ def test_bad_input_is_one_line_and_exit_2(start, tmp_path, capsys, flags, messag
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "rl").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_and_resume_continues_exactly(start, tmp_path):
+    # Stopped by SIGTERM at whatever step it reached, then resumed to 2N: the same rows and
+    # weights as an uninterrupted 2N-step run (the schedule is fixed by lr_decay_iters).
+    extra = {"optim.lr_decay_iters": 2 * N, "optim.warmup_iters": 2, "rl.eval_n": 16}
+    extra |= {"rl.prompts_per_step": 4, "rl.k": 4, "train.eval_interval": 1000}
+    rl(load_config(RL, rl_flags(start, tmp_path / "ref", **extra, **{"train.max_iters": 2 * N})),
+       progress=False, log=quiet)  # fmt: skip
+    flags = rl_flags(start, tmp_path / "run", **extra, **{"train.max_iters": 1_000_000})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_tiny", "rl", str(RL), *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header, 0, 1
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopping after this step" in out
+    stopped_at = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
+    assert 1 <= stopped_at < 2 * N, "the signal came too late to test anything"
+    resumed = [*flags, f"--train.max_iters={2 * N}", "--train.resume=always"]
+    rl(load_config(RL, resumed), progress=False, log=quiet)
+    clock = {"elapsed_s", "samples_per_s"}
+    want, got = metric_rows(tmp_path / "ref"), metric_rows(tmp_path / "run")
+    # The last row of each holds the final evaluation; the rows before it the steps alone.
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(want, got, strict=True):
+        assert {k: v for k, v in a.items() if k not in clock} == {
+            k: v for k, v in b.items() if k not in clock
+        }
+    w_ref = load_checkpoint(tmp_path / "ref" / "last.pt")["model"]
+    w_run = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    assert all(torch.equal(w_ref[k], w_run[k]) for k in w_ref)
