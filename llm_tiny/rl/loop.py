@@ -60,6 +60,7 @@ from llm_tiny.train import checkpoint
 from llm_tiny.train.budget import Reserve
 from llm_tiny.train.metrics import RunLog, Throughput
 from llm_tiny.train.optim import build_optimizer, clip_grad_norm, set_lr
+from llm_tiny.train.result import TrainingDiverged
 from llm_tiny.train.rundir import BEST, LAST, resume_path, run_files, start_files
 from llm_tiny.train.schedule import lr_for, schedule_step
 from tok.bpe import Tokenizer
@@ -185,6 +186,7 @@ class RLTrainer:
         self.rows_per_step = r.prompts_per_step * r.k
         self.reserve = Reserve(t.max_seconds, *(2 * [len(self.held_out) * (r.k + 1)]))
         self.meter = Throughput()  # sampled rows per second since the last log line
+        self.bad_in_row = 0  # non-finite updates in a row (`finite`)
         self.t0: float | None = None
 
     # --------------------------------------------------------------------- one step
@@ -217,7 +219,8 @@ class RLTrainer:
             )
             loss.backward()
             norm = clip_grad_norm(self.model.parameters(), self.cfg.optim.grad_clip)
-            self.optimizer.step()
+            if self.finite(loss, norm, step):  # else the weights stay as they are
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.state.tokens_seen += int(mask.sum())
         return {
@@ -232,6 +235,18 @@ class RLTrainer:
             "lr": lr,
             "grad_norm": norm.item(),
         }
+
+    def finite(self, loss: torch.Tensor, norm: torch.Tensor, step: int) -> bool:
+        """Whether an update may be taken; `train.max_bad_steps` non-finite ones in a row stop
+        the run (`TrainingDiverged`, the last good checkpoint kept)."""
+        if math.isfinite(loss.item()) and math.isfinite(norm.item()):
+            self.bad_in_row = 0
+            return True
+        self.bad_in_row += 1
+        self.log(f"step {step}: skipped a non-finite loss ({self.bad_in_row} in a row)")
+        if self.bad_in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged.at(step, self.bad_in_row, self.out_dir / LAST)
+        return False
 
     # --------------------------------------------------------------------- the loop
 

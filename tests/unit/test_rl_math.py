@@ -212,3 +212,28 @@ def test_the_loss_sees_the_log_probabilities_the_engine_sampled_with():
         logp = losses.token_logprobs(model(x)[0], y)
     for i, c in enumerate(done):
         torch.testing.assert_close(logp[i][mask[i] > 0], torch.tensor(c.logprobs))
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path):
+    from types import SimpleNamespace
+
+    from llm_tiny.rl.loop import RLTrainer
+    from llm_tiny.train.result import TrainingDiverged
+
+    lines: list[str] = []
+    run = SimpleNamespace(
+        cfg=SimpleNamespace(train=SimpleNamespace(max_bad_steps=2)),
+        log=lines.append, out_dir=tmp_path, bad_in_row=0,
+    )  # fmt: skip
+    one, nan = torch.tensor(1.0), torch.tensor(float("nan"))
+    assert RLTrainer.finite(run, one, one, 3)
+    assert not RLTrainer.finite(run, nan, one, 4) and run.bad_in_row == 1
+    assert RLTrainer.finite(run, one, one, 5) and run.bad_in_row == 0  # a good one resets
+    assert not RLTrainer.finite(run, one, torch.tensor(float("inf")), 6)
+    with pytest.raises(TrainingDiverged, match="2 non-finite losses in a row at step 7"):
+        RLTrainer.finite(run, nan, one, 7)
+    assert lines == [
+        "step 4: skipped a non-finite loss (1 in a row)",
+        "step 6: skipped a non-finite loss (1 in a row)",
+        "step 7: skipped a non-finite loss (2 in a row)",
+    ]
