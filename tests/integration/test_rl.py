@@ -100,6 +100,17 @@ def test_a_few_steps_raise_the_reward(start, tmp_path):
     assert float(steps[0]["clip_frac"]) == 0  # one update per batch: the ratio is exactly 1
 
 
+def test_the_time_budget_ends_the_run_with_a_final_evaluation(start, tmp_path):
+    small = {"rl.prompts_per_step": 4, "rl.k": 4, "rl.eval_n": 16, "train.eval_interval": 10**6}
+    budget = {"train.max_iters": 10**6, "train.max_seconds": 2.0}
+    result = rl(load_config(RL, rl_flags(start, tmp_path / "rl", **small, **budget)),
+                progress=False, log=quiet)  # fmt: skip
+    assert result["stopped"] == "max_seconds" and 1 <= result["step"] < 10**6
+    rows = metric_rows(tmp_path / "rl")
+    assert rows[-1]["step"] == str(result["step"]) and rows[-1]["eval_greedy"]  # scored at the end
+    assert load_checkpoint(tmp_path / "rl" / "last.pt")["step"] == result["step"]
+
+
 N = 3  # the interrupted run stops here; the reference runs 2N steps
 
 
