@@ -153,11 +153,11 @@ chat-demo: $(STAMP)
 	$(PY) -m llm_tiny chatdemo eval --base --ckpt out/chat_base --data data/chat/test.jsonl
 	$(PY) -m llm_tiny chatdemo eval --ckpt out/chat_sft --data data/chat/test.jsonl
 
-# RL with verifiable rewards (docs/rl.md): per seed, nested digit operations, a short supervised
+# RL with verifiable rewards (docs/rl.md): per seed, the digit operations, a short supervised
 # start, then RL and continued supervised training side by side for the same wall time, both
-# scored on the test split. About 7 minutes on an idle 2-core CPU; out/rl_demo.json and .png.
+# scored on the test split. 341 s on the shared 2-core CPU (load 12-14); out/rl_demo.json, .png.
 rl-demo: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_vs_sft.py --seeds 1,2,3 --seconds 100 \
+	OMP_NUM_THREADS=1 $(PY) benchmarks/rl_vs_sft.py --seeds 1,2,3 --seconds 60 \
 		--work out/rl_demo --json out/rl_demo.json --plot out/rl_demo.png
 
 clean:

@@ -1,16 +1,17 @@
 """Does RL with verifiable rewards improve a partly trained model, and how does it compare with
 simply training on for the same wall time? (docs/rl.md; `make rl-demo`)
 
-    python benchmarks/rl_vs_sft.py --seeds 1,2,3 --seconds 45 --json out/rl_demo.json
+    python benchmarks/rl_vs_sft.py --seeds 1,2,3 --seconds 60 --json out/rl_demo.json
+    python benchmarks/rl_vs_sft.py --depth 2 --seeds 1,2,3 --seconds 100   # nested
 
 For each seed, in fresh processes as a user would run them:
 
-    1. `tasks digits --depth 2 --seed S` writes the nested digit operations (train/val/test)
-    2. SFT start: `train configs/digits_nested.yaml` for only `--sft-steps` steps (seed S), so
-       that it answers partly right
+    1. `tasks digits --depth D --seed S` writes the digit operations (train/val/test)
+    2. SFT start: `train configs/digits.yaml` (depth 2: `digits_nested.yaml`) for only
+       `--sft-steps` steps (seed S), so that it answers partly right
     3. RL: `rl configs/rl_digits.yaml` from that run, on the train split's prompts, for
        `--seconds` of loop time (`train.max_seconds`)
-    4. SFT continued: `train configs/digits_nested.yaml` from the same run (`train.init_from`,
+    4. SFT continued: the same supervised recipe from the same run (`train.init_from`,
        a fresh optimizer like RL's) on the same train split, for the same `--seconds`
     5. `tasks eval` scores the start and both results greedily on the whole test split
 
@@ -37,7 +38,9 @@ from pathlib import Path
 from llm_tiny.errors import ArgumentParser, UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SFT = "configs/digits_nested.yaml"
+SFT = {1: "configs/digits.yaml", 2: "configs/digits_nested.yaml"}  # by --depth
+DEFAULTS = {1: {"sft_steps": 75, "n": 10000}, 2: {"sft_steps": 150, "n": 20000}}
+WARMUP = {1: 20, 2: 30}  # the SFT start's warm-up steps
 RL = "configs/rl_digits.yaml"
 # The end-of-run lines: training's "done: step N in Ts" or "time budget reached (...): step N
 # in Ts"; rl's "done: step N in Ts (why)".
@@ -82,14 +85,15 @@ def accuracy(ckpt: Path, test: Path, env: dict[str, str]) -> float:
 
 def one_seed(seed: int, args, work: Path, env: dict[str, str]) -> dict:
     data, sft, rl, more = (work / f"{name}{seed}" for name in ("data", "sft", "rl", "sft_more"))
-    make = ["tasks", "digits", "--out", str(data), "--depth", "2", "--n", str(args.n)]
+    make = ["tasks", "digits", "--out", str(data), "--depth", str(args.depth), "--n", str(args.n)]
     run([*make, "--seed", str(seed)], env)
     train, test = data / "train.txt", data / "test.txt"
     common = ["--train.sample_at_end=false", "--train.overwrite=true", f"--train.seed={seed}"]
     inputs = f"--data.input=[{train},{data / 'val.txt'}]"
     log, start_wall = run(
-        ["train", SFT, inputs, f"--train.out_dir={sft}", f"--train.max_iters={args.sft_steps}",
-         f"--optim.warmup_iters={min(30, args.sft_steps)}", "--train.eval_interval=1000", *common],
+        ["train", SFT[args.depth], inputs, f"--train.out_dir={sft}",
+         f"--train.max_iters={args.sft_steps}", f"--optim.warmup_iters={min(WARMUP[args.depth], args.sft_steps)}",
+         "--train.eval_interval=1000", *common],
         env,
     )  # fmt: skip
     start_steps, _ = steps_and_seconds(log, f"seed {seed} SFT start")
@@ -104,7 +108,8 @@ def one_seed(seed: int, args, work: Path, env: dict[str, str]) -> dict:
     # The continued run: the same recipe from the start's weights, a short warm-up for its new
     # optimizer, as many steps as the clock allows (its schedule follows the clock).
     more_job = Job(
-        ["train", SFT, inputs, f"--train.out_dir={more}", f"--train.init_from={sft / 'last.pt'}",
+        ["train", SFT[args.depth], inputs, f"--train.out_dir={more}",
+         f"--train.init_from={sft / 'last.pt'}",
          "--train.max_iters=100000", "--optim.warmup_iters=10", "--train.eval_interval=100000",
          budget, *common],
         env,
@@ -140,15 +145,19 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (data and runs)")
-    parser.add_argument("--seconds", type=float, default=45.0, help="each arm's loop time")
-    parser.add_argument("--sft-steps", type=int, default=150, help="the SFT start's steps")
-    parser.add_argument("--n", type=int, default=20000, help="examples in the three splits")
+    parser.add_argument("--seconds", type=float, default=60.0, help="each arm's loop time")
+    parser.add_argument("--depth", type=int, choices=(1, 2), default=1, help="2: nested")
+    parser.add_argument("--sft-steps", type=int, help="the SFT start's steps (75; depth 2: 150)")
+    parser.add_argument("--n", type=int, help="examples in the splits (10000; depth 2: 20000)")
     parser.add_argument("--work", default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--plot", default=None, help="draw the first seed's RL run here (PNG)")
     parser.add_argument("--json", default=None, help="also write the JSON result here")
     args = parser.parse_args(argv)
 
     def main_run() -> int:
+        for key, value in DEFAULTS[args.depth].items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         load_before, started = load(), time.perf_counter()
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{k:<15} {100 * s['mean']:>30.2f}% ± {100 * s['sd']:.2f}")
         print(f"total {total:.0f}s; load average {load_before:.2f} before, {load():.2f} after")
         result = {
-            "benchmark": "rl_vs_sft", "seconds_per_arm": args.seconds,
+            "benchmark": "rl_vs_sft", "seconds_per_arm": args.seconds, "depth": args.depth,
             "sft_steps": args.sft_steps, "n": args.n, "seeds": results, "summary": summary,
             "total_s": total, "load_before": load_before, "load_after": load(),
             "cpu_count": os.cpu_count(),
