@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from llm_tiny.config import load_config
-from llm_tiny.errors import ArgumentParser, run_cli
+from llm_tiny.errors import ArgumentParser, UserError, run_cli
 from llm_tiny.rl.loop import rl
 from llm_tiny.tasks import write_dataset
 from llm_tiny.train.loop import train
@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def main_run() -> int:
         names = args.only.split(",") if args.only else list(VARIANTS)
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown or args.steps < 1:
+            raise UserError(
+                f"--only names variants of {', '.join(VARIANTS)} (got {', '.join(unknown)}); "
+                "--steps must be >= 1"
+            )
         load_before = os.getloadavg()[0]
         results = {}
         with tempfile.TemporaryDirectory() as tmp:

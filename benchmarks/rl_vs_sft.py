@@ -158,7 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in DEFAULTS[args.depth].items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(
+                f"--seeds must be comma-separated integers, got {args.seeds!r}"
+            ) from None
+        if not seeds or args.seconds <= 0 or args.sft_steps < 1:
+            raise UserError("--seeds needs a seed, --seconds must be > 0, --sft-steps >= 1")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         load_before, started = load(), time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
