@@ -25,6 +25,7 @@ COMMANDS = {
     "sweep": ("llm_tiny.sweep", "search hyperparameters"),
     "viz": ("llm_tiny.viz", "attention, embedding and gradient-flow pictures"),
     "tasks": ("llm_tiny.tasks", "synthetic tasks (digit operations)"),
+    "rl": ("llm_tiny.rl.loop", "improve a trained run on a task with checkable answers (RL)"),
     "chat": ("llm_tiny.infer.chat", "talk to a chat run (interactive, or JSONL on stdin)"),
     "chatdemo": ("llm_tiny.conversations", "the chat demo's conversations and their scores"),
     "serve": ("llm_tiny.serve", "OpenAI-compatible server and web playground"),

@@ -71,6 +71,10 @@ def run_columns(run_dir: str | Path) -> dict[str, list[float]]:
         raise UserError(f"{path}: not a metrics file ({e})") from None
     if not rows:
         raise UserError(f"{path}: no rows yet; train for a few steps first")
+    if "reward" in rows[0] and "train_loss" not in rows[0]:
+        raise UserError(
+            f"{path}: an RL run's metrics; `llm_tiny rl` draws them in rl.png beside it"
+        )
     if not {"step", "train_loss"} <= set(rows[0]):
         raise UserError(f"{path}: not a metrics file (needs step and train_loss columns)")
     return {c: [math.nan if r.get(c) is None else r[c] for r in rows] for c in rows[0]}

@@ -302,6 +302,27 @@ def score(examples: list[str], predictions: list[str]) -> dict:
     }
 
 
+def split_example(line: str) -> tuple[str, str]:
+    """An example's prompt (up to and including `=`) and its answer: what a model is asked,
+    and what a right answer reads.
+
+    >>> split_example("Max(First(2,8),5)=5")
+    ('Max(First(2,8),5)=', '5')
+    """
+    head, _, answer = line.strip().partition("=")
+    return head + "=", answer
+
+
+def answer_text(completion: str) -> str:
+    """What a model answered: its completion up to the first newline, without surrounding
+    spaces. The one reading of an answer, for the evaluator and the RL reward alike.
+
+    >>> answer_text("7\\nMax(1,2)=2"), answer_text(" 7 \\n"), answer_text("07"), answer_text("7")
+    ('7', '7', '07', '7')
+    """
+    return completion.split("\n", 1)[0].strip()
+
+
 def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> list[str]:
     """Greedy answers for each example's prompt (the text up to and including `=`).
 
@@ -319,7 +340,7 @@ def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> lis
     max_answer = len(tokenizer.encode("99")) + len(newline)
     groups: dict[int, list[tuple[int, list[int]]]] = defaultdict(list)
     for i, line in enumerate(examples):
-        prompt = tokenizer.encode(line.split("=", 1)[0] + "=")
+        prompt = tokenizer.encode(split_example(line)[0])
         groups[len(prompt)].append((i, prompt))
     answers = [""] * len(examples)
     for length, items in groups.items():
@@ -328,8 +349,7 @@ def predict(model, tokenizer, examples: list[str], batch_size: int = 256) -> lis
             idx = torch.tensor([p for _, p in chunk], dtype=torch.long, device=device)
             out = generate(model, idx, max_answer, temperature=0.0)
             for (i, _), row in zip(chunk, out[:, length:].tolist()):
-                text = tokenizer.decode(row)
-                answers[i] = text.split("\n", 1)[0].strip()
+                answers[i] = answer_text(tokenizer.decode(row))
     return answers
 
 

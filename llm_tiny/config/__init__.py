@@ -1,6 +1,6 @@
 """Run configuration: frozen dataclasses loaded from YAML and validated once.
 
-`sections` is the schema (the seven sections, the allowed values of each choice, the rules);
+`sections` is the schema (the eight sections, the allowed values of each choice, the rules);
 `load` reads YAML and `--section.key=value` flags into it. Everything is importable from here:
 `from llm_tiny.config import RunConfig, load_config`. `python -m llm_tiny config CONFIG.yaml`
 prints a config fully resolved.
@@ -45,6 +45,7 @@ from llm_tiny.config.sections import (
     Parallel,
     PosEmb,
     Resume,
+    RlConfig,
     RunConfig,
     RuntimeConfig,
     SampleConfig,

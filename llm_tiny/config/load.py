@@ -1,10 +1,10 @@
 """Loading a run config: YAML and `--section.key=value` flags into the dataclasses of
 `llm_tiny.config.sections`, typed and validated once.
 
-A run config has seven sections, each its own dataclass: `model`, `data`, `optim`, `train`,
-`sample`, `lora` and `runtime`. `load_config(path, overrides)` reads a YAML file with `yaml.safe_load`, applies
-command-line overrides written `--section.key=value`, converts every value to its field's
-type and validates the result. Every problem is a `ConfigError` whose message is one line
+A run config has eight sections, each its own dataclass: `model`, `data`, `optim`, `train`,
+`sample`, `lora`, `runtime` and `rl`. `load_config(path, overrides)` reads a YAML file with
+`yaml.safe_load`, applies command-line overrides written `--section.key=value`, converts every
+value to its field's type and validates the result. Every problem is a `ConfigError` whose message is one line
 naming where the value came from (the file or the flag) and what is wrong, e.g.
 
     configs/tiny.yaml: unknown key model.n_emb (did you mean model.n_embd?)

@@ -1,6 +1,6 @@
-"""The run config's schema: seven frozen dataclass sections, the allowed values of each choice
-(`Literal` types), and every rule a valid config obeys (`validate`). Loading YAML and flags into
-these is `llm_tiny.config.load`."""
+"""The run config's schema: eight frozen dataclass sections (model, data, optim, train, sample,
+lora, runtime, rl), the allowed values of each choice (`Literal` types), and every rule a valid
+config obeys (`validate`). Loading YAML and flags into these is `llm_tiny.config.load`."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 Resume = Literal["never", "auto", "always"]
 Parallel = Literal["ddp", "fsdp"]  # how torchrun's processes share the model (`distributed`)
 LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]  # gate: SwiGLU models only
+RlTask = Literal["digits"]  # the tasks with an answer checker (`llm_tiny.rl.rewards.TASKS`)
+RlBaseline = Literal["group", "none"]  # subtract the group's mean reward, or nothing
 
 
 def arch(default: Any) -> Any:
@@ -260,6 +262,28 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class RlConfig:
+    """Reinforcement learning on a task whose answers can be checked (`python -m llm_tiny rl`,
+    docs/rl.md): each step samples `k` completions for each of `prompts_per_step` prompts,
+    rewards them, and pushes up the better ones (REINFORCE with a group baseline)."""
+
+    task: RlTask = "digits"
+    prompts: str | None = None  # examples file the prompts are drawn from (the SFT train split)
+    eval_prompts: str | None = None  # held-out examples file (the test split)
+    eval_n: int = 200  # held-out prompts scored at each evaluation (the first of the file)
+    prompts_per_step: int = 16
+    k: int = 8  # completions sampled per prompt (the group)
+    temperature: float = 1.0  # 1: the samples come from the policy itself (on-policy)
+    max_new_tokens: int = 4  # a completion longer than this ends unfinished (no reward)
+    baseline: RlBaseline = "group"  # group: advantage = r - mean of the prompt's k rewards
+    std_norm: bool = False  # also divide by the group's standard deviation (GRPO)
+    updates_per_batch: int = 1  # > 1: PPO-style ratio clipping keeps the later updates close
+    clip: float = 0.2  # the ratio is clipped to [1 - clip, 1 + clip]
+    kl_coef: float = 0.0  # weight of the KL penalty to the starting model (0: off)
+    format_reward: float = 0.0  # added for a well-formed answer (a number, then a newline)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One training run: the sections together."""
 
@@ -270,6 +294,7 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
 
     @property
     def tokens_per_iter(self) -> int:
@@ -295,6 +320,7 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "lora": LoraConfig,
     "runtime": RuntimeConfig,
+    "rl": RlConfig,
 }
 
 
@@ -487,6 +513,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         (not t.eval_tasks, "train.eval_tasks (rank 0 alone scores them); score the checkpoint"),
     ):
         check(not fsdp or ok, f"runtime.parallel: fsdp does not support {what}")
+    validate_rl(cfg.rl, check)
 
     check(
         s.prompt != "",
@@ -498,3 +525,26 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         **{k: getattr(s, k) for k in SAMPLING_RULES},
     )
     check(problem is None, str(problem))
+
+
+def validate_rl(r: RlConfig, check: Callable[[bool, str], None]) -> None:
+    """The `rl` section's rules (`validate`); the files are checked when `rl` runs."""
+    check(r.k >= 1, f"rl.k must be >= 1, got {r.k}")
+    check(
+        r.k >= 2 or r.baseline == "none",
+        f"rl.k is {r.k}: a group baseline needs rl.k >= 2 (one sample is its own mean, so every "
+        "advantage would be 0); raise rl.k or set rl.baseline: none",
+    )
+    check(not r.std_norm or r.baseline == "group", "rl.std_norm needs rl.baseline: group")
+    check(r.prompts_per_step >= 1, f"rl.prompts_per_step must be >= 1, got {r.prompts_per_step}")
+    check(r.eval_n >= 1, f"rl.eval_n must be >= 1, got {r.eval_n}")
+    check(
+        r.temperature > 0 and math.isfinite(r.temperature),
+        f"rl.temperature must be > 0 (greedy samples of a prompt would all be the same), "
+        f"got {r.temperature}",
+    )
+    check(r.max_new_tokens >= 1, f"rl.max_new_tokens must be >= 1, got {r.max_new_tokens}")
+    check(r.updates_per_batch >= 1, f"rl.updates_per_batch must be >= 1, got {r.updates_per_batch}")
+    check(0 < r.clip < 1, f"rl.clip must be in (0, 1), got {r.clip}")
+    check(r.kl_coef >= 0, f"rl.kl_coef must be >= 0 (0: no penalty), got {r.kl_coef}")
+    check(r.format_reward >= 0, f"rl.format_reward must be >= 0, got {r.format_reward}")

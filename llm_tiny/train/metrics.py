@@ -168,10 +168,15 @@ class MetricsLog:
     """
 
     def __init__(
-        self, out_dir: str | Path, resume_step: int | None = None, tensorboard: bool = False
+        self,
+        out_dir: str | Path,
+        resume_step: int | None = None,
+        tensorboard: bool = False,
+        columns: tuple[str, ...] = COLUMNS,
     ) -> None:
         self.path = Path(out_dir) / METRICS_FILE
-        self._csv = CsvFile(self.path, COLUMNS, resume_step)
+        self.columns = columns  # another loop's own (`rl.loop.COLUMNS`); "step" first
+        self._csv = CsvFile(self.path, columns, resume_step)
         self._tb = None
         if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
@@ -180,7 +185,7 @@ class MetricsLog:
 
     def write(self, step: int, **values: Any) -> None:
         """Write one row; unknown column names are a bug and raise KeyError."""
-        unknown = set(values) - set(COLUMNS)
+        unknown = set(values) - set(self.columns)
         if unknown:
             raise KeyError(f"unknown metrics columns: {sorted(unknown)}")
         self._csv.write([{"step": step, **values}])
@@ -256,9 +261,10 @@ class RunLog:
         tensorboard: bool,
         dynamics: bool = False,
         tasks: bool = False,
+        columns: tuple[str, ...] = COLUMNS,
     ) -> None:
         if self.enabled:
-            self._metrics = MetricsLog(out_dir, resume_step=resume_step, tensorboard=tensorboard)
+            self._metrics = MetricsLog(out_dir, resume_step, tensorboard, columns)
             if dynamics:
                 path = Path(out_dir) / DYNAMICS_FILE
                 self._dynamics = CsvFile(path, DYNAMICS_COLUMNS, resume_step)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from llm_tiny.config import RunConfig, save_config
 from llm_tiny.errors import UserError
-from llm_tiny.train.metrics import METRICS_FILE, RunLog, tensorboard_available
+from llm_tiny.train.metrics import COLUMNS, METRICS_FILE, RunLog, tensorboard_available
 
 # The files of a run directory, named here once: the checkpoint of the best validation loss,
 # the latest one (what a resumed run continues from), the loss curves and the resolved config.
@@ -95,8 +95,11 @@ def resume_path(cfg: RunConfig, out: RunLog) -> Path | None:
     return last
 
 
-def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
-    """Rank 0, before the first step: the out dir, `config.yaml` and the metrics log."""
+def start_files(
+    cfg: RunConfig, out: RunLog, resumed_at: int | None, columns: tuple[str, ...] = COLUMNS
+) -> None:
+    """Rank 0, before the first step: the out dir, `config.yaml` and the metrics log (of
+    `columns`: training's, or another loop's own)."""
     out_dir = prepare_out_dir(cfg.train.out_dir)
     save_config(cfg, out_dir / CONFIG_FILE)
     if resumed_at is None:
@@ -111,6 +114,7 @@ def start_files(cfg: RunConfig, out: RunLog, resumed_at: int | None) -> None:
         tensorboard=cfg.train.tensorboard,
         dynamics=cfg.train.log_dynamics,
         tasks=bool(cfg.train.eval_tasks),
+        columns=columns,
     )
 
 

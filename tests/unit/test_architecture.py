@@ -78,6 +78,7 @@ LAYERS = [
     ("llm_tiny.infer", "llm_tiny.eval"),
     (
         "llm_tiny.train.loop",
+        "llm_tiny.rl",  # RL with verifiable rewards: draws on `tasks`' answers and the engine
         "llm_tiny.tasks",
         "llm_tiny.eval.suite",  # draws on `tasks`' digit operations
         "llm_tiny.eval.cli",
