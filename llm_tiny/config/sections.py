@@ -27,10 +27,10 @@ class ConfigError(UserError):
 # `arch(default)` marks a model field that changes the parameters' shapes or meaning: resuming
 # across a change of one is an error (`architecture_fields`).
 
-PosEmb = Literal["learned", "rope", "alibi"]
-Norm = Literal["layernorm", "rmsnorm"]
+PosEmb = Literal["learned", "rope", "alibi", "t5"]
+Norm = Literal["layernorm", "rmsnorm", "none"]
 NormPosition = Literal["pre", "post"]
-Mlp = Literal["gelu", "swiglu", "relu", "relu2"]
+Mlp = Literal["gelu", "swiglu", "relu", "relu2", "mish"]
 AttnImpl = Literal["sdpa", "manual", "tiled"]
 DataKind = Literal["text", "examples", "chat"]
 OnBadRecord = Literal[ON_BAD_RECORD]  # the choices `tok.sources.iter_documents` implements
@@ -70,6 +70,7 @@ class ModelConfig:
     qk_norm: bool = arch(False)  # RMSNorm on each head's queries and keys, before RoPE
     logit_softcap: float | None = arch(None)  # logits -> c tanh(logits / c); null: off
     bigram_logits: bool = arch(False)  # a V x V table, zero at init, added to the logits
+    attn_window: int | None = arch(None)  # sliding window: attend to the last N positions only
     zero_init_proj: bool = False  # residual projections (and an untied LM head) start at 0
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
@@ -260,7 +261,7 @@ SECTIONS: dict[str, type] = {
 
 
 def choices(tp: Any) -> tuple[str, ...]:
-    """The allowed values of a `Literal` field type: `choices(Norm) == ("layernorm", "rmsnorm")`."""
+    """The allowed values of a `Literal` field type: `choices(NormPosition) == ("pre", "post")`."""
     return typing.get_args(tp)
 
 
@@ -327,6 +328,10 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     check(
         m.logit_softcap is None or m.logit_softcap > 0,
         f"model.logit_softcap must be > 0 or null, got {m.logit_softcap}",
+    )
+    check(
+        m.attn_window is None or m.attn_window >= 1,
+        f"model.attn_window must be >= 1 or null (no window), got {m.attn_window}",
     )
     check(m.rope_theta > 0, f"model.rope_theta must be > 0, got {m.rope_theta}")
     check(
