@@ -209,12 +209,14 @@ def results_markdown(
         f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, "
         f"{meta['threads']} thread(s), {meta['seeds']} seeds ({', '.join(map(str, meta['seed_list']))}); "
         f"{meta['total_minutes']:.1f} minutes in all"
+        + (f" ({meta['total_minutes_note']})" if "total_minutes_note" in meta else "")
         + (
             f", load average {meta['load_avg_after']} at the end"
+            + (" (the highest of them)" if "total_minutes_note" in meta else "")
             if "load_avg_after" in meta
             else ""
         )
-        + f". Command: `{meta['command']}`",
+        + f". Command{'s' if 'total_minutes_note' in meta else ''}: `{meta['command']}`",
         "",
         "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
         "baseline (RoPE, pre-LN, RMSNorm, SwiGLU, full causal attention), which is the row "
@@ -312,6 +314,26 @@ def draw(
     return images
 
 
+def merge_results(saved: list[tuple[list[dict], dict[str, Any]]]) -> tuple[list[dict], dict]:
+    """The runs of several `--json` files of one grid (made in parallel, say one per task and
+    seed) as one result: the runs together, all their seeds, the minutes of the longest (they
+    ran side by side), every command."""
+    runs = [r for rows, _ in saved for r in rows]
+    metas = [m for _, m in saved]
+    seeds = sorted({r["seed"] for r in runs})
+    meta = {
+        **metas[0],
+        "seeds": len(seeds),
+        "seed_list": seeds,
+        "total_minutes": max(m["total_minutes"] for m in metas),
+        "load_avg_after": max(m.get("load_avg_after", 0.0) for m in metas),
+    }
+    if len(metas) > 1:
+        meta["total_minutes_note"] = f"the longest of {len(metas)} processes run side by side"
+        meta["command"] = "`; `".join(m["command"] for m in metas)
+    return runs, meta
+
+
 def report(runs: list[dict[str, Any]], meta: dict[str, Any], args) -> None:
     """The figures and the doc's results section from the runs."""
     summary = summarise(runs)
@@ -342,19 +364,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", default="docs/img")
     parser.add_argument("--section", default="results",
                         help="the doc's markers to write between (and the figures' names)")  # fmt: skip
-    parser.add_argument("--from-json", default=None, metavar="PATH",
-                        help="no training: redraw the figures and the doc from an earlier --json")  # fmt: skip
+    parser.add_argument("--from-json", default=None, metavar="PATH[,PATH...]",
+                        help="no training: redraw the figures and the doc from earlier --json "
+                        "files (several: runs of one grid made in parallel, e.g. one per seed)")  # fmt: skip
     args = parser.parse_args(argv)
 
     def run() -> int:
         if args.from_json:
-            try:
-                saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-                runs, meta = saved["runs"], saved["meta"]
-            except (OSError, ValueError, KeyError) as e:
-                msg = f"--from-json {args.from_json}: not a result of this script ({e})"
-                raise UserError(msg) from None
-            report(runs, meta, args)
+            saved = []
+            for path in args.from_json.split(","):
+                try:
+                    data = json.loads(Path(path).read_text(encoding="utf-8"))
+                    saved.append((data["runs"], data["meta"]))
+                except (OSError, ValueError, KeyError) as e:
+                    msg = f"--from-json {path}: not a result of this script ({e})"
+                    raise UserError(msg) from None
+            report(*merge_results(saved), args)
             return 0
         tasks = args.tasks.split(",")
         variants = args.variants.split(",") if args.variants else variant_names()

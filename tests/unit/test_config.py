@@ -126,7 +126,11 @@ def test_override_helper_revalidates():
         ("optim:\n  muon_momentum: 1.0\n", [], "optim.muon_momentum must be in [0, 1)"),
         ("optim:\n  muon_weight_decay: -1\n", [], "optim.muon_weight_decay must be >= 0"),
         ("model:\n  logit_softcap: 0\n", [], "model.logit_softcap must be > 0 or null"),
-        ("model:\n  mlp: relu3\n", [], "model.mlp must be one of gelu | swiglu | relu | relu2 | mish"),
+        (
+            "model:\n  mlp: relu3\n",
+            [],
+            "model.mlp must be one of gelu | swiglu | relu | relu2 | mish",
+        ),
         ("model:\n  norm_position: middle\n", [], "model.norm_position must be one of pre | post"),
         ("optim:\n  warmup_iters: 20\ntrain:\n  max_iters: 10\n", [], "must be <= train.max_iters"),
         ("model:\n  block_size: 0\n", [], "model.block_size must be >= 1"),

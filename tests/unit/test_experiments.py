@@ -80,6 +80,21 @@ def test_a_run_of_some_variants_writes_its_own_section_with_only_its_questions(t
     assert "2.5000" not in text
 
 
+def test_results_of_parallel_processes_merge_into_one_grid():
+    def part(seed: int, minutes: float) -> tuple[list, dict]:
+        run = {"task": "text", "variant": "baseline", "seed": seed, "params": 10,
+               "val_loss": float(seed), "seconds": 1.0, "curve": [(0, 5.0)]}  # fmt: skip
+        meta = {"seeds": 1, "seed_list": [seed], "total_minutes": minutes,
+                "command": f"cmd {seed}", "load_avg_after": 2.0 + seed}  # fmt: skip
+        return [run], meta
+
+    runs, meta = experiments.merge_results([part(2, 3.0), part(1, 5.0)])
+    assert [r["seed"] for r in runs] == [2, 1] and meta["seed_list"] == [1, 2]
+    assert meta["seeds"] == 2 and meta["total_minutes"] == 5.0 and meta["load_avg_after"] == 4.0
+    assert meta["command"] == "cmd 2`; `cmd 1"
+    assert experiments.summarise(runs)["text"]["baseline"]["val_loss"] == (1.5, 0.5**0.5)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
