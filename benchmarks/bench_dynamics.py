@@ -17,7 +17,7 @@ Each run trains a recipe exactly as shipped (its steps, schedule and batch; only
 For each run it draws `viz training RUN --layers`'s figure into `--img-dir`
 (`dynamics_<run>.png`), prints the median update ratio and gradient norm of each kind of
 matrix in each phase of the schedule (`viz.training.phase_summary`) and the final validation
-loss, and writes everything as JSON (`--json`).
+loss, and writes everything as JSON (`--json`, rewritten after every run).
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ def run_one(name: str, args, work: Path) -> dict[str, Any]:
     }
 
 
+def write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="bench_dynamics.py", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated; default: all")
@@ -123,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--steps must be >= 0 and --threads >= 1")
         import torch
 
+        meta = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} CPU with {os.cpu_count()} cores",
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "command": "python benchmarks/bench_dynamics.py " + " ".join(argv or sys.argv[1:]),
+        }
         rows = []
         with tempfile.TemporaryDirectory(prefix="llm_tiny_dynamics_") as tmp:
             for name in names:
@@ -134,18 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['phases'][0]}, decay from {row['phases'][1]}",
                     flush=True,
                 )
+                # Written after every run: a long series stopped early keeps what it measured.
+                write_json(args.json, meta, rows)
                 for group, per_phase in row["summary"].items():
                     cells = "  ".join(f"{p} {r:.1e} |g| {g:.2g}" for p, (r, g) in per_phase.items())
                     print(f"    {group:<16} {cells}", flush=True)
-        meta = {
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()} CPU with {os.cpu_count()} cores",
-            "torch": torch.__version__,
-            "threads": args.threads,
-            "command": "python benchmarks/bench_dynamics.py " + " ".join(argv or sys.argv[1:]),
-        }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
         print(json.dumps({"meta": meta, "runs": [r["run"] for r in rows]}))
         return 0
 
