@@ -216,7 +216,7 @@ def results_markdown(
             if "load_avg_after" in meta
             else ""
         )
-        + f". Command{'s' if 'total_minutes_note' in meta else ''}: `{meta['command']}`",
+        + f". Command: `{meta['command']}`",
         "",
         "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
         "baseline (RoPE, pre-LN, RMSNorm, SwiGLU, full causal attention), which is the row "
@@ -317,7 +317,7 @@ def draw(
 def merge_results(saved: list[tuple[list[dict], dict[str, Any]]]) -> tuple[list[dict], dict]:
     """The runs of several `--json` files of one grid (made in parallel, say one per task and
     seed) as one result: the runs together, all their seeds, the minutes of the longest (they
-    ran side by side), every command."""
+    ran side by side), the first command and how many more."""
     runs = [r for rows, _ in saved for r in rows]
     metas = [m for _, m in saved]
     seeds = sorted({r["seed"] for r in runs})
@@ -330,7 +330,11 @@ def merge_results(saved: list[tuple[list[dict], dict[str, Any]]]) -> tuple[list[
     }
     if len(metas) > 1:
         meta["total_minutes_note"] = f"the longest of {len(metas)} processes run side by side"
-        meta["command"] = "`; `".join(m["command"] for m in metas)
+        meta["command"] = (
+            f"{metas[0]['command']}` and {len(metas) - 1} more like it (each its own task, "
+            "seeds and variants), merged by `python benchmarks/experiments.py --from-json "
+            "A.json,B.json,..."
+        )
     return runs, meta
 
 
