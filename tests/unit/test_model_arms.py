@@ -232,3 +232,20 @@ def test_arms_train_a_step_with_finite_gradients(impl):
 def test_a_window_below_one_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"^config: model.attn_window must be >= 1 or null"):
         validate(RunConfig(model=ModelConfig(attn_window=0)))
+
+
+@pytest.mark.parametrize("flags", [{"attn_window": 3}, {"pos_emb": "t5"}], ids=["window", "t5"])
+def test_the_engine_decodes_with_the_cache_as_it_recomputes(flags):
+    """`infer.engine.run`, the one generator of every caller: two prompts of different lengths
+    decoded together, past the window, with the KV cache and by full recomputation."""
+    from llm_tiny.infer.engine import run
+    from llm_tiny.infer.params import SamplingParams
+
+    model = build(**flags)
+    prompts = [tokens(1, 2, seed=1)[0].tolist(), tokens(1, 5, seed=2)[0].tolist()]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=None, seed=3, logprobs=0)
+    cached = run(model, prompts, params)
+    recomputed = run(model, prompts, params, use_cache=False)
+    for a, b in zip(cached, recomputed):
+        assert a.tokens == b.tokens and len(a.tokens) == 6
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
