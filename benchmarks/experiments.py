@@ -7,13 +7,16 @@
 One change at a time from a baseline (RoPE positions, RMSNorm before each sublayer, SwiGLU),
 each answering a question a learner asks:
 
-- positions: learned absolute embeddings (GPT-2), RoPE (Llama) or ALiBi (a per-head distance
-  penalty, no position parameters at all);
+- positions: learned absolute embeddings (GPT-2), RoPE (Llama), ALiBi (a per-head distance
+  penalty, no position parameters at all) or T5's bias (a learned number per head and
+  log-spaced distance bucket);
 - where the norm goes: before each sublayer (pre-LN, GPT-2 onward) or after the residual sum
   (post-LN, the original Transformer);
-- which norm: LayerNorm or RMSNorm;
-- the MLP: ReLU (the original Transformer), GELU (GPT-2) or SwiGLU (Llama), all about equal in
-  weights;
+- which norm: LayerNorm, RMSNorm, or none at all (does it still train?);
+- the MLP: ReLU (the original Transformer), GELU (GPT-2), SwiGLU (Llama) or Mish, all about
+  equal in weights;
+- the attention span: every earlier position, or a sliding window of the last 8 (local
+  attention);
 - the architecture (digits only): decoder-only (GPT), encoder-only (BERT: the answer is a class
   read from a bidirectional encoding) or encoder-decoder (T5: the answer written by a decoder
   that cross-attends to the encoded question), `model.arch`, with the same layers per stack.
@@ -28,7 +31,9 @@ all variants. Training runs in this process on `--threads` threads.
 
 Writes the raw runs as JSON (`--json`), two figures per task into `--img-dir`, and the results
 section of `--doc` (between its `results` markers; the text around them is kept, so the
-written conclusions stay while the numbers are regenerated).
+written conclusions stay while the numbers are regenerated); `--section NAME` writes between
+the markers of that name instead, so that a run of some variants (`--variants`) adds a table
+beside an earlier one.
 """
 
 from __future__ import annotations
@@ -48,20 +53,28 @@ from llm_tiny.errors import ArgumentParser, UserError, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = {
     "pos_emb": "rope", "norm_position": "pre", "norm": "rmsnorm", "mlp": "swiglu",
+    "attn_window": "null",  # every earlier position
     "arch": "decoder",
 }  # fmt: skip
 # The questions, each with its choices; the baseline's own choice is one row of every question.
 QUESTIONS = {
-    "positions": ("pos_emb", ["learned", "rope", "alibi"]),
+    "positions": ("pos_emb", ["learned", "rope", "alibi", "t5"]),
     "norm position": ("norm_position", ["pre", "post"]),
-    "norm": ("norm", ["layernorm", "rmsnorm"]),
-    "MLP": ("mlp", ["relu", "gelu", "swiglu"]),
+    "norm": ("norm", ["none", "layernorm", "rmsnorm"]),
+    "MLP": ("mlp", ["relu", "gelu", "swiglu", "mish"]),
+    "attention span": ("attn_window", ["null", "8"]),
     "architecture": ("arch", ["decoder", "encoder", "encoder_decoder"]),
 }
 DIGITS_ONLY = {"arch"}  # fields whose other choices need examples (an encoder has no text LM)
 TASKS = ("digits", "text")
-START = "<!-- results:start -->"
-END = "<!-- results:end -->"
+
+
+def markers(section: str = "results") -> tuple[str, str]:
+    """The start and end markers of a generated section of the doc."""
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+START, END = markers()  # the default section's
 
 
 def variant_names() -> list[str]:
@@ -195,25 +208,30 @@ def _pm(ms: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
     return f"{ms[0] * scale:{fmt}} ± {ms[1] * scale:{fmt}}"
 
 
-def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]) -> str:
+def results_markdown(
+    summary, meta: dict[str, Any], images: dict[str, list[str]], section: str = "results"
+) -> str:
     """The generated section of docs/experiments.md: setup, one table per task, the figures."""
+    start, end = markers(section)
     lines = [
-        START,
+        start,
         "<!-- Written by benchmarks/experiments.py; edit the text outside these markers. -->",
         "",
         f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, "
         f"{meta['threads']} thread(s), {meta['seeds']} seeds ({', '.join(map(str, meta['seed_list']))}); "
         f"{meta['total_minutes']:.1f} minutes in all"
+        + (f" ({meta['total_minutes_note']})" if "total_minutes_note" in meta else "")
         + (
             f", load average {meta['load_avg_after']} at the end"
+            + (" (the highest of them)" if "total_minutes_note" in meta else "")
             if "load_avg_after" in meta
             else ""
         )
         + f". Command: `{meta['command']}`",
         "",
         "Mean ± sample standard deviation over the seeds. Each row changes one thing from the "
-        "baseline (a decoder with RoPE, pre-LN, RMSNorm, SwiGLU), which is the row marked "
-        "**baseline** in every question.",
+        "baseline (a decoder with RoPE, pre-LN, RMSNorm, SwiGLU, full causal attention), which "
+        "is the row marked **baseline** in every question.",
     ]
     titles = {
         "digits": f"Digit operations, 0–9 ({meta['digits_steps']} steps of `configs/digits.yaml`)",
@@ -228,6 +246,9 @@ def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]
         head += " validation loss (nats/char) | training time (s) |"
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for question, (field, choices) in QUESTIONS.items():
+            others = [f"{field}={c}" for c in choices if c != BASELINE[field]]
+            if not any(v in per_variant for v in others):
+                continue  # a run of some variants: only the questions it asked
             for choice in choices:
                 variant = "baseline" if choice == BASELINE[field] else f"{field}={choice}"
                 e = per_variant.get(variant)
@@ -240,25 +261,31 @@ def results_markdown(summary, meta: dict[str, Any], images: dict[str, list[str]]
                 row += f" {_pm(e['val_loss'], '.4f')} | {_pm(e['seconds'], '.1f')} |"
                 lines.append(row)
         lines += [""] + [f"![{task}]({path})" for path in images.get(task, [])]
-    lines += ["", END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
-def write_doc(path: Path, section: str) -> None:
-    """Put `section` between the markers of the doc at `path` (a new doc if there is none)."""
+def write_doc(path: Path, section: str, name: str = "results") -> None:
+    """Put `section` between the markers `name` of the doc at `path` (a new doc if there is
+    none; at the end of a doc without them)."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
+    start, end = markers(name)
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
         text = before + section + after
+    elif text:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
-        text = "# Architecture experiments\n\n" + section + "\n" + text
+        text = "# Architecture experiments\n\n" + section + "\n"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
-def draw(runs: list[dict[str, Any]], summary, img_dir: Path, rel: str) -> dict[str, list[str]]:
+def draw(
+    runs: list[dict[str, Any]], summary, img_dir: Path, rel: str, prefix: str = "experiments"
+) -> dict[str, list[str]]:
     """Per task: the validation curves (mean over seeds) and the final measure with its sd."""
     from llm_tiny.plots import pyplot, save_figure
 
@@ -291,10 +318,34 @@ def draw(runs: list[dict[str, Any]], summary, img_dir: Path, rel: str) -> dict[s
         bars.grid(axis="x", alpha=0.3)
         bars.invert_yaxis()
         bars.set(xlabel=f"{label} (mean ± sd over seeds)", title=task)
-        name = f"experiments_{task}.png"
+        name = f"{prefix}_{task}.png"
         save_figure(fig, img_dir / name)
         images[task] = [f"{rel}/{name}"]
     return images
+
+
+def merge_results(saved: list[tuple[list[dict], dict[str, Any]]]) -> tuple[list[dict], dict]:
+    """The runs of several `--json` files of one grid (made in parallel, say one per task and
+    seed) as one result: the runs together, all their seeds, the minutes of the longest (they
+    ran side by side), the first command and how many more."""
+    runs = [r for rows, _ in saved for r in rows]
+    metas = [m for _, m in saved]
+    seeds = sorted({r["seed"] for r in runs})
+    meta = {
+        **metas[0],
+        "seeds": len(seeds),
+        "seed_list": seeds,
+        "total_minutes": max(m["total_minutes"] for m in metas),
+        "load_avg_after": max(m.get("load_avg_after", 0.0) for m in metas),
+    }
+    if len(metas) > 1:
+        meta["total_minutes_note"] = f"the longest of {len(metas)} processes run side by side"
+        meta["command"] = (
+            f"{metas[0]['command']}` and {len(metas) - 1} more like it (each its own task, "
+            "seeds and variants), merged by `python benchmarks/experiments.py --from-json "
+            "A.json,B.json,..."
+        )
+    return runs, meta
 
 
 def report(runs: list[dict[str, Any]], meta: dict[str, Any], args) -> None:
@@ -303,8 +354,10 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any], args) -> None:
     doc, img_dir = Path(args.doc), Path(args.img_dir)
     img_dir.mkdir(parents=True, exist_ok=True)
     rel = Path(os.path.relpath(img_dir.resolve(), doc.resolve().parent)).as_posix()
-    images = draw(runs, summary, img_dir, rel)
-    write_doc(doc, results_markdown(summary, meta, images))
+    section = args.section
+    prefix = "experiments" if section == "results" else f"experiments_{section}"
+    images = draw(runs, summary, img_dir, rel, prefix)
+    write_doc(doc, results_markdown(summary, meta, images, section), section)
     print(f"wrote {doc} and {len(images)} figure(s) in {img_dir}")
 
 
@@ -323,19 +376,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="out/experiments.json", help="the raw runs")
     parser.add_argument("--doc", default="docs/experiments.md")
     parser.add_argument("--img-dir", default="docs/img")
-    parser.add_argument("--from-json", default=None, metavar="PATH",
-                        help="no training: redraw the figures and the doc from an earlier --json")  # fmt: skip
+    parser.add_argument("--section", default="results",
+                        help="the doc's markers to write between (and the figures' names)")  # fmt: skip
+    parser.add_argument("--from-json", default=None, metavar="PATH[,PATH...]",
+                        help="no training: redraw the figures and the doc from earlier --json "
+                        "files (several: runs of one grid made in parallel, e.g. one per seed)")  # fmt: skip
     args = parser.parse_args(argv)
 
     def run() -> int:
         if args.from_json:
-            try:
-                saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-                runs, meta = saved["runs"], saved["meta"]
-            except (OSError, ValueError, KeyError) as e:
-                msg = f"--from-json {args.from_json}: not a result of this script ({e})"
-                raise UserError(msg) from None
-            report(runs, meta, args)
+            saved = []
+            for path in args.from_json.split(","):
+                try:
+                    data = json.loads(Path(path).read_text(encoding="utf-8"))
+                    saved.append((data["runs"], data["meta"]))
+                except (OSError, ValueError, KeyError) as e:
+                    msg = f"--from-json {path}: not a result of this script ({e})"
+                    raise UserError(msg) from None
+            report(*merge_results(saved), args)
             return 0
         tasks = args.tasks.split(",")
         variants = args.variants.split(",") if args.variants else variant_names()

@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses loaded from YAML and validated once.
 
-`sections` is the schema (the eight sections, the allowed values of each choice, the rules);
-`load` reads YAML and `--section.key=value` flags into it. Everything is importable from here:
+`sections` is the schema (the eight sections, the allowed values of each choice), `rules` the
+rules a valid config obeys; `load` reads YAML and `--section.key=value` flags into it. Everything is importable from here:
 `from llm_tiny.config import RunConfig, load_config`. `python -m llm_tiny config CONFIG.yaml`
 prints a config fully resolved.
 """
@@ -24,6 +24,7 @@ from llm_tiny.config.load import (
     split_overrides,
     with_dotted,
 )
+from llm_tiny.config.rules import validate
 from llm_tiny.config.sections import (
     SAMPLING_RULES,
     SECTIONS,
@@ -55,5 +56,4 @@ from llm_tiny.config.sections import (
     architecture_fields,
     choices,
     sampling_problem,
-    validate,
 )

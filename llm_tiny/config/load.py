@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import yaml
 
-from llm_tiny.config.sections import SECTIONS, ConfigError, RunConfig, validate
+from llm_tiny.config.rules import validate
+from llm_tiny.config.sections import SECTIONS, ConfigError, RunConfig
 
 # ----------------------------------------------------------------------------- types
 

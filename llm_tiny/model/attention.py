@@ -1,12 +1,12 @@
 """Causal attention kernels: three ways to compute softmax(q k^T / sqrt(hs) + M) v, chosen by
-`ModelConfig.attn_impl`, and the ALiBi slopes.
+`ModelConfig.attn_impl`; the causal (or sliding-window) mask; the ALiBi slopes.
 
 Every kernel takes q (B, nh, T, hs), k and v (B, nh, S, hs) with S >= T (a KV cache may hold
 S - T earlier positions), and a `mask` (T, S), or (nh, T, S) for ALiBi, in one of two forms:
 
 - bool: True where query t may look at key s (the causal mask);
 - float: an additive bias, 0 or a penalty where allowed and -inf where not (ALiBi's distance
-  penalties, `llm_tiny.model.ALiBiPositions`).
+  penalties, `llm_tiny.model.ALiBiPositions`; T5's learned bias, `layers.RelativeBias`).
 
 - `manual` writes the formula out: the (T, S) score matrix, a softmax, a weighted sum.
 - `sdpa` calls `F.scaled_dot_product_attention`, which on CUDA runs FlashAttention (Dao et al.
@@ -51,22 +51,29 @@ def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: f
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float) -> Tensor:
-    """The same computation by PyTorch's fused kernel."""
+    """The same computation by PyTorch's fused kernel, for the plain causal mask: a 2-D bool
+    `mask` is taken to be `causal_mask(block_size)`'s rows, which allows two shortcuts."""
     T, S = q.size(-2), k.size(-2)
-    if mask.dim() == 4 and mask.dtype == torch.bool:
-        # One mask per row (B, 1, T, S): the rows of a batched cache end at different positions,
-        # so neither `is_causal` nor "one token sees every key" below holds.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    if mask.dtype != torch.bool:  # a bias (ALiBi): passed as it is, in the queries' dtype
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p
-        )
-    if T == S:  # no cached prefix: `is_causal` lets PyTorch pick FlashAttention on CUDA
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    if T == 1:  # one new token after a cache: it may see every key, no mask needed
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if mask.dim() == 2 and mask.dtype == torch.bool:
+        if T == S:  # no cached prefix: `is_causal` lets PyTorch pick FlashAttention on CUDA
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if T == 1:  # one new token after a cache: it may see every key, no mask needed
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     # NOTE: with fewer queries than keys `is_causal` would align the mask to the top left
     # (query 0 sees key 0 only), which is wrong after a cache; pass the offset mask instead.
+    # A per-row mask (B, 1, T, S) (the rows of a batched cache end at different positions) and
+    # a bias (ALiBi, T5) go the same way.
+    return sdpa_masked_attention(q, k, v, mask, dropout_p)
+
+
+def sdpa_masked_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float
+) -> Tensor:
+    """PyTorch's fused kernel with the mask always passed as it is (a bias in the queries'
+    dtype): for masks that are not the plain causal one, such as a sliding window, where the
+    shortcuts of `sdpa_attention` would attend too far back."""
+    if mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
@@ -113,6 +120,21 @@ ATTENTION: dict[str, Callable[..., Tensor]] = {
     "manual": manual_attention,
     "tiled": tiled_attention,
 }
+# The kernels for any mask (a sliding window): `manual` and `tiled` already honour every mask.
+ATTENTION_ANY_MASK = {**ATTENTION, "sdpa": sdpa_masked_attention}
+
+
+def causal_mask(size: int, window: int | None = None) -> Tensor:
+    """mask[i, j]: may position i look at position j? Causal: j <= i. With a sliding `window`
+    (local attention: Child et al. 2019; Beltagy et al. 2020, Longformer; Mistral 7B) also
+    i - j < window: each query sees itself and the window - 1 positions before it, and
+    stacking L layers still reaches L (window - 1) positions back.
+
+    >>> causal_mask(4, window=2).int().tolist()
+    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    """
+    mask = torch.ones(size, size, dtype=torch.bool).tril()
+    return mask if window is None else mask.triu(-(window - 1))
 
 
 def alibi_slopes(n_head: int) -> Tensor:

@@ -6,12 +6,15 @@ flag of `ModelConfig` swaps one small module, looked up in a dict below:
 - `pos_emb`: `learned` adds a trained vector per position to the input (GPT-2, Radford et al.
   2019); `rope` instead rotates queries and keys by position-dependent angles (RoFormer, Su et
   al. 2021), with base wavelength `rope_theta`; `alibi` adds nothing and lowers each attention
-  score by a fixed per-head slope times the distance to the key (Press et al. 2022).
+  score by a fixed per-head slope times the distance to the key (Press et al. 2022); `t5` adds a
+  learned per-head number for the key's log-spaced distance bucket (Raffel et al. 2020).
 - `norm`: `layernorm` (Ba et al. 2016), or `rmsnorm`, which rescales without centring (Zhang &
-  Sennrich 2019).
+  Sennrich 2019), or `none` (the identity: does the model train without?).
 - `mlp`: `gelu`, 4x wide (GPT-2), or `swiglu`, a gated unit about 8/3x wide (Shazeer 2020, "GLU
   Variants Improve Transformer"), or `relu` (the original Transformer's), or `relu2`, 4x wide
-  with relu(x)^2 (So et al. 2021, Primer).
+  with relu(x)^2 (So et al. 2021, Primer), or `mish`, x tanh(softplus(x)) (Misra 2019).
+- `attn_window`: sliding-window (local) attention: each query sees only the last `attn_window`
+  positions, itself included (`attention.causal_mask`).
 - `qk_norm`: RMS-normalise each head's queries and keys (one gain per head dimension) before
   positions are applied, which bounds the attention logits (Dehghani et al. 2023; OLMo 2).
 - `logit_softcap`: squash the logits into (-c, c) with c tanh(x / c) (Gemma 2).
@@ -48,9 +51,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from llm_tiny.config import ModelConfig
-from llm_tiny.model.attention import ATTENTION, alibi_slopes, attention_weights
+from llm_tiny.model import attention
 from llm_tiny.model.kvcache import KVCache, LayerCache, Start, repeat_kv, row_positions
-from llm_tiny.model.layers import Linear, ReluSquared, soft_cap
+from llm_tiny.model.layers import Linear, RelativeBias, ReluSquared, query_key_distance, soft_cap
 from llm_tiny.model.layers import (
     decode_layout as decode_layout,  # re-exported: samplers import it here
 )
@@ -92,6 +95,7 @@ def rms_norm(cfg: ModelConfig) -> nn.Module:
 NORMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "layernorm": layer_norm,
     "rmsnorm": rms_norm,
+    "none": lambda cfg: nn.Identity(),
 }
 
 
@@ -176,7 +180,9 @@ class ALiBiPositions(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         # Not persistent: derived from the config, so checkpoints do not carry them.
-        self.register_buffer("slopes", alibi_slopes(cfg.n_head)[:, None, None], persistent=False)
+        self.register_buffer(
+            "slopes", attention.alibi_slopes(cfg.n_head)[:, None, None], persistent=False
+        )
 
     def embed(self, x: Tensor, start: Start) -> Tensor:
         return x
@@ -187,19 +193,15 @@ class ALiBiPositions(nn.Module):
     def bias(self, mask: Tensor, start: Start) -> Tensor:
         """-slope_h * (i - j) where query i may see key j, -inf elsewhere: (nh, T, S), or
         (B, nh, T, S) for per-row starts."""
-        T, S = mask.shape[-2:]
-        if isinstance(start, Tensor):
-            i = row_positions(start, T)[:, None, :, None]  # query positions (B, 1, T, 1)
-        else:
-            i = torch.arange(start, start + T, device=mask.device)[:, None]  # (T, 1)
-        distance = (i - torch.arange(S, device=mask.device)).float()  # (T, S)
+        distance = query_key_distance(mask, start).float()  # (T, S) or (B, 1, T, S)
         return (-self.slopes * distance).masked_fill(~mask, float("-inf"))
 
 
-POSITIONS: dict[str, type[nn.Module]] = {
+POSITIONS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "learned": LearnedPositions,
     "rope": RotaryPositions,
     "alibi": ALiBiPositions,
+    "t5": lambda cfg: RelativeBias(cfg.n_head),  # in `layers`, for this file's size budget
 }
 
 
@@ -217,14 +219,17 @@ class CausalSelfAttention(nn.Module):
         self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, cfg.bias)
         self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.resid_drop = nn.Dropout(cfg.dropout)
-        self.attend = ATTENTION[cfg.attn_impl]
+        # A sliding window needs kernels that honour any mask, not only the causal one.
+        kernels = attention.ATTENTION if cfg.attn_window is None else attention.ATTENTION_ANY_MASK
+        self.attend = kernels[cfg.attn_impl]
         self.q_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()  # over hs
         self.k_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         # mask[i, j]: may position i look at position j? Row `start + t` of this table is the
         # right mask for query t after `start` cached positions, so one table serves both.
-        # (block_size^2 bytes per layer: 1 MB at 1024.)
-        mask = torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool)
-        self.register_buffer("mask", mask.tril() if causal else mask, persistent=False)
+        # (block_size^2 bytes per layer: 1 MB at 1024.) NOTE: with a window the KV cache still
+        # keeps every position; the mask hides those the window has passed.
+        mask = attention.causal_mask(cfg.block_size, cfg.attn_window)
+        self.register_buffer("mask", mask if causal else torch.ones_like(mask), persistent=False)
 
     def heads(self, x: Tensor, pos: Positions, start: Start) -> tuple[Tensor, Tensor, Tensor]:
         """Project x (B, T, C) to q (B, nh, T, hs) and k, v (B, nkv, T, hs), positions applied."""
@@ -263,7 +268,7 @@ class CausalSelfAttention(nn.Module):
         T = x.size(1)
         q, k, _ = self.heads(x, pos, 0)
         k = repeat_kv(k, self.n_head // self.n_kv_head)
-        return attention_weights(q, k, pos.bias(self.mask[:T, :T], 0))
+        return attention.attention_weights(q, k, pos.bias(self.mask[:T, :T], 0))
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -275,6 +280,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
     "relu2": ReluSquared,
+    "mish": nn.Mish,
 }
 
 

@@ -1,15 +1,21 @@
-"""Training dynamics: how big each weight matrix is and how fast one step moves it.
+"""Training dynamics: how big each weight matrix is, how large its gradient, and how fast one
+step moves it.
 
 With `train.log_dynamics: true` the loop measures, every `log_interval` steps, for each weight
 matrix W (biases and norm gains left out, a tied matrix once):
 
     weight_norm  = ||W||                       (Frobenius)
     update_ratio = ||W_after - W_before|| / ||W_before||   over that one optimizer step
+    grad_norm    = ||g||, the gradient that step used (after `optim.grad_clip`; the loop clears
+                   gradients when the next step starts, so they are still there to read)
 
 and writes them to `dynamics.csv` (`metrics.RunLog.dynamics`); `viz training RUN` draws them.
 A healthy ratio sits around 1e-3 (a rule of thumb from Karpathy's "Building makemore" lectures):
 far below, the layer barely learns; far above, training is unstable. The norms show weight
-decay and growth: a layer whose norm climbs without bound is one to watch.
+decay and growth: a layer whose norm climbs without bound is one to watch. The gradient norm
+says where the loss pulls hardest; AdamW and Muon both normalise it away (per entry, or per
+direction), which is why the ratio follows the learning rate rather than the gradient.
+(docs/visualisations.md has both optimizers measured, layer by layer.)
 """
 
 from __future__ import annotations
@@ -36,22 +42,27 @@ def whole(t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def measure(model: nn.Module, before: list[Tensor]) -> list[tuple[str, float, float]]:
-    """(name, ||W||, ||W - W_before|| / ||W_before||) of each weight matrix, read from the
-    device in one transfer.
+def measure(model: nn.Module, before: list[Tensor]) -> list[tuple[str, float, float, float]]:
+    """(name, ||W||, ||W - W_before|| / ||W_before||, ||grad||) of each weight matrix, read
+    from the device in one transfer; the gradient norm is nan for a matrix without one (frozen).
 
     >>> m = nn.Linear(2, 2, bias=False); _ = m.weight.data.copy_(torch.eye(2))
-    >>> b = snapshot(m); _ = m.weight.data.mul_(1.5)
-    >>> [(n, round(w, 4), round(r, 4)) for n, w, r in measure(m, b)]
-    [('weight', 2.1213, 0.5)]
+    >>> b = snapshot(m); _ = m.weight.data.mul_(1.5); m.weight.grad = torch.ones(2, 2)
+    >>> [(n, round(w, 4), round(r, 4), g) for n, w, r, g in measure(m, b)]
+    [('weight', 2.1213, 0.5, 2.0)]
     """
     named = weight_matrices(model)
-    stats = torch.stack(
-        [
-            torch.stack(
-                [whole(p.float().norm()), whole((p.float() - w.float()).norm() / w.float().norm())]
-            )
-            for (_, p), w in zip(named, before, strict=True)
-        ]
-    ).tolist()
-    return [(name, norm, ratio) for (name, _), (norm, ratio) in zip(named, stats, strict=True)]
+    nan = torch.tensor(float("nan"))
+
+    def stats(p: Tensor, w: Tensor) -> Tensor:
+        grad = nan.to(p.device) if p.grad is None else whole(p.grad.float().norm())
+        return torch.stack(
+            [
+                whole(p.float().norm()),
+                whole((p.float() - w.float()).norm() / w.float().norm()),
+                grad,
+            ]
+        )
+
+    rows = torch.stack([stats(p, w) for (_, p), w in zip(named, before, strict=True)]).tolist()
+    return [(name, *row) for (name, _), row in zip(named, rows, strict=True)]

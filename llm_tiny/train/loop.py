@@ -134,6 +134,7 @@ class Trainer:
         """
         rt, A, step = self.rt, self.accum, self.state.step
         set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)  # here: `dynamics` reads the last step's
         loss_sum = torch.zeros((), device=rt.device)
         for m in range(A):
             x, y = self.batch
@@ -164,7 +165,6 @@ class Trainer:
             self.scaler.step(self.optimizer)  # a plain optimizer.step() when not scaling
         if self.scaler.is_enabled():
             self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss_v, norm_v, finite, stop_v > 0
 
     # --------------------------------------------------------------------- the loop

@@ -13,8 +13,8 @@ dropped first, so the file never holds two rows for one step.
 task's own score is a row of `tasks.csv`, `TASK_COLUMNS` (`read_task_scores` reads it).
 
 `dynamics.csv` (with `train.log_dynamics: true`) holds one row per weight matrix per logged
-step, `DYNAMICS_COLUMNS`: its norm and the update-to-weight ratio of that step
-(`llm_tiny.train.dynamics`); `read_dynamics` is its one reader, for `viz training`.
+step, `DYNAMICS_COLUMNS`: its norm, the update-to-weight ratio of that step and the norm of
+the step's gradient (`llm_tiny.train.dynamics`); `read_dynamics` is its one reader, for `viz training`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ COLUMNS = (
     "elapsed_s",
     "task_score",
 )
-DYNAMICS_COLUMNS = ("step", "param", "weight_norm", "update_ratio")
+DYNAMICS_COLUMNS = ("step", "param", "weight_norm", "update_ratio", "grad_norm")
 # tasks.csv (with `train.eval_tasks`): a row per task per scored step (`eval.monitor`).
 TASK_COLUMNS = ("step", "task", "metric", "accuracy", "baseline", "centered")
 # The files' names in a run directory (the other run files are named in `rundir`).
@@ -89,13 +89,15 @@ def final_metrics(rows: list[dict[str, float | None]]) -> dict[str, float]:
     }
 
 
-def read_dynamics(path: str | Path) -> dict[str, list[tuple[int, float, float]]]:
-    """The rows of a dynamics.csv by parameter: name -> [(step, weight_norm, update_ratio)],
-    in file order (the model's order, input to output)."""
-    out: dict[str, list[tuple[int, float, float]]] = {}
+def read_dynamics(path: str | Path) -> dict[str, list[tuple[int, float, float, float]]]:
+    """The rows of a dynamics.csv by parameter: name -> [(step, weight_norm, update_ratio,
+    grad_norm)], in file order (the model's order, input to output); grad_norm is nan in a file
+    written before it was logged."""
+    out: dict[str, list[tuple[int, float, float, float]]] = {}
     with Path(path).open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            point = (int(row["step"]), float(row["weight_norm"]), float(row["update_ratio"]))
+            grad = float(row.get("grad_norm") or "nan")
+            point = (int(row["step"]), float(row["weight_norm"]), float(row["update_ratio"]), grad)
             out.setdefault(row["param"], []).append(point)
     return out
 
@@ -276,8 +278,9 @@ class RunLog:
         if self._tasks is not None:
             self._tasks.write([{"step": step, **r} for r in rows])
 
-    def dynamics(self, step: int, rows: list[tuple[str, float, float]]) -> None:
-        """Rows of (param, weight_norm, update_ratio) for `step`, when dynamics.csv is open."""
+    def dynamics(self, step: int, rows: list[tuple[str, float, float, float]]) -> None:
+        """Rows of (param, weight_norm, update_ratio, grad_norm) for `step`, when dynamics.csv
+        is open."""
         if self._dynamics is not None:
             self._dynamics.write(
                 [dict(zip(DYNAMICS_COLUMNS, (step, *r), strict=True)) for r in rows]

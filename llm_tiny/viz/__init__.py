@@ -5,15 +5,18 @@ and saved as a PNG, by default inside the run directory; one module each:
 
 - `attention`: the softmax attention weights of every head for a text, as heatmaps.
 - `embeddings`: the token embedding matrix in two dimensions (PCA, or t-SNE with
-  `--method tsne`), the most frequent tokens of the training data labelled.
+  `--method tsne`, or UMAP with `--method umap`), the most frequent tokens of the training
+  data labelled.
 - `gradients` (`grad-flow`): mean and max |gradient| of every weight matrix for one real
   training batch, on a log scale.
 - `weights`: a histogram of the entries of every weight matrix.
-- `training`: weight norms and update-to-weight ratios over a run, from the `dynamics.csv` that
-  `train.log_dynamics: true` writes.
+- `training`: weight norms, update-to-weight ratios and gradient norms over a run, from the
+  `dynamics.csv` that `train.log_dynamics: true` writes; `--layers`: layer by layer, over the
+  warmup and the decay.
 
 The numbers behind each picture come from pure functions (`token_label`, `pca_2d`, `tsne_2d`,
-`token_frequencies`, `gradient_stats`, `weight_histograms`, `dynamics.measure`) that the tests
+`umap_2d`, `token_frequencies`, `gradient_stats`, `weight_histograms`, `dynamics.measure`,
+`training.phase_summary`) that the tests
 check against references, and so does its layout (`attention_layout`: readable labels within
 a bounded size); the `plot_*` functions only draw, and save through `plots.save_figure` (an
 image is exactly figsize x DPI).
@@ -40,6 +43,7 @@ from llm_tiny.viz.embeddings import (
     plot_embeddings,
     token_frequencies,
     tsne_2d,
+    umap_2d,
 )
 from llm_tiny.viz.gradients import (
     GradStat,
@@ -50,7 +54,14 @@ from llm_tiny.viz.gradients import (
     training_batch,
 )
 from llm_tiny.viz.names import run_dir, run_name, token_label
-from llm_tiny.viz.training import plot_dynamics, training_command
+from llm_tiny.viz.training import (
+    layer_and_group,
+    lr_phases,
+    phase_summary,
+    plot_dynamics,
+    plot_layers,
+    training_command,
+)
 from llm_tiny.viz.weights import plot_weight_histograms, weight_histograms, weights_command
 
 
@@ -77,10 +88,10 @@ def build_parser() -> ArgumentParser:
     add_device_arg(a)
     a.set_defaults(command=attention_command)
 
-    e = sub.add_parser("embeddings", help="the token embeddings in 2-D (PCA or t-SNE)")
+    e = sub.add_parser("embeddings", help="the token embeddings in 2-D (PCA, t-SNE or UMAP)")
     common(e, "embeddings.png")
     e.add_argument(
-        "--method", choices=("pca", "tsne"), default="pca", help="projection (default pca)"
+        "--method", choices=("pca", "tsne", "umap"), default="pca", help="projection (default pca)"
     )
     e.add_argument("--top", type=int, default=30, help="label this many tokens (default 30)")
     e.add_argument("--data-dir", help="prepared data to count tokens in (default: the run's)")
@@ -100,7 +111,14 @@ def build_parser() -> ArgumentParser:
         "training", help="weight norms and update ratios over a run (train.log_dynamics)"
     )
     t.add_argument("run", help="run directory trained with --train.log_dynamics=true")
-    t.add_argument("--out", help="output PNG (default: RUN/dynamics.png)")
+    t.add_argument(
+        "--out",
+        help="output PNG (default: RUN/dynamics.png, with --layers RUN/dynamics_layers.png)",
+    )
+    t.add_argument(
+        "--layers", action="store_true",
+        help="update ratios and gradient norms layer by layer, warmup and decay shaded",
+    )  # fmt: skip
     t.set_defaults(command=training_command, default_name="dynamics.png")
     return p
 
@@ -111,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.picture == "training":
             args.ckpt = args.run
+            if args.layers:
+                args.default_name = "dynamics_layers.png"
         args.out = args.out or run_dir(args.ckpt) / args.default_name
         path = args.command(args)
         print(f"wrote {path}")

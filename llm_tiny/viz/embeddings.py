@@ -1,6 +1,6 @@
 """Token embeddings in two dimensions: the embedding matrix projected on its first two
-principal components (`pca_2d`) or laid out by t-SNE (`tsne_2d`), with the tokens that occur
-most often in the run's training data labelled."""
+principal components (`pca_2d`) or laid out by t-SNE (`tsne_2d`) or UMAP (`umap_2d`), with
+the tokens that occur most often in the run's training data labelled."""
 
 from __future__ import annotations
 
@@ -60,6 +60,32 @@ def tsne_2d(x: Tensor, seed: int = 0) -> Tensor:
     perplexity = min(30.0, (n - 1) / 3)
     tsne = TSNE(2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
     return torch.from_numpy(tsne.fit_transform(x.detach().double().numpy())).float()
+
+
+def umap_2d(x: Tensor, seed: int = 0) -> Tensor:
+    """Lay the rows of x (N, C) out in two dimensions with UMAP (McInnes et al. 2018,
+    umap-learn): a graph of each row's 15 nearest neighbours (fewer for a few points), laid out
+    so that neighbours stay close. Like t-SNE it shows clusters; it tends to keep more of how
+    the clusters sit relative to each other. Seeded, so the same checkpoint gives the same
+    picture (umap-learn then runs on one thread)."""
+    try:
+        import umap
+    except ImportError:
+        raise UserError(
+            "--method umap needs umap-learn: pip install umap-learn "
+            "(or pip install 'llm_tiny[umap]')"
+        ) from None
+    n = x.size(0)
+    if n < 4:
+        raise UserError(f"UMAP needs at least 4 tokens, got {n}; use --method pca")
+    import warnings
+
+    # NOTE: with a seed umap-learn warns that it runs on one thread; that is the point.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*random_state.*", category=UserWarning)
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
+        coords = reducer.fit_transform(x.detach().double().numpy())
+    return torch.from_numpy(np.asarray(coords)).float()
 
 
 def token_frequencies(
@@ -158,6 +184,8 @@ def embeddings_command(args: Any) -> Path:
         how = "labelled by id (no training data to count)"
     if args.method == "tsne":
         coords, axes, method = tsne_2d(weight[ids]), ("t-SNE 1", "t-SNE 2"), "t-SNE"
+    elif args.method == "umap":
+        coords, axes, method = umap_2d(weight[ids]), ("UMAP 1", "UMAP 2"), "UMAP"
     else:
         coords, explained = pca_2d(weight[ids])
         axes = tuple(f"PC {k + 1} ({100 * float(explained[k]):.1f}% of variance)" for k in (0, 1))

@@ -265,10 +265,24 @@ def test_export_errors_are_one_line_exit_2(tok, tmp_path, capsys):
         ({"mlp": "relu2"}, "model.mlp=relu2"),
         ({"mlp": "relu"}, "model.mlp=relu"),
         ({"bigram_logits": True}, "model.bigram_logits=True"),
+        ({"norm": "none"}, "model.norm=none"),
+        ({"mlp": "mish"}, "model.mlp=mish"),
+        ({"attn_window": 4}, "model.attn_window=4"),
+        ({"pos_emb": "t5", "norm": "rmsnorm", "mlp": "swiglu"}, "model.pos_emb=t5"),
     ):
         path = write_checkpoint(tmp_path / named, tiny_model(tok.vocab_size, **flags), tok)
         err = one_line_error(capsys, cli.main(["--ckpt", str(path), "--out", str(tmp_path / "o")]))
         assert f"{named}: no Hugging Face counterpart" in err
+    llama = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu"}
+    for flags, named in (
+        ({"attn_window": 4}, "model.attn_window=4"),
+        ({"norm": "none"}, "model.norm=none"),
+    ):
+        path = write_checkpoint(
+            tmp_path / f"gguf{named}", tiny_model(tok.vocab_size, **llama | flags), tok
+        )
+        args = ["--ckpt", str(path), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]
+        assert f"{named}: no Hugging Face counterpart" in one_line_error(capsys, cli.main(args))
     gpt2 = write_checkpoint(tmp_path / "g", tiny_model(tok.vocab_size), tok)
     args = ["--ckpt", str(gpt2), "--format", "gguf", "--out", str(tmp_path / "x.gguf")]
     assert "GGUF export writes Llama-shaped" in one_line_error(capsys, cli.main(args))

@@ -90,6 +90,14 @@ def test_cli_embeddings_tsne(run, tmp_path):
     assert image_size(out) == expected(viz.embeddings_figsize())
 
 
+@pytest.mark.slow  # umap-learn compiles its numba kernels on first use: ~20 s of CPU
+def test_cli_embeddings_umap(run, tmp_path, capsys):
+    out = tmp_path / "umap.png"
+    assert viz.main(["embeddings", "--ckpt", str(run), "--method", "umap", "--out", str(out)]) == 0
+    assert image_size(out) == expected(viz.embeddings_figsize())
+    assert "wrote" in capsys.readouterr().out
+
+
 def test_weight_histograms_against_numpy_and_cli(run, capsys):
     model, _, _, _ = load_model(run)
     hists = viz.weight_histograms(model)
@@ -113,10 +121,14 @@ def test_dynamics_are_logged_at_log_interval_and_drawn(run, capsys):
     assert list(series) == names
     for points in series.values():
         assert [p[0] for p in points] == [2, 4, 6]
-        assert all(w > 0 and 0 < r < 1 for _, w, r in points)
+        assert all(w > 0 and 0 < r < 1 and g > 0 for _, w, r, g in points)
     assert viz.main(["training", str(run)]) == 0
     assert "update/weight" in capsys.readouterr().out
     assert image_size(run / "dynamics.png")[0] > 0
+    assert viz.main(["training", str(run), "--layers"]) == 0
+    out = capsys.readouterr().out
+    assert "warmup until step" in out and "attn.qkv" in out and "median update/weight" in out
+    assert image_size(run / "dynamics_layers.png")[0] > 0
 
 
 @pytest.mark.parametrize(

@@ -126,16 +126,20 @@ def test_override_helper_revalidates():
         ("optim:\n  muon_momentum: 1.0\n", [], "optim.muon_momentum must be in [0, 1)"),
         ("optim:\n  muon_weight_decay: -1\n", [], "optim.muon_weight_decay must be >= 0"),
         ("model:\n  logit_softcap: 0\n", [], "model.logit_softcap must be > 0 or null"),
-        ("model:\n  mlp: relu3\n", [], "model.mlp must be one of gelu | swiglu | relu | relu2"),
+        (
+            "model:\n  mlp: relu3\n",
+            [],
+            "model.mlp must be one of gelu | swiglu | relu | relu2 | mish",
+        ),
         ("model:\n  norm_position: middle\n", [], "model.norm_position must be one of pre | post"),
         ("optim:\n  warmup_iters: 20\ntrain:\n  max_iters: 10\n", [], "must be <= train.max_iters"),
         ("model:\n  block_size: 0\n", [], "model.block_size must be >= 1"),
         (
             "model:\n  pos_emb: rop\n",
             [],
-            "must be one of learned | rope | alibi, got 'rop' (did you mean rope?)",
+            "must be one of learned | rope | alibi | t5, got 'rop' (did you mean rope?)",
         ),
-        ("model:\n  norm: batchnorm\n", [], "model.norm must be one of layernorm | rmsnorm"),
+        ("model:\n  norm: batchnorm\n", [], "model.norm must be one of layernorm | rmsnorm | none"),
         ("train:\n  device: tpu\n", [], "train.device must be one of auto | cpu | cuda | mps"),
         ("data:\n  vocab_size: 100\n", [], "data.vocab_size must be >= 256"),
         ("data:\n  val_fraction: 1.5\n", [], "data.val_fraction must be in (0, 1)"),
@@ -202,12 +206,13 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
         architecture_fields,
         choices,
     )
-    from llm_tiny.model import model
+    from llm_tiny.model import attention, model
     from llm_tiny.train import schedule
 
     assert set(model.NORMS) == set(choices(Norm))
     assert set(model.POSITIONS) == set(choices(PosEmb))
-    assert set(model.ATTENTION) == set(choices(AttnImpl))
+    assert set(attention.ATTENTION) == set(choices(AttnImpl))
+    assert set(attention.ATTENTION_ANY_MASK) == set(choices(AttnImpl))  # a window: any kernel
     assert set(model.MLPS) == set(choices(Mlp))
     assert set(model.BLOCKS) == set(choices(NormPosition))
     for name in choices(Schedule):  # every schedule the config allows is implemented
@@ -217,7 +222,7 @@ def test_each_choice_list_has_one_home_and_its_implementations_match_it():
     assert architecture_fields() == (
         "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "bias",
         "pos_emb", "rope_theta", "tie_weights", "norm", "mlp", "mlp_hidden", "norm_position",
-        "qk_norm", "logit_softcap", "bigram_logits", "n_classes", "arch",
+        "qk_norm", "logit_softcap", "bigram_logits", "attn_window", "n_classes", "arch",
     )  # fmt: skip
 
 

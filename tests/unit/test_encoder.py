@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from llm_tiny.config import ModelConfig, RunConfig
-from llm_tiny.config.sections import Arch, ConfigError, DataConfig, TrainConfig, validate
+from llm_tiny.config.rules import validate
+from llm_tiny.config.sections import Arch, ConfigError, DataConfig, TrainConfig
 from llm_tiny.data.batches import InMemory
 from llm_tiny.data.encoded import EncoderBatches, Seq2SeqBatches, encoder_row, source_row
 from llm_tiny.model import MODELS, TinyGPT, build_model
@@ -300,7 +301,9 @@ def test_seq2seq_rows_put_the_source_then_the_decoder_input():
     [
         ({"arch": "encoder"}, {}, "needs model.n_classes >= 2"),
         ({"arch": "encoder", "n_classes": 10}, {"kind": "text"}, "trains on data.kind: examples"),
-        ({"arch": "encoder_decoder", "pos_emb": "alibi"}, {}, "ALiBi is causal only"),
+        ({"arch": "encoder_decoder", "pos_emb": "alibi"}, {}, "pos_emb alibi is causal only"),
+        ({"arch": "encoder_decoder", "pos_emb": "t5"}, {}, "pos_emb t5 is causal only"),
+        ({"arch": "encoder_decoder", "attn_window": 4}, {}, "attn_window is for decoders"),
         ({"arch": "encoder_decoder", "norm_position": "post"}, {}, "pre-norm only"),
         ({"arch": "encoder", "n_classes": 10, "mlm_prob": 1.0}, {}, "mlm_prob must be in"),
         ({"arch": "encoder_decoder"}, {"sample_at_end": True}, "set train.sample_at_end: false"),

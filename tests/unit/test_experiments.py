@@ -17,7 +17,7 @@ from llm_tiny.config.sections import Arch, Mlp, Norm, NormPosition, PosEmb  # no
 
 def test_every_variant_changes_one_field_from_the_baseline():
     names = experiments.variant_names()
-    assert names[0] == "baseline" and len(names) == len(set(names)) == 9
+    assert names[0] == "baseline" and len(names) == len(set(names)) == 13
     for name in names[1:]:
         changed = {
             k: v for k, v in experiments.model_of(name).items() if experiments.BASELINE[k] != v
@@ -67,6 +67,49 @@ def test_write_doc_replaces_only_the_results_section(tmp_path):
     text = doc.read_text()
     assert "my conclusions" in text and "after" in text and "new" in text
     assert "old" not in text and text.count(experiments.START) == 1
+
+
+def test_a_run_of_some_variants_writes_its_own_section_with_only_its_questions(tmp_path):
+    """`--section arms`: its own markers, kept apart from the first grid's; a question whose
+    only row would be the baseline is left out."""
+    runs = [
+        {"task": "text", "variant": v, "seed": 1, "params": 10, "val_loss": loss, "seconds": 1.0,
+         "curve": [(0, 5.0), (10, loss)]}
+        for v, loss in (("baseline", 2.0), ("attn_window=8", 2.5))
+    ]  # fmt: skip
+    meta = {"date": "d", "machine": "m", "torch": "t", "threads": 1, "seeds": 1,
+            "seed_list": [1], "total_minutes": 1.0, "command": "c", "digits_steps": 1,
+            "text_steps": 10}  # fmt: skip
+    section = experiments.results_markdown(experiments.summarise(runs), meta, {}, "arms")
+    start, end = experiments.markers("arms")
+    assert section.startswith(start) and section.endswith(end)
+    rows = [line for line in section.splitlines() if line.startswith("| attention span")]
+    assert [r.split("|")[2].strip() for r in rows] == ["**null** (baseline)", "8"]
+    assert "| positions |" not in section  # no t5 run: the question is not asked
+    doc = tmp_path / "e.md"
+    experiments.write_doc(doc, f"{experiments.START}\nfirst grid\n{experiments.END}")
+    experiments.write_doc(doc, section, "arms")  # no markers yet: appended
+    experiments.write_doc(doc, section.replace("2.5000", "2.4000"), "arms")  # replaced in place
+    text = doc.read_text()
+    assert "first grid" in text and text.count(start) == 1 and "2.4000" in text
+    assert "2.5000" not in text
+
+
+def test_results_of_parallel_processes_merge_into_one_grid():
+    def part(seed: int, minutes: float) -> tuple[list, dict]:
+        run = {"task": "text", "variant": "baseline", "seed": seed, "params": 10,
+               "val_loss": float(seed), "seconds": 1.0, "curve": [(0, 5.0)]}  # fmt: skip
+        meta = {"seeds": 1, "seed_list": [seed], "total_minutes": minutes,
+                "command": f"cmd {seed}", "load_avg_after": 2.0 + seed}  # fmt: skip
+        return [run], meta
+
+    runs, meta = experiments.merge_results([part(2, 3.0), part(1, 5.0)])
+    assert [r["seed"] for r in runs] == [2, 1] and meta["seed_list"] == [1, 2]
+    assert meta["seeds"] == 2 and meta["total_minutes"] == 5.0 and meta["load_avg_after"] == 4.0
+    assert (
+        meta["command"].startswith("cmd 2` and 1 more like it") and "--from-json" in meta["command"]
+    )
+    assert experiments.summarise(runs)["text"]["baseline"]["val_loss"] == (1.5, 0.5**0.5)
 
 
 @pytest.mark.parametrize(

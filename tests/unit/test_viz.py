@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from helpers import expected, image_size
 
 from llm_tiny import plots, viz
+from llm_tiny.errors import UserError
 
 # ----------------------------------------------------------------------------- pure functions
 
@@ -130,6 +133,34 @@ def test_tsne_keeps_clusters_apart_and_is_seeded():
     assert torch.equal(coords, viz.tsne_2d(torch.cat([a, b]), seed=1))
 
 
+@pytest.mark.slow  # umap-learn compiles its numba kernels on first use: ~20 s of CPU
+def test_umap_keeps_clusters_apart_and_is_seeded():
+    """Three tight clusters far apart in 16-D: UMAP (umap-learn itself) keeps each point's
+    nearest neighbour in its own cluster and the clusters apart; the same seed, the same
+    picture."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 10
+    x = torch.cat([c + 0.1 * torch.randn(15, 16, generator=g) for c in centres])
+    coords = viz.umap_2d(x, seed=1)
+    assert coords.shape == (45, 2)
+    cluster = torch.arange(45) // 15
+    dist = torch.cdist(coords, coords) + torch.eye(45) * 1e9
+    assert torch.equal(cluster[dist.argmin(1)], cluster)
+    means = torch.stack([coords[cluster == k].mean(0) for k in range(3)])
+    spread = max(float(coords[cluster == k].std(0).norm()) for k in range(3))
+    gaps = torch.pdist(means)
+    assert float(gaps.min()) > 3 * spread  # three clusters stay three clusters
+    assert torch.equal(coords, viz.umap_2d(x, seed=1))
+
+
+def test_umap_without_the_package_or_with_too_few_tokens_is_one_line(monkeypatch):
+    with pytest.raises(UserError, match=r"^UMAP needs at least 4 tokens, got 3; use --method pca"):
+        viz.umap_2d(torch.randn(3, 8))
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    with pytest.raises(UserError, match=r"^--method umap needs umap-learn: pip install umap-learn"):
+        viz.umap_2d(torch.randn(10, 8))
+
+
 def test_update_ratio_of_one_real_adamw_step():
     from llm_tiny.train.dynamics import measure, snapshot
 
@@ -143,9 +174,32 @@ def test_update_ratio_of_one_real_adamw_step():
     rows = measure(model, before)
     assert [r[0] for r in rows] == ["0.weight", "1.weight"]
     after = (model[0].weight.detach(), model[1].weight.detach())
-    for (_, norm, ratio), old, new in zip(rows, w0, after):
+    for (_, norm, ratio, grad), old, new, lin in zip(rows, w0, after, model):
         assert norm == pytest.approx(float(new.norm()))
         assert ratio == pytest.approx(float((new - old).norm() / old.norm()), rel=1e-6)
+        assert grad == pytest.approx(float(lin.weight.grad.norm()), rel=1e-6)
+    model[0].weight.grad = None  # a matrix without a gradient (frozen): nan, not an error
+    assert math.isnan(measure(model, before)[0][3])
+
+
+def test_layer_names_phases_and_the_phase_summary():
+    assert viz.layer_and_group("blocks.11.mlp.proj.weight") == (11, "mlp.proj")
+    assert viz.layer_and_group("lm_head.weight") == (None, "lm_head")
+    # warmup 3 steps, hold 2, decay: the phases of a wsd curve; a cosine decays at once.
+    wsd = [(1, 0.3), (2, 0.6), (3, 1.0), (4, 1.0), (5, 1.0), (6, 0.5), (7, 0.1)]
+    assert viz.lr_phases(wsd) == (3, 5)
+    assert viz.lr_phases([(1, 0.5), (2, 1.0), (3, 0.9)]) == (2, 2)
+    series = {
+        "blocks.0.attn.qkv.weight": [(1, 1.0, 1e-2, 3.0), (4, 1.0, 2e-3, 1.0), (7, 1.0, 1e-4, 0.5)],
+        "blocks.1.attn.qkv.weight": [(1, 1.0, 3e-2, 5.0), (4, 1.0, 4e-3, 2.0), (7, 1.0, 3e-4, 0.7)],
+        "wte.weight": [(1, 1.0, 1e-3, 1.0), (7, 1.0, 1e-5, 0.1)],
+    }
+    summary = viz.phase_summary(series, *viz.lr_phases(wsd))
+    assert summary["attn.qkv"] == {
+        "warmup": ((1e-2 + 3e-2) / 2, 4.0), "peak": ((2e-3 + 4e-3) / 2, 1.5),
+        "decay": ((1e-4 + 3e-4) / 2, 0.6),
+    }  # fmt: skip
+    assert summary["wte"] == {"warmup": (1e-3, 1.0), "decay": (1e-5, 0.1)}  # no peak row logged
 
 
 def test_training_picture_without_a_dynamics_log_is_one_line(tmp_path, capsys):
