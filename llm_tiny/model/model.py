@@ -219,8 +219,9 @@ class CausalSelfAttention(nn.Module):
         self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, cfg.bias)
         self.proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # a residual projection
         self.resid_drop = nn.Dropout(cfg.dropout)
-        # A sliding window needs kernels that honour any mask, not only the causal one.
-        kernels = attention.ATTENTION if cfg.attn_window is None else attention.ATTENTION_ANY_MASK
+        # A window, or no causal mask at all, needs kernels that honour any mask.
+        plain = causal and cfg.attn_window is None
+        kernels = attention.ATTENTION if plain else attention.ATTENTION_ANY_MASK
         self.attend = kernels[cfg.attn_impl]
         self.q_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()  # over hs
         self.k_norm = RMSNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()

@@ -62,6 +62,23 @@ def influence(f, idx: torch.Tensor, positions: range) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])
+def test_a_block_without_the_causal_mask_sees_ahead_with_or_without_a_padding_mask(attn_impl):
+    # Without `keep` the mask is a plain 2-D table: no kernel may take it for the causal one.
+    from llm_tiny.model.model import POSITIONS, Block
+
+    cfg = ModelConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16,
+                      pos_emb="rope", norm="rmsnorm", attn_impl=attn_impl)  # fmt: skip
+    torch.manual_seed(0)
+    block, pos = Block(cfg, causal=False).eval(), POSITIONS["rope"](cfg)
+    x = torch.randn(2, 8, 16)
+    y = block(x, pos, 0, None)
+    torch.testing.assert_close(y, block(x, pos, 0, None, torch.ones(2, 8, dtype=torch.bool)))
+    later = x.clone()
+    later[:, -1] += 1.0
+    assert not torch.allclose(block(later, pos, 0, None)[:, 0], y[:, 0])  # position 0 sees it
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "manual", "tiled"])
 def test_the_encoder_is_bidirectional_and_hides_padding(attn_impl):
     cfg = cfg_of("encoder", attn_impl=attn_impl)
     model = lively(cfg)
