@@ -1,7 +1,7 @@
 """The chat demonstration over several seeds (docs/chat.md): base model against SFT model on
 held-out conversations.
 
-    python benchmarks/chat_demo.py --seeds 1,2,3 --json out/chat_demo/result.json
+    python benchmarks/chat_demo.py --seeds 1,2,3,4,5 --json out/chat_demo/result.json
 
 For each seed S, in fresh processes as a user would run them: `chatdemo data --seed S` writes
 the conversations, `train configs/chat_base.yaml` pretrains the base model on the plain
