@@ -110,7 +110,9 @@ def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProces
     except subprocess.TimeoutExpired:
         stop(proc)
         out, err = proc.communicate()
-        raise AssertionError(f"{proc.args} ran past {timeout} s; killed\n{err[-3000:]}") from None
+        raise AssertionError(
+            f"{proc.args} ran past {timeout} s; killed\nstdout: {out[-2000:]}\nstderr: {err[-3000:]}"
+        ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
