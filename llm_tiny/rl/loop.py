@@ -410,6 +410,7 @@ def rl(
         )
         picture = [Path(cfg.train.out_dir) / PLOT] * (Path(cfg.train.out_dir) / PLOT).exists()
         out("files: " + ", ".join(map(str, [*run_files(cfg.train.out_dir), *picture])))
+        rt.barrier()  # leave the group together (as train.loop)
         return result
     finally:
         shutdown(rt)

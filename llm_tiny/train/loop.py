@@ -347,6 +347,7 @@ def train(
             model = sharded.main_model(par, trainer.model)  # FSDP: gathered to rank 0
             par.on_main(after_training, cfg, model, start.data.tokenizer, rt, out)
         out("files: " + ", ".join(map(str, run_files(cfg.train.out_dir))))
+        rt.barrier()  # leave the group together: one leaving while rank 0 plots hung the exit
         return result
     finally:
         shutdown(rt)
